@@ -1,4 +1,62 @@
-//! interlocking (crate doc written in the foundation work).
+//! # interlocking
+//!
+//! A framework for systems made of a **hub**, a **root**, **members** and
+//! **browsers** whose connections fail, flap and recover. *Logical channels*
+//! carry meaning (ordering, acks, durable outbox, idempotency, cursors); a
+//! **routing authority** decides, per logical stream, the one active path,
+//! its fallback, when to hand over, how long to freeze after a failover and
+//! when the stream is degraded — and can explain each decision;
+//! **transports** only move opaque frames and report facts.
+//!
+//! Like a railway interlocking, the authority sets one route at a time,
+//! locks it, and refuses conflicting moves.
+//!
+//! ## Layout
+//!
+//! | module | owns | must not touch |
+//! | --- | --- | --- |
+//! | [`vocab`] | shared value types: node, stream and path ids, path kinds, channel kinds, traffic classes | any logic or other module |
+//! | [`wire`] | the frame envelope and its versioned, size-limited codec (`docs/wire.md`) | what frames mean |
+//! | [`transports`] | the transport contract and its adapters (memory with seeded faults; QUIC, relay, WebRTC, sidecar to come): connect, send, close, facts up | channels, store, routing decisions |
+//! | [`routing`] | the pure routing core (paths, health, policy, freeze, decisions) and the `RoutingAuthority` actor shell around it (`docs/routing.md`) | sockets, tokio inside the core, channel semantics |
+//! | [`actors`] | the supervision tree: restart policy, generic supervisor, the node that wires routing, transports and channels together | protocol semantics |
+//!
+//! Channels (`channels/`), the durable store (`store/`), the root service
+//! and the sidecar arrive with their issues and slot into the same tree.
+//!
+//! ## A node in a few lines
+//!
+//! ```
+//! use interlocking::actors::node::NodeBuilder;
+//! use interlocking::routing::{Need, Target};
+//! use interlocking::transports::{memory::MemoryNetwork, probe::ProbeConfig, PeerAddr};
+//! use interlocking::vocab::{ChannelKind, PathKind, Role, StreamId};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let net = MemoryNetwork::new(42);
+//! let hub = NodeBuilder::new("hub", Role::Hub)
+//!     .memory(&net, PathKind::Quic, ProbeConfig::default())
+//!     .spawn()
+//!     .await?;
+//! let member = NodeBuilder::new("m1", Role::Member)
+//!     .memory(&net, PathKind::Quic, ProbeConfig::default())
+//!     .dial(PathKind::Quic, PeerAddr::node("hub"))
+//!     .spawn()
+//!     .await?;
+//! let stream = StreamId::new("command:m1/hub");
+//! let need = Need::new(ChannelKind::Command, Target::Node("hub".into()));
+//! let _initial = member
+//!     .register_stream(stream.clone(), need, |update| println!("{}", update.decision))
+//!     .await?;
+//! member.shutdown().await;
+//! hub.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 
+pub mod actors;
+//TMP pub mod routing;
+pub mod transports;
 pub mod vocab;
 pub mod wire;

@@ -1,0 +1,647 @@
+//! The node: one process's actor tree, built from `main` in a few lines.
+//!
+//! Owns wiring, not semantics:
+//! - a top [`Supervisor`] with three children — the [`RoutingAuthority`], a
+//!   `transports` supervisor with one [`TransportActor`] per transport, and a
+//!   `channels` supervisor that channel actors are started under;
+//! - the event pump, which reads every transport's [`TransportEvent`]s and
+//!   sends frames to the stream's [`Inbox`] and facts to the routing
+//!   authority;
+//! - the shared registries (transports by path kind, inboxes by stream,
+//!   stream registrations) that outlive any one actor's restart.
+//!
+//! ```
+//! use interlocking::actors::node::NodeBuilder;
+//! use interlocking::transports::memory::MemoryNetwork;
+//! use interlocking::transports::probe::ProbeConfig;
+//! use interlocking::vocab::{PathKind, Role};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let net = MemoryNetwork::new(7);
+//! let hub = NodeBuilder::new("hub", Role::Hub)
+//!     .memory(&net, PathKind::Quic, ProbeConfig::default())
+//!     .spawn()
+//!     .await?;
+//! let member = NodeBuilder::new("member", Role::Member)
+//!     .memory(&net, PathKind::Quic, ProbeConfig::default())
+//!     .dial(PathKind::Quic, interlocking::transports::PeerAddr::node("hub"))
+//!     .spawn()
+//!     .await?;
+//! member.shutdown().await;
+//! hub.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+
+use super::restart::RestartPolicy;
+use super::supervisor::{ChildSpec, RestartMode, Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::routing::authority::{
+    AuthorityArgs, AuthorityEnv, RouteListener, RouteUpdate, RoutingAuthority, RoutingMsg,
+};
+use crate::routing::{Decision, Explanation, Need, Observation, RegisterError, Route, RoutingConfig};
+use crate::transports::memory::MemoryNetwork;
+use crate::transports::probe::ProbeConfig;
+use crate::transports::{EventSink, Fact, PeerAddr, Transport, TransportEvent};
+use crate::vocab::{NodeId, PathId, PathKind, Role, StreamId};
+use crate::wire::{Frame, Reject};
+
+/// Reject code sent back for a data frame whose stream has no inbox here.
+pub const REJECT_UNKNOWN_STREAM: u16 = 0x0201;
+
+/// Receives the frames of one stream (data, acks, rejects) from any path.
+///
+/// Implemented by channels; called on the node's event pump, so it must not
+/// block (cast to an actor, push to a queue).
+pub trait Inbox: Send + Sync + 'static {
+    /// A frame for this stream arrived on `path`.
+    fn deliver(&self, path: &PathId, frame: Frame);
+}
+
+impl<F: Fn(&PathId, Frame) + Send + Sync + 'static> Inbox for F {
+    fn deliver(&self, path: &PathId, frame: Frame) {
+        self(path, frame)
+    }
+}
+
+/// Builds a transport, given where to send its events.
+pub type BindFn = Arc<
+    dyn Fn(EventSink) -> Pin<Box<dyn Future<Output = Result<Arc<dyn Transport>, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+struct TransportSpec {
+    kind: PathKind,
+    bind: BindFn,
+}
+
+/// Errors from building or talking to a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The actor tree failed to start.
+    #[error("node failed to start: {0}")]
+    Spawn(String),
+    /// The routing authority is not running (restarting or stopped).
+    #[error("routing authority unavailable")]
+    RoutingUnavailable,
+    /// The routing authority refused the registration.
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+}
+
+/// State shared by the node's actors and its handle; survives restarts of
+/// any single actor.
+pub(crate) struct Shared {
+    id: NodeId,
+    role: Role,
+    /// Every bound transport by the kind of path it provides.
+    transports: DashMap<PathKind, Arc<dyn Transport>>,
+    /// Where each stream's inbound frames go.
+    inboxes: DashMap<StreamId, Arc<dyn Inbox>>,
+    /// The running routing authority, if any.
+    routing: Mutex<Option<ActorRef<RoutingMsg>>>,
+    /// Stream registrations, re-applied by a restarted authority.
+    registrations: Mutex<BTreeMap<StreamId, (Need, RouteListener)>>,
+    /// Paths currently open, re-added by a restarted authority.
+    open_paths: Mutex<BTreeMap<PathId, ()>>,
+    /// Every routing decision, for logs and tools.
+    decisions: broadcast::Sender<Decision>,
+    /// The sender half of the event pump, cloned into each transport.
+    events: EventSink,
+    /// Frames refused because their stream is unknown here.
+    refused_unknown_stream: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    fn routing(&self) -> Option<ActorRef<RoutingMsg>> {
+        self.routing.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn cast(&self, msg: RoutingMsg) {
+        if let Some(r) = self.routing() {
+            // A stopped authority is being restarted; it re-reads open paths
+            // and registrations when it comes back.
+            let _ = r.cast(msg);
+        }
+    }
+}
+
+struct Env(Arc<Shared>);
+
+impl AuthorityEnv for Env {
+    fn registrations(&self) -> Vec<(StreamId, Need, RouteListener)> {
+        let regs = self.0.registrations.lock().unwrap_or_else(|e| e.into_inner());
+        regs.iter()
+            .map(|(s, (n, l))| (s.clone(), n.clone(), l.clone()))
+            .collect()
+    }
+    fn remember(&self, stream: &StreamId, need: &Need, listener: &RouteListener) {
+        self.0
+            .registrations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(stream.clone(), (need.clone(), listener.clone()));
+    }
+    fn forget(&self, stream: &StreamId) {
+        self.0
+            .registrations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(stream);
+    }
+    fn open_paths(&self) -> Vec<PathId> {
+        let open = self.0.open_paths.lock().unwrap_or_else(|e| e.into_inner());
+        open.keys().cloned().collect()
+    }
+    fn on_decision(&self, decision: &Decision) {
+        // No subscriber is fine: the log is optional.
+        let _ = self.0.decisions.send(decision.clone());
+    }
+    fn started(&self, me: ActorRef<RoutingMsg>) {
+        *self.0.routing.lock().unwrap_or_else(|e| e.into_inner()) = Some(me);
+    }
+}
+
+/// Messages of a [`TransportActor`].
+pub enum TransportMsg {
+    /// Open a path to a peer, retrying with backoff until it opens.
+    Dial(PeerAddr, u32),
+}
+
+/// Keeps one transport bound, dials its peers, and shuts it down on stop.
+/// A restart binds a fresh transport and dials again.
+pub struct TransportActor;
+
+/// Arguments of a [`TransportActor`].
+pub struct TransportArgs {
+    shared: Arc<Shared>,
+    spec: Arc<TransportSpec>,
+    dials: Vec<PeerAddr>,
+}
+
+/// State of a running [`TransportActor`].
+pub struct TransportState {
+    transport: Arc<dyn Transport>,
+    shared: Arc<Shared>,
+}
+
+/// Backoff between dial attempts: 100 ms doubling to 5 s.
+fn dial_backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100)
+        .saturating_mul(1 << attempt.min(6))
+        .min(Duration::from_secs(5))
+}
+
+impl Actor for TransportActor {
+    type Msg = TransportMsg;
+    type State = TransportState;
+    type Arguments = TransportArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let transport = (args.spec.bind)(args.shared.events.clone()).await?;
+        args.shared
+            .transports
+            .insert(args.spec.kind, transport.clone());
+        for peer in args.dials {
+            let _ = myself.cast(TransportMsg::Dial(peer, 0));
+        }
+        Ok(TransportState {
+            transport,
+            shared: args.shared,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let kind = state.transport.kind();
+        state
+            .shared
+            .transports
+            .remove_if(&kind, |_, t| Arc::ptr_eq(t, &state.transport));
+        state.transport.shutdown().await;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TransportMsg::Dial(peer, attempt) => {
+                if let Err(e) = state.transport.connect(&peer).await {
+                    let after = dial_backoff(attempt);
+                    tracing::debug!(peer = %peer.node, kind = %state.transport.kind(), error = %e, ?after, "dial failed; retrying");
+                    myself.send_after(after, move || TransportMsg::Dial(peer, attempt + 1));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds a node: its identity, its transports and its policies.
+pub struct NodeBuilder {
+    id: NodeId,
+    role: Role,
+    routing: RoutingConfig,
+    restart: RestartPolicy,
+    transports: Vec<TransportSpec>,
+    dials: HashMap<PathKind, Vec<PeerAddr>>,
+    event_queue: usize,
+}
+
+impl NodeBuilder {
+    /// A node named `id` playing `role`, with default policies.
+    pub fn new(id: impl Into<NodeId>, role: Role) -> Self {
+        Self {
+            id: id.into(),
+            role,
+            routing: RoutingConfig::default(),
+            restart: RestartPolicy::default(),
+            transports: Vec::new(),
+            dials: HashMap::new(),
+            event_queue: 4096,
+        }
+    }
+
+    /// Replaces the routing policies.
+    pub fn routing(mut self, config: RoutingConfig) -> Self {
+        self.routing = config;
+        self
+    }
+
+    /// Replaces the restart policy of every supervisor in the tree.
+    pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
+        self
+    }
+
+    /// Adds a transport of `kind`, bound by `bind` at start and at every
+    /// restart of its actor.
+    pub fn transport<F, Fut>(mut self, kind: PathKind, bind: F) -> Self
+    where
+        F: Fn(EventSink) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Arc<dyn Transport>, String>> + Send + 'static,
+    {
+        self.transports.push(TransportSpec {
+            kind,
+            bind: Arc::new(move |sink| Box::pin(bind(sink))),
+        });
+        self
+    }
+
+    /// Adds a memory transport of `kind` on `network`.
+    pub fn memory(self, network: &MemoryNetwork, kind: PathKind, probe: ProbeConfig) -> Self {
+        let network = network.clone();
+        let id = self.id.clone();
+        self.transport(kind, move |sink| {
+            let t: Arc<dyn Transport> = network.bind(id.clone(), kind, sink, probe);
+            async move { Ok(t) }
+        })
+    }
+
+    /// Dials `peer` on the transport of `kind` at start (and after every
+    /// restart of that transport), retrying with backoff until it opens.
+    pub fn dial(mut self, kind: PathKind, peer: PeerAddr) -> Self {
+        self.dials.entry(kind).or_default().push(peer);
+        self
+    }
+
+    /// Starts the actor tree and the event pump.
+    pub async fn spawn(self) -> Result<Node, NodeError> {
+        let (events, rx) = mpsc::channel(self.event_queue);
+        let (decisions, _) = broadcast::channel(1024);
+        let shared = Arc::new(Shared {
+            id: self.id.clone(),
+            role: self.role,
+            transports: DashMap::new(),
+            inboxes: DashMap::new(),
+            routing: Mutex::new(None),
+            registrations: Mutex::new(BTreeMap::new()),
+            open_paths: Mutex::new(BTreeMap::new()),
+            decisions,
+            events,
+            refused_unknown_stream: Default::default(),
+        });
+        let pump = tokio::spawn(pump(shared.clone(), rx));
+        let prefix = format!("{}/", self.id);
+
+        let routing = {
+            let shared = shared.clone();
+            let config = self.routing.clone();
+            ChildSpec::new(format!("{prefix}routing"), RestartMode::Permanent, move || {
+                (
+                    RoutingAuthority,
+                    AuthorityArgs {
+                        config: config.clone(),
+                        env: Arc::new(Env(shared.clone())),
+                    },
+                )
+            })
+        };
+        let transport_children = self
+            .transports
+            .into_iter()
+            .map(|spec| {
+                let shared = shared.clone();
+                let dials = self.dials.get(&spec.kind).cloned().unwrap_or_default();
+                let name = format!("{prefix}transport/{}", spec.kind);
+                let spec = Arc::new(spec);
+                ChildSpec::new(name, RestartMode::Permanent, move || {
+                    (
+                        TransportActor,
+                        TransportArgs {
+                            shared: shared.clone(),
+                            spec: spec.clone(),
+                            dials: dials.clone(),
+                        },
+                    )
+                })
+            })
+            .collect();
+        let policy = self.restart;
+        let transports = ChildSpec::new(format!("{prefix}transports"), RestartMode::Permanent, move || {
+            (
+                Supervisor,
+                SupervisorArgs {
+                    policy,
+                    children: transport_children.clone(),
+                },
+            )
+        });
+        let channels = ChildSpec::new(format!("{prefix}channels"), RestartMode::Permanent, move || {
+            (
+                Supervisor,
+                SupervisorArgs {
+                    policy,
+                    children: Vec::new(),
+                },
+            )
+        });
+        let (root, join) = Actor::spawn(
+            Some(format!("{prefix}node")),
+            Supervisor,
+            SupervisorArgs {
+                policy,
+                children: vec![routing, transports, channels],
+            },
+        )
+        .await
+        .map_err(|e| {
+            pump.abort();
+            NodeError::Spawn(e.to_string())
+        })?;
+        Ok(Node {
+            shared,
+            root,
+            join,
+            pump,
+        })
+    }
+}
+
+/// Translates a transport fact into a routing observation, if it is one.
+fn observation(fact: &Fact) -> Option<Observation> {
+    Some(match fact {
+        Fact::Up => Observation::Up,
+        Fact::Down(cause) => Observation::Down {
+            cause: cause.to_string(),
+        },
+        Fact::ProbeAnswered { rtt } => Observation::ProbeAnswered { rtt: *rtt },
+        Fact::ProbeMissed => Observation::ProbeMissed,
+        Fact::Rtt(rtt) => Observation::Rtt(*rtt),
+        Fact::Loss { lost, sent } => Observation::Loss {
+            lost: *lost,
+            sent: *sent,
+        },
+        Fact::QueueDepth { frames, bytes } => Observation::QueueDepth {
+            frames: *frames,
+            bytes: *bytes,
+        },
+        Fact::Incident(what) => Observation::Incident { what: what.clone() },
+        Fact::Frame(_) => return None,
+        #[allow(unreachable_patterns)]
+        _ => return None,
+    })
+}
+
+/// Data-plane acks on one path are reported to the authority at most this
+/// often: they prove liveness, and one per interval is proof enough.
+const ACK_REPORT_INTERVAL: Duration = Duration::from_millis(20);
+
+async fn pump(shared: Arc<Shared>, mut rx: mpsc::Receiver<TransportEvent>) {
+    let mut last_ack: HashMap<PathId, tokio::time::Instant> = HashMap::new();
+    while let Some(TransportEvent { path, fact }) = rx.recv().await {
+        match fact {
+            Fact::Frame(frame) => {
+                let stream = match &frame {
+                    Frame::Data(d) => Some(&d.stream),
+                    Frame::Ack(a) => Some(&a.stream),
+                    Frame::Reject(r) => r.stream.as_ref(),
+                    _ => None,
+                };
+                if let Frame::Ack(_) = &frame {
+                    let now = tokio::time::Instant::now();
+                    let due = last_ack
+                        .get(&path)
+                        .is_none_or(|t| now.duration_since(*t) >= ACK_REPORT_INTERVAL);
+                    if due {
+                        last_ack.insert(path.clone(), now);
+                        shared.cast(RoutingMsg::Observe(path.clone(), Observation::DataAcked));
+                    }
+                }
+                let Some(stream) = stream.cloned() else {
+                    tracing::debug!(%path, kind = ?frame.kind(), "frame without a stream ignored by the node");
+                    continue;
+                };
+                let inbox = shared.inboxes.get(&stream).map(|e| e.value().clone());
+                match inbox {
+                    Some(inbox) => inbox.deliver(&path, frame),
+                    None => refuse_unknown_stream(&shared, &path, &stream, &frame),
+                }
+            }
+            fact => {
+                match &fact {
+                    Fact::Up => {
+                        shared
+                            .open_paths
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(path.clone(), ());
+                        shared.cast(RoutingMsg::PathAdded(path.clone()));
+                    }
+                    Fact::Down(_) => {
+                        shared
+                            .open_paths
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&path);
+                    }
+                    _ => {}
+                }
+                if let Some(obs) = observation(&fact) {
+                    shared.cast(RoutingMsg::Observe(path, obs));
+                }
+            }
+        }
+    }
+}
+
+fn refuse_unknown_stream(shared: &Shared, path: &PathId, stream: &StreamId, frame: &Frame) {
+    shared
+        .refused_unknown_stream
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(%path, %stream, "frame for an unknown stream refused");
+    let Frame::Data(d) = frame else { return };
+    if let Some(t) = shared.transports.get(&path.kind) {
+        let reject = Frame::Reject(Reject {
+            stream: Some(stream.clone()),
+            message_id: Some(d.message_id),
+            code: REJECT_UNKNOWN_STREAM,
+            reason: format!("no stream {stream} on {}", shared.id),
+        });
+        // Best effort: a refusal that cannot be sent changes nothing.
+        let _ = t.send(&path.peer, reject);
+    }
+}
+
+/// A running node. Dropping it does not stop it; call [`Node::shutdown`].
+pub struct Node {
+    shared: Arc<Shared>,
+    root: ActorRef<SupervisorMsg>,
+    join: JoinHandle<()>,
+    pump: JoinHandle<()>,
+}
+
+impl Node {
+    /// The node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.shared.id
+    }
+
+    /// The node's role.
+    pub fn role(&self) -> Role {
+        self.shared.role
+    }
+
+    /// The transport of `kind`, if bound and running.
+    pub fn transport(&self, kind: PathKind) -> Option<Arc<dyn Transport>> {
+        self.shared.transports.get(&kind).map(|t| t.value().clone())
+    }
+
+    /// Sends `frame` on `path` (the path a route update named).
+    pub fn send(&self, path: &PathId, frame: Frame) -> Result<(), crate::transports::SendError> {
+        match self.transport(path.kind) {
+            Some(t) => t.send(&path.peer, frame),
+            None => Err(crate::transports::SendError::NoPath {
+                peer: path.peer.clone(),
+                kind: path.kind,
+                frame: Box::new(frame),
+            }),
+        }
+    }
+
+    /// Routes inbound frames of `stream` to `inbox` (replacing any previous).
+    pub fn set_inbox(&self, stream: StreamId, inbox: Arc<dyn Inbox>) {
+        self.shared.inboxes.insert(stream, inbox);
+    }
+
+    /// Stops routing inbound frames of `stream`.
+    pub fn remove_inbox(&self, stream: &StreamId) {
+        self.shared.inboxes.remove(stream);
+    }
+
+    /// Registers a stream with the routing authority. `listener` is told of
+    /// every decision about it; the answer is the route right after
+    /// registration.
+    pub async fn register_stream(
+        &self,
+        stream: StreamId,
+        need: Need,
+        listener: impl Fn(RouteUpdate) + Send + Sync + 'static,
+    ) -> Result<Option<Route>, NodeError> {
+        let routing = self.shared.routing().ok_or(NodeError::RoutingUnavailable)?;
+        let listener: RouteListener = Arc::new(listener);
+        let answer = ractor::call_t!(
+            routing,
+            |reply| RoutingMsg::Register {
+                stream,
+                need,
+                listener,
+                reply
+            },
+            5_000
+        )
+        .map_err(|_| NodeError::RoutingUnavailable)?;
+        Ok(answer?)
+    }
+
+    /// Explains the current route of `stream`.
+    pub async fn explain(&self, stream: &StreamId) -> Result<Option<Explanation>, NodeError> {
+        let routing = self.shared.routing().ok_or(NodeError::RoutingUnavailable)?;
+        let stream = stream.clone();
+        ractor::call_t!(routing, RoutingMsg::Explain, 5_000, stream)
+            .map_err(|_| NodeError::RoutingUnavailable)
+    }
+
+    /// Advertises the capabilities `node` serves, for capability targets.
+    pub fn set_capabilities(&self, node: NodeId, caps: Vec<String>) {
+        self.shared.cast(RoutingMsg::SetCapabilities(node, caps));
+    }
+
+    /// Subscribes to every routing decision this node makes.
+    pub fn decisions(&self) -> broadcast::Receiver<Decision> {
+        self.shared.decisions.subscribe()
+    }
+
+    /// Data frames refused so far because their stream is unknown here.
+    pub fn refused_unknown_stream(&self) -> u64 {
+        self.shared
+            .refused_unknown_stream
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The top supervisor, for starting channel actors and inspecting the tree.
+    pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
+        &self.root
+    }
+
+    /// Whether the actor tree is still running (false after an escalation
+    /// reached the top).
+    pub fn is_running(&self) -> bool {
+        !self.join.is_finished()
+    }
+
+    /// Stops the tree (children first), closes every transport and the
+    /// event pump, and returns when all of it has stopped.
+    pub async fn shutdown(self) {
+        self.root.stop(Some("shutdown".into()));
+        // The join handle only errors if the actor task panicked, which the
+        // runtime already reported.
+        let _ = self.join.await;
+        self.pump.abort();
+        let _ = self.pump.await;
+    }
+}

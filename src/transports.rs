@@ -1,0 +1,234 @@
+//! Transports: adapters that move opaque frames between nodes and report
+//! facts about the paths they carry.
+//!
+//! Owns the transport contract ([`Transport`], [`TransportEvent`], [`Fact`])
+//! and its implementations: [`memory`] (in-process, seeded faults) today;
+//! QUIC, relay, WebRTC and sidecar adapters implement the same contract.
+//!
+//! Must not touch: channel semantics (acks, outbox, dedupe, cursors), the
+//! store, or routing decisions. A transport never chooses a path; it reports
+//! up, down, RTT, loss, queue depth and incidents, and the routing authority
+//! decides. Adding a transport is one module plus one registration.
+//!
+//! Message flow:
+//! - a channel sends a [`Frame`] with [`Transport::send`] on the path the
+//!   routing authority told it to use;
+//! - the transport delivers received frames and facts as [`TransportEvent`]s
+//!   on the [`EventSink`] it was built with; the node dispatches frames to
+//!   channels and facts to the routing authority.
+
+pub mod memory;
+pub mod probe;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::vocab::{NodeId, PathId, PathKind};
+use crate::wire::Frame;
+
+/// Where transports deliver their events. Bounded: a slow consumer slows the
+/// transport's receive loop instead of growing memory without limit.
+pub type EventSink = mpsc::Sender<TransportEvent>;
+
+/// How to reach a peer: its identity and, for transports that dial an
+/// address, where to dial.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAddr {
+    /// The peer's node id (checked against its credentials where the
+    /// transport authenticates).
+    pub node: NodeId,
+    /// The socket address to dial, for address-based transports.
+    pub addr: Option<SocketAddr>,
+}
+
+impl PeerAddr {
+    /// A peer reachable by identity alone (memory, relay).
+    pub fn node(node: impl Into<NodeId>) -> Self {
+        Self {
+            node: node.into(),
+            addr: None,
+        }
+    }
+
+    /// A peer at a socket address.
+    pub fn at(node: impl Into<NodeId>, addr: SocketAddr) -> Self {
+        Self {
+            node: node.into(),
+            addr: Some(addr),
+        }
+    }
+}
+
+/// Why a path went down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DownCause {
+    /// No liveness evidence within the transport's timeout.
+    Timeout,
+    /// The connection was reset.
+    Reset,
+    /// The peer closed with a code.
+    ClosedByPeer {
+        /// The close code (see `docs/wire.md`).
+        code: u32,
+        /// The peer's reason text.
+        reason: String,
+    },
+    /// This node closed it.
+    ClosedLocally,
+    /// The TLS handshake or certificate check failed.
+    Tls(String),
+    /// The peer could not be reached at all.
+    Unreachable(String),
+}
+
+impl std::fmt::Display for DownCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DownCause::Timeout => f.write_str("timeout"),
+            DownCause::Reset => f.write_str("reset"),
+            DownCause::ClosedByPeer { code, reason } => {
+                write!(f, "closed by peer (code {code:#x}: {reason})")
+            }
+            DownCause::ClosedLocally => f.write_str("closed locally"),
+            DownCause::Tls(e) => write!(f, "tls: {e}"),
+            DownCause::Unreachable(e) => write!(f, "unreachable: {e}"),
+        }
+    }
+}
+
+/// A fact a transport reports about one path.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Fact {
+    /// The path is open and usable.
+    Up,
+    /// The path is gone.
+    Down(DownCause),
+    /// A frame arrived on the path.
+    Frame(Frame),
+    /// A liveness probe was answered after `rtt`.
+    ProbeAnswered {
+        /// The measured round trip.
+        rtt: Duration,
+    },
+    /// A liveness probe was not answered in time.
+    ProbeMissed,
+    /// A round-trip sample from the transport's own estimator.
+    Rtt(Duration),
+    /// Loss counters since the path opened.
+    Loss {
+        /// Packets or frames lost.
+        lost: u64,
+        /// Packets or frames sent.
+        sent: u64,
+    },
+    /// Frames and bytes queued for sending on the path.
+    QueueDepth {
+        /// Frames waiting.
+        frames: usize,
+        /// Bytes waiting.
+        bytes: usize,
+    },
+    /// Something went wrong that the routing authority should know about
+    /// (a refused frame, a protocol violation), though the path may live on.
+    Incident(String),
+}
+
+/// One fact about one path, as delivered to the node.
+#[derive(Clone, Debug)]
+pub struct TransportEvent {
+    /// The path the fact is about.
+    pub path: PathId,
+    /// The fact.
+    pub fact: Fact,
+}
+
+/// Why a frame could not be queued. The frame is handed back so the caller
+/// (a channel with an outbox) loses nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// There is no open path to the peer on this transport.
+    #[error("no open {kind} path to {peer}")]
+    NoPath {
+        /// The peer.
+        peer: NodeId,
+        /// This transport's kind.
+        kind: PathKind,
+        /// The frame, unsent.
+        frame: Box<Frame>,
+    },
+    /// The path's send queue is over its budget.
+    #[error("{kind} send queue to {peer} is full")]
+    Full {
+        /// The peer.
+        peer: NodeId,
+        /// This transport's kind.
+        kind: PathKind,
+        /// The frame, unsent.
+        frame: Box<Frame>,
+    },
+    /// The frame could not be encoded (for example it is over the size limit).
+    #[error("frame refused by the codec: {0}")]
+    Encode(String),
+}
+
+impl SendError {
+    /// The unsent frame, if the error kept it.
+    pub fn into_frame(self) -> Option<Frame> {
+        match self {
+            SendError::NoPath { frame, .. } | SendError::Full { frame, .. } => Some(*frame),
+            SendError::Encode(_) => None,
+        }
+    }
+}
+
+/// Why a path could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The peer is not known to this transport or not reachable.
+    #[error("peer {0} unreachable: {1}")]
+    Unreachable(NodeId, String),
+    /// The transport needs an address and none was given.
+    #[error("no address to dial {0}")]
+    NoAddress(NodeId),
+    /// The peer was reached but refused or failed authentication.
+    #[error("peer {0} refused: {1}")]
+    Refused(NodeId, String),
+    /// The transport has been shut down.
+    #[error("transport is shut down")]
+    Shutdown,
+}
+
+/// The contract every transport implements.
+///
+/// A transport carries opaque frames and reports facts; it never decides
+/// which path a stream uses. Implementations are cheap to share (`Arc`), and
+/// [`Transport::send`] never blocks: it queues or refuses.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// The kind of path this transport provides.
+    fn kind(&self) -> PathKind;
+
+    /// This node's identity on the transport.
+    fn local(&self) -> &NodeId;
+
+    /// Opens a path to `peer` (or confirms one is open). `Fact::Up` is
+    /// reported when the path opens, whoever opened it.
+    async fn connect(&self, peer: &PeerAddr) -> Result<(), ConnectError>;
+
+    /// Queues `frame` for `peer`. Never blocks; a refused frame is handed
+    /// back inside the error.
+    fn send(&self, peer: &NodeId, frame: Frame) -> Result<(), SendError>;
+
+    /// Closes the path to `peer` with a code, reporting `Fact::Down`.
+    async fn close(&self, peer: &NodeId, code: u32, reason: &str);
+
+    /// Closes every path and stops the transport's tasks.
+    async fn shutdown(&self);
+}

@@ -1,0 +1,184 @@
+//! Liveness probing as a pure state machine, shared by every transport.
+//!
+//! Owns when to send a probe, which probes are outstanding and when one
+//! counts as missed. It performs no I/O and reads no clock: the transport
+//! feeds `now` and sends what [`Prober::poll`] asks for. Counting misses into
+//! "failed" is the routing authority's job, not this module's.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::wire::{Probe, ProbeAck};
+
+/// How often to probe and how long to wait for an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// Time between probes.
+    pub interval: Duration,
+    /// How long a probe may stay unanswered before it counts as missed.
+    pub timeout: Duration,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// What the transport must do after [`Prober::poll`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProbeActions {
+    /// A probe to send now, if one is due.
+    pub send: Option<Probe>,
+    /// How many outstanding probes have just been declared missed.
+    pub missed: u32,
+}
+
+/// Per-path probe schedule and outstanding probes.
+#[derive(Debug)]
+pub struct Prober {
+    config: ProbeConfig,
+    /// The origin of `sent_at_us`; only this prober interprets it.
+    epoch: Instant,
+    next_nonce: u64,
+    next_send: Instant,
+    /// Probes sent and not yet answered nor missed, oldest first.
+    outstanding: VecDeque<(u64, Instant)>,
+}
+
+/// At most this many probes are remembered as outstanding; older ones are
+/// declared missed. Bounds memory when a path is silent.
+const MAX_OUTSTANDING: usize = 64;
+
+impl Prober {
+    /// A prober whose first probe is due at `now`.
+    pub fn new(config: ProbeConfig, now: Instant) -> Self {
+        Self {
+            config,
+            epoch: now,
+            next_nonce: 1,
+            next_send: now,
+            outstanding: VecDeque::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> ProbeConfig {
+        self.config
+    }
+
+    /// Advances to `now`: declares overdue probes missed and emits the next
+    /// probe if it is due.
+    pub fn poll(&mut self, now: Instant) -> ProbeActions {
+        let mut actions = ProbeActions::default();
+        while let Some(&(_, sent)) = self.outstanding.front() {
+            if now.saturating_duration_since(sent) >= self.config.timeout
+                || self.outstanding.len() > MAX_OUTSTANDING
+            {
+                self.outstanding.pop_front();
+                actions.missed += 1;
+            } else {
+                break;
+            }
+        }
+        if now >= self.next_send {
+            let nonce = self.next_nonce;
+            self.next_nonce += 1;
+            self.outstanding.push_back((nonce, now));
+            self.next_send = now + self.config.interval;
+            let sent_at_us = now.saturating_duration_since(self.epoch).as_micros() as u64;
+            actions.send = Some(Probe { nonce, sent_at_us });
+        }
+        actions
+    }
+
+    /// Records an answer; returns the round trip if it answers an
+    /// outstanding probe (late or unknown answers return `None`).
+    pub fn on_ack(&mut self, now: Instant, ack: &ProbeAck) -> Option<Duration> {
+        let pos = self.outstanding.iter().position(|(n, _)| *n == ack.nonce)?;
+        let (_, sent) = self.outstanding.remove(pos)?;
+        Some(now.saturating_duration_since(sent))
+    }
+
+    /// The next instant at which [`Prober::poll`] has something to do.
+    pub fn next_deadline(&self) -> Instant {
+        let miss = self
+            .outstanding
+            .front()
+            .map(|(_, sent)| *sent + self.config.timeout);
+        match miss {
+            Some(m) if m < self.next_send => m,
+            _ => self.next_send,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ProbeConfig {
+        ProbeConfig {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(250),
+        }
+    }
+
+    #[test]
+    fn first_probe_is_due_at_once_then_every_interval() {
+        let t0 = Instant::now();
+        let mut p = Prober::new(cfg(), t0);
+        let a = p.poll(t0);
+        assert_eq!(a.send.map(|p| p.nonce), Some(1));
+        assert_eq!(p.next_deadline(), t0 + Duration::from_millis(100));
+        assert_eq!(
+            p.poll(t0 + Duration::from_millis(50)),
+            ProbeActions::default()
+        );
+        let b = p.poll(t0 + Duration::from_millis(100));
+        assert_eq!(b.send.map(|p| p.nonce), Some(2));
+    }
+
+    #[test]
+    fn answered_probe_yields_rtt_and_is_not_missed() {
+        let t0 = Instant::now();
+        let mut p = Prober::new(cfg(), t0);
+        let probe = p.poll(t0).send.unwrap();
+        let ack = ProbeAck {
+            nonce: probe.nonce,
+            sent_at_us: probe.sent_at_us,
+        };
+        assert_eq!(
+            p.on_ack(t0 + Duration::from_millis(7), &ack),
+            Some(Duration::from_millis(7))
+        );
+        assert_eq!(p.on_ack(t0 + Duration::from_millis(8), &ack), None);
+        assert_eq!(p.poll(t0 + Duration::from_millis(300)).missed, 0);
+    }
+
+    #[test]
+    fn unanswered_probe_is_missed_after_timeout() {
+        let t0 = Instant::now();
+        let mut p = Prober::new(cfg(), t0);
+        p.poll(t0);
+        assert_eq!(p.poll(t0 + Duration::from_millis(249)).missed, 0);
+        assert_eq!(p.poll(t0 + Duration::from_millis(250)).missed, 1);
+    }
+
+    #[test]
+    fn deadline_is_the_earlier_of_next_send_and_next_miss() {
+        let t0 = Instant::now();
+        let mut p = Prober::new(
+            ProbeConfig {
+                interval: Duration::from_millis(500),
+                timeout: Duration::from_millis(200),
+            },
+            t0,
+        );
+        p.poll(t0);
+        assert_eq!(p.next_deadline(), t0 + Duration::from_millis(200));
+    }
+}
