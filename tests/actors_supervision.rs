@@ -63,7 +63,7 @@ fn crashy(name: &str, starts: &Arc<AtomicU32>) -> ChildSpec {
 /// Waits in virtual time (bounded) until `name` is registered and running.
 async fn running(name: &str) -> ActorRef<CrashyMsg> {
     for _ in 0..200 {
-        if let Some(cell) = ractor::registry::where_is(name.to_string())
+        if let Some(cell) = ractor::registry::where_is(name)
             && cell.get_status() == ActorStatus::Running
         {
             return cell.into();
@@ -132,7 +132,7 @@ async fn a_child_that_keeps_panicking_escalates_instead_of_looping() {
         if join.is_finished() {
             break;
         }
-        match ractor::registry::where_is("sup-test/escalate".to_string()) {
+        match ractor::registry::where_is("sup-test/escalate") {
             Some(cell) if cell.get_status() == ActorStatus::Running => {
                 let child: ActorRef<CrashyMsg> = cell.into();
                 let _ = child.cast(CrashyMsg::Panic);
@@ -148,7 +148,7 @@ async fn a_child_that_keeps_panicking_escalates_instead_of_looping() {
         "1 start + 3 restarts, no more"
     );
     assert_eq!(sup.get_status(), ActorStatus::Stopped);
-    assert!(ractor::registry::where_is("sup-test/escalate".to_string()).is_none());
+    assert!(ractor::registry::where_is("sup-test/escalate").is_none());
 }
 
 #[tokio::test(start_paused = true)]
@@ -183,7 +183,7 @@ async fn shutdown_stops_every_child_and_returns() {
         .expect("shutdown returned")
         .unwrap();
     assert_eq!(leaf.get_status(), ActorStatus::Stopped);
-    assert!(ractor::registry::where_is("sup-test/inner".to_string()).is_none());
-    assert!(ractor::registry::where_is("sup-test/leaf".to_string()).is_none());
+    assert!(ractor::registry::where_is("sup-test/inner").is_none());
+    assert!(ractor::registry::where_is("sup-test/leaf").is_none());
     assert_eq!(starts.load(Ordering::SeqCst), 1, "stopping is not a crash");
 }
