@@ -1,0 +1,1181 @@
+//! The frame codec: length prefix, version byte, kind byte, MessagePack body.
+//!
+//! Owns the byte layout of one frame, the size limit, and the error (and
+//! close) codes for every malformed input. It is pure: no I/O, no clock, no
+//! tasks; the async adapters in [`super::io`] drive it over streams. It must
+//! not interpret frames (acks, dedupe, routing belong to the layers above).
+//!
+//! # Layout
+//!
+//! ```text
+//! +----------------+---------+------+---------------------------+
+//! | L: u32 BE      | version | kind | body: MessagePack (L - 2) |
+//! | 4 bytes        | 1 byte  | 1 b  |                           |
+//! +----------------+---------+------+---------------------------+
+//! ```
+//!
+//! `L` counts the bytes after the prefix (version + kind + body), so a frame
+//! occupies `4 + L` bytes. `L` must satisfy `2 <= L <= max_frame_len`; it is
+//! checked before anything else is read or allocated.
+//!
+//! The body is the frame kind's struct as a MessagePack **array** of its
+//! fields in declaration order, exactly as `rmp_serde::encode::write` emits
+//! it (not the named-map form):
+//!
+//! * `u8`/`u16`/`u32`/`u64` → the shortest MessagePack unsigned encoding
+//!   (positive fixint `0x00..=0x7f`, `uint8 0xcc`, `uint16 0xcd`,
+//!   `uint32 0xce`, `uint64 0xcf`; big-endian).
+//! * `NodeId`, `StreamId`, `String` → `str` (fixstr `0xa0..=0xbf`, `str8
+//!   0xd9`, `str16 0xda`, `str32 0xdb`), UTF-8.
+//! * [`Role`] (a unit-only enum) → `str` holding the
+//!   variant's snake_case name: `"hub"`, `"root"`, `"member"`, `"sidecar"`,
+//!   `"browser"`. rmp-serde writes unit variants as their name, not as an
+//!   index and not as a map.
+//! * `Option<T>` → `nil` (`0xc0`) for `None`, otherwise `T` itself (no
+//!   wrapper).
+//! * `Bytes` payload → `bin` (`bin8 0xc4`, `bin16 0xc5`, `bin32 0xc6`).
+//!
+//! The decoder is strict about shape and lenient about integer width: the
+//! body must be an array with exactly the kind's number of fields, strings
+//! must be `str`, the payload must be `bin`, options must be `nil` or the
+//! inner type, and nothing may follow the array. Any MessagePack integer
+//! format is accepted for integer fields as long as the value is
+//! non-negative and fits the field.
+//!
+//! `docs/wire.md` is the normative description with hex examples.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use thiserror::Error;
+
+use super::frame::{
+    Ack, Close, Data, Frame, FrameKind, Hello, PROTOCOL_VERSION, Probe, ProbeAck, Reject,
+};
+use crate::vocab::{Role, StreamId};
+
+/// Bytes of the length prefix.
+pub const PREFIX_LEN: usize = 4;
+
+/// Bytes of the whole header: prefix, version and kind.
+pub const HEADER_LEN: usize = 6;
+
+/// The default limit on `L` (the bytes after the length prefix): 1 MiB.
+pub const DEFAULT_MAX_FRAME_LEN: usize = 1_048_576;
+
+/// The smallest valid `L`: the version and kind bytes with an empty body
+/// (which is itself never a valid body, but is a well-formed header).
+pub const MIN_FRAME_LEN: usize = 2;
+
+pub mod codes {
+    //! Stable numeric codes for refusing input and closing streams.
+    //!
+    //! The same number is used as a [`Reject`](crate::wire::Reject) `code`
+    //! (u16) and as a [`Close`](crate::wire::Close) `code` / transport close
+    //! code (u32). Ranges:
+    //!
+    //! | range             | owner                                              |
+    //! |-------------------|----------------------------------------------------|
+    //! | `0x0000`          | [`NO_ERROR`]: orderly close                        |
+    //! | `0x0001..=0x00ff` | reserved (general)                                 |
+    //! | `0x0100..=0x01ff` | the wire codec (this module)                       |
+    //! | `0x0200..=0x02ff` | transports: wrong ALPN, untrusted certificate, not admitted, identity mismatch |
+    //! | `0x0300..=0x03ff` | reserved for routing and channels                  |
+    //! | `0x0400..=0xffff` | reserved                                           |
+    //!
+    //! Codec codes:
+    //!
+    //! | code    | constant                | meaning                                 |
+    //! |---------|-------------------------|-----------------------------------------|
+    //! | `0x100` | [`MALFORMED`]           | body failed to decode / trailing bytes  |
+    //! | `0x101` | [`TOO_LARGE`]           | `L` above the receiver's limit          |
+    //! | `0x102` | [`UNSUPPORTED_VERSION`] | version byte not spoken by the receiver |
+    //! | `0x103` | [`UNKNOWN_KIND`]        | kind byte not a known frame kind        |
+    //! | `0x104` | [`TOO_SHORT`]           | `L < 2`                                 |
+    //! | `0x105` | [`TRUNCATED`]           | input ended inside a frame              |
+    //! | `0x106` | [`TRAILING_BYTES`]      | bytes after a single complete frame     |
+
+    /// Orderly close; not an error.
+    pub const NO_ERROR: u16 = 0x0000;
+    /// The body did not decode as the kind's struct, or had trailing bytes.
+    pub const MALFORMED: u16 = 0x0100;
+    /// The length prefix exceeded the receiver's `max_frame_len` (or the
+    /// sender's, when encoding).
+    pub const TOO_LARGE: u16 = 0x0101;
+    /// The version byte is not [`PROTOCOL_VERSION`](crate::wire::PROTOCOL_VERSION).
+    pub const UNSUPPORTED_VERSION: u16 = 0x0102;
+    /// The kind byte is not a known [`FrameKind`](crate::wire::FrameKind) code.
+    pub const UNKNOWN_KIND: u16 = 0x0103;
+    /// The length prefix was 0 or 1: too short to hold version and kind.
+    pub const TOO_SHORT: u16 = 0x0104;
+    /// The input ended before the frame its prefix announced was complete.
+    pub const TRUNCATED: u16 = 0x0105;
+    /// A buffer meant to hold exactly one frame held more bytes after it.
+    pub const TRAILING_BYTES: u16 = 0x0106;
+    /// First code of the range reserved for transports (wrong ALPN,
+    /// untrusted certificate, not admitted, identity mismatch, ...).
+    pub const TRANSPORT_RANGE_START: u16 = 0x0200;
+    /// Last code of the range reserved for transports.
+    pub const TRANSPORT_RANGE_END: u16 = 0x02ff;
+}
+
+/// Codec settings shared by encoder and decoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CodecConfig {
+    /// The largest accepted `L` (bytes after the 4-byte length prefix:
+    /// version, kind and body). Frames above it are refused when encoding
+    /// and rejected from the prefix alone when decoding. Values above
+    /// `u32::MAX` behave as `u32::MAX`.
+    pub max_frame_len: usize,
+}
+
+impl CodecConfig {
+    /// A config with the given `max_frame_len`.
+    pub const fn new(max_frame_len: usize) -> Self {
+        Self { max_frame_len }
+    }
+
+    /// The effective limit on `L` (never above `u32::MAX`).
+    fn limit(&self) -> usize {
+        self.max_frame_len.min(u32::MAX as usize)
+    }
+}
+
+impl Default for CodecConfig {
+    /// `max_frame_len` = [`DEFAULT_MAX_FRAME_LEN`] (1 MiB).
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_FRAME_LEN)
+    }
+}
+
+/// Why a frame could not be encoded.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The frame's `L` (bytes after the prefix) is above the limit. Nothing
+    /// was appended to the buffer.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// The frame's `L`.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The MessagePack serializer failed (not expected for the frame types;
+    /// kept so encoding is total). Nothing was appended to the buffer.
+    #[error("cannot serialize {kind:?} frame: {detail}")]
+    Serialize {
+        /// The frame's kind.
+        kind: FrameKind,
+        /// The serializer's message.
+        detail: String,
+    },
+}
+
+impl EncodeError {
+    /// The code to refuse or close with (see [`codes`]).
+    pub fn reject_code(&self) -> u16 {
+        match self {
+            EncodeError::TooLarge { .. } => codes::TOO_LARGE,
+            EncodeError::Serialize { .. } => codes::MALFORMED,
+        }
+    }
+
+    /// [`Self::reject_code`] widened for [`Close`] frames and transport
+    /// close codes.
+    pub fn close_code(&self) -> u32 {
+        u32::from(self.reject_code())
+    }
+}
+
+/// Why bytes could not be decoded into a frame.
+///
+/// Header errors are reported as soon as the offending byte is available
+/// and in this order: [`TooShort`](Self::TooShort), [`TooLarge`](Self::TooLarge),
+/// [`UnsupportedVersion`](Self::UnsupportedVersion),
+/// [`UnknownKind`](Self::UnknownKind); then, once the body is complete,
+/// [`Malformed`](Self::Malformed). After any error the byte stream cannot be
+/// resynchronised: close it with [`close_code`](Self::close_code).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The input ended inside the frame. Only [`decode_frame`] (given one
+    /// complete frame) and the stream adapters (at end of stream) report
+    /// it; [`FrameDecoder::decode`] returns `Ok(None)` instead.
+    #[error("truncated frame: need {needed} bytes, got {got}")]
+    Truncated {
+        /// Bytes the frame needs as far as known: 4 while the prefix itself
+        /// is incomplete, `4 + L` after.
+        needed: usize,
+        /// Bytes available.
+        got: usize,
+    },
+    /// The length prefix `L` is above the limit; reported from the prefix
+    /// alone, before the body is awaited or any memory reserved for it.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// The announced `L`.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The length prefix `L` is 0 or 1: no room for version and kind.
+    #[error("frame length {len} is shorter than the 2-byte header")]
+    TooShort {
+        /// The announced `L`.
+        len: usize,
+    },
+    /// The version byte is not [`PROTOCOL_VERSION`].
+    #[error("unsupported protocol version {version}")]
+    UnsupportedVersion {
+        /// The version byte received.
+        version: u8,
+    },
+    /// The kind byte is not a known [`FrameKind`] code.
+    #[error("unknown frame kind {kind}")]
+    UnknownKind {
+        /// The kind byte received.
+        kind: u8,
+    },
+    /// The body is not a valid MessagePack encoding of the kind's struct
+    /// (wrong shape, wrong types, out-of-range values, invalid UTF-8,
+    /// unknown role name, truncated values, or trailing bytes after it).
+    #[error("malformed {kind:?} frame: {detail}")]
+    Malformed {
+        /// The frame's kind.
+        kind: FrameKind,
+        /// What was wrong.
+        detail: String,
+    },
+    /// [`decode_frame`] was given bytes after one complete frame.
+    #[error("{extra} trailing bytes after the frame")]
+    TrailingBytes {
+        /// How many bytes followed the frame.
+        extra: usize,
+    },
+}
+
+impl DecodeError {
+    /// The code to refuse with in a [`Reject`] (see [`codes`]).
+    pub fn reject_code(&self) -> u16 {
+        match self {
+            DecodeError::Truncated { .. } => codes::TRUNCATED,
+            DecodeError::TooLarge { .. } => codes::TOO_LARGE,
+            DecodeError::TooShort { .. } => codes::TOO_SHORT,
+            DecodeError::UnsupportedVersion { .. } => codes::UNSUPPORTED_VERSION,
+            DecodeError::UnknownKind { .. } => codes::UNKNOWN_KIND,
+            DecodeError::Malformed { .. } => codes::MALFORMED,
+            DecodeError::TrailingBytes { .. } => codes::TRAILING_BYTES,
+        }
+    }
+
+    /// [`Self::reject_code`] widened for [`Close`] frames and transport
+    /// close codes.
+    pub fn close_code(&self) -> u32 {
+        u32::from(self.reject_code())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Encoding
+// ---------------------------------------------------------------------------
+
+/// Appends one encoded frame to `buf`.
+///
+/// Computes the exact size first, refuses frames whose `L` is above
+/// `cfg.max_frame_len` without touching `buf`, reserves once, then
+/// serializes the body straight into `buf` and writes the length prefix.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use interlocking::wire::{CodecConfig, Frame, Probe, encode};
+///
+/// let mut buf = BytesMut::new();
+/// encode(&Frame::Probe(Probe { nonce: 1, sent_at_us: 2 }), &mut buf, &CodecConfig::default())?;
+/// assert_eq!(&buf[..], &[0, 0, 0, 5, 1, 2, 0x92, 1, 2]);
+/// # Ok::<(), interlocking::wire::EncodeError>(())
+/// ```
+pub fn encode(frame: &Frame, buf: &mut BytesMut, cfg: &CodecConfig) -> Result<(), EncodeError> {
+    let max = cfg.limit();
+    let kind = frame.kind();
+    let predicted = encoded_len(frame);
+    if predicted - PREFIX_LEN > max {
+        return Err(EncodeError::TooLarge {
+            len: predicted - PREFIX_LEN,
+            max,
+        });
+    }
+    let start = buf.len();
+    buf.reserve(predicted);
+    buf.put_slice(&[0, 0, 0, 0, PROTOCOL_VERSION, kind as u8]);
+    let written = {
+        let mut w = (&mut *buf).writer();
+        match frame {
+            Frame::Hello(f) => write_body(&mut w, f),
+            Frame::Probe(f) => write_body(&mut w, f),
+            Frame::ProbeAck(f) => write_body(&mut w, f),
+            Frame::Data(f) => write_body(&mut w, f),
+            Frame::Ack(f) => write_body(&mut w, f),
+            Frame::Reject(f) => write_body(&mut w, f),
+            Frame::Close(f) => write_body(&mut w, f),
+        }
+    };
+    if let Err(e) = written {
+        buf.truncate(start);
+        return Err(EncodeError::Serialize {
+            kind,
+            detail: e.to_string(),
+        });
+    }
+    let len = buf.len() - start - PREFIX_LEN;
+    debug_assert_eq!(len + PREFIX_LEN, predicted, "encoded_len disagrees");
+    if len > max {
+        buf.truncate(start);
+        return Err(EncodeError::TooLarge { len, max });
+    }
+    // `len <= max <= u32::MAX`, so the cast is lossless.
+    buf[start..start + PREFIX_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Encodes one frame into a new, exactly sized buffer.
+pub fn encode_to_bytes(frame: &Frame, cfg: &CodecConfig) -> Result<Bytes, EncodeError> {
+    let mut buf = BytesMut::new();
+    encode(frame, &mut buf, cfg)?;
+    Ok(buf.freeze())
+}
+
+/// The exact number of bytes [`encode`] appends for `frame`, prefix
+/// included (`4 + L`), whatever the limit.
+pub fn encoded_len(frame: &Frame) -> usize {
+    let body = match frame {
+        Frame::Hello(h) => {
+            1 + str_len(h.node.as_str())
+                + str_len(role_name(h.role))
+                + uint_len(h.features)
+                + h.token.as_deref().map_or(1, str_len)
+        }
+        Frame::Probe(p) => 1 + uint_len(p.nonce) + uint_len(p.sent_at_us),
+        Frame::ProbeAck(p) => 1 + uint_len(p.nonce) + uint_len(p.sent_at_us),
+        Frame::Data(d) => {
+            1 + str_len(d.stream.as_str())
+                + uint_len(d.seq)
+                + uint_len(d.message_id)
+                + uint_len(u64::from(d.class))
+                + bin_len(d.payload.len())
+        }
+        Frame::Ack(a) => 1 + str_len(a.stream.as_str()) + uint_len(a.seq) + uint_len(a.message_id),
+        Frame::Reject(r) => {
+            1 + r.stream.as_ref().map_or(1, |s| str_len(s.as_str()))
+                + r.message_id.map_or(1, uint_len)
+                + uint_len(u64::from(r.code))
+                + str_len(&r.reason)
+        }
+        Frame::Close(c) => 1 + uint_len(u64::from(c.code)) + str_len(&c.reason),
+    };
+    HEADER_LEN + body
+}
+
+fn write_body<T: Serialize>(
+    w: &mut impl std::io::Write,
+    value: &T,
+) -> Result<(), rmp_serde::encode::Error> {
+    rmp_serde::encode::write(w, value)
+}
+
+/// The name rmp-serde writes for a role (its serde snake_case name).
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Hub => "hub",
+        Role::Root => "root",
+        Role::Member => "member",
+        Role::Sidecar => "sidecar",
+        Role::Browser => "browser",
+    }
+}
+
+fn uint_len(v: u64) -> usize {
+    match v {
+        0..=0x7f => 1,
+        0x80..=0xff => 2,
+        0x100..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
+fn str_len(s: &str) -> usize {
+    let n = s.len();
+    n + match n {
+        0..=31 => 1,
+        32..=0xff => 2,
+        0x100..=0xffff => 3,
+        _ => 5,
+    }
+}
+
+fn bin_len(n: usize) -> usize {
+    n + match n {
+        0..=0xff => 2,
+        0x100..=0xffff => 3,
+        _ => 5,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Decoding
+// ---------------------------------------------------------------------------
+
+/// What the header says so far.
+enum Header {
+    /// The header is incomplete; the frame needs at least this many bytes
+    /// in total.
+    Incomplete { needed: usize },
+    /// The header is complete and valid.
+    Complete { len: usize, kind: FrameKind },
+}
+
+/// Parses and checks the header, as far as `buf` goes. Never reads past
+/// the 6 header bytes.
+fn parse_header(buf: &[u8], max: usize) -> Result<Header, DecodeError> {
+    let Some(prefix) = buf.first_chunk::<PREFIX_LEN>() else {
+        return Ok(Header::Incomplete { needed: PREFIX_LEN });
+    };
+    let len = u32::from_be_bytes(*prefix) as usize;
+    if len < MIN_FRAME_LEN {
+        return Err(DecodeError::TooShort { len });
+    }
+    if len > max {
+        return Err(DecodeError::TooLarge { len, max });
+    }
+    let needed = PREFIX_LEN + len;
+    let Some(&version) = buf.get(PREFIX_LEN) else {
+        return Ok(Header::Incomplete { needed });
+    };
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::UnsupportedVersion { version });
+    }
+    let Some(&code) = buf.get(PREFIX_LEN + 1) else {
+        return Ok(Header::Incomplete { needed });
+    };
+    match FrameKind::from_code(code) {
+        Some(kind) => Ok(Header::Complete { len, kind }),
+        None => Err(DecodeError::UnknownKind { kind: code }),
+    }
+}
+
+/// Decodes exactly one complete frame from `bytes`.
+///
+/// Fails with [`DecodeError::Truncated`] if `bytes` is shorter than the frame
+/// its prefix announces and with [`DecodeError::TrailingBytes`] if longer.
+/// The payload of a [`Data`] frame is copied out of `bytes`.
+///
+/// ```
+/// use interlocking::wire::{CodecConfig, Frame, Probe, decode_frame};
+///
+/// let frame = decode_frame(&[0, 0, 0, 5, 1, 2, 0x92, 1, 2], &CodecConfig::default())?;
+/// assert_eq!(frame, Frame::Probe(Probe { nonce: 1, sent_at_us: 2 }));
+/// # Ok::<(), interlocking::wire::DecodeError>(())
+/// ```
+pub fn decode_frame(bytes: &[u8], cfg: &CodecConfig) -> Result<Frame, DecodeError> {
+    let got = bytes.len();
+    match parse_header(bytes, cfg.limit())? {
+        Header::Incomplete { needed } => Err(DecodeError::Truncated { needed, got }),
+        Header::Complete { len, kind } => {
+            let total = PREFIX_LEN + len;
+            if got < total {
+                return Err(DecodeError::Truncated { needed: total, got });
+            }
+            if got > total {
+                return Err(DecodeError::TrailingBytes { extra: got - total });
+            }
+            decode_body(kind, &bytes[HEADER_LEN..], Bytes::copy_from_slice)
+        }
+    }
+}
+
+/// A pure, incremental frame decoder for a byte stream.
+///
+/// Feed it the stream's bytes in a [`BytesMut`] as they arrive; each
+/// [`decode`](Self::decode) call takes at most one complete frame off the
+/// front. It never allocates for a frame that is not yet complete, and
+/// [`Data`] payloads share the buffer's memory instead of being copied.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use interlocking::wire::{CodecConfig, Frame, FrameDecoder, Probe};
+///
+/// let mut dec = FrameDecoder::new(CodecConfig::default());
+/// let mut buf = BytesMut::from(&[0u8, 0, 0, 5, 1, 2, 0x92][..]);
+/// assert_eq!(dec.decode(&mut buf)?, None); // two body bytes missing
+/// buf.extend_from_slice(&[1, 2]);
+/// assert_eq!(dec.decode(&mut buf)?, Some(Frame::Probe(Probe { nonce: 1, sent_at_us: 2 })));
+/// assert!(buf.is_empty());
+/// # Ok::<(), interlocking::wire::DecodeError>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct FrameDecoder {
+    /// The limits this stream is held to.
+    cfg: CodecConfig,
+}
+
+impl FrameDecoder {
+    /// A decoder holding frames to `cfg`.
+    pub fn new(cfg: CodecConfig) -> Self {
+        Self { cfg }
+    }
+
+    /// The decoder's configuration.
+    pub fn config(&self) -> &CodecConfig {
+        &self.cfg
+    }
+
+    /// Takes one frame off the front of `buf` if it is complete.
+    ///
+    /// Returns `Ok(None)` when more bytes are needed (nothing consumed) and
+    /// `Ok(Some(frame))` after consuming exactly that frame's bytes. Header
+    /// errors are returned as soon as the offending header byte is present,
+    /// without waiting for the body. On error nothing is consumed; the
+    /// stream cannot be resynchronised and should be closed with the error's
+    /// [`close_code`](DecodeError::close_code).
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        let (len, kind) = match parse_header(buf, self.cfg.limit())? {
+            Header::Incomplete { .. } => return Ok(None),
+            Header::Complete { len, kind } => (len, kind),
+        };
+        let total = PREFIX_LEN + len;
+        if buf.len() < total {
+            return Ok(None);
+        }
+        let body = &buf[HEADER_LEN..total];
+        let body_start = body.as_ptr() as usize;
+        let mut payload_at = None;
+        let mut frame = decode_body(kind, body, |p| {
+            let at = p.as_ptr() as usize - body_start + HEADER_LEN;
+            payload_at = Some(at..at + p.len());
+            Bytes::new()
+        })?;
+        match (&mut frame, payload_at) {
+            (Frame::Data(d), Some(range)) if !range.is_empty() => {
+                let whole = buf.split_to(total).freeze();
+                d.payload = whole.slice(range);
+            }
+            // Moving the start is free; splitting would share the buffer.
+            _ => buf.advance(total),
+        }
+        Ok(Some(frame))
+    }
+
+    /// How many more bytes `buf` needs before [`decode`](Self::decode) can
+    /// make progress, as far as the header tells (at least 1 while a frame
+    /// is incomplete; 0 when a complete frame or an error is waiting).
+    /// Never more than `4 + max_frame_len`.
+    pub fn bytes_needed(&self, buf: &[u8]) -> usize {
+        match parse_header(buf, self.cfg.limit()) {
+            Ok(Header::Incomplete { needed }) => needed.saturating_sub(buf.len()).max(1),
+            Ok(Header::Complete { len, .. }) => (PREFIX_LEN + len).saturating_sub(buf.len()),
+            Err(_) => 0,
+        }
+    }
+}
+
+/// The MessagePack type a body field must have.
+#[derive(Clone, Copy, Debug)]
+enum Field {
+    /// Any integer format (range checked by serde).
+    Int,
+    /// `str`.
+    Str,
+    /// `bin`.
+    Bin,
+    /// `nil` or `str`.
+    OptStr,
+    /// `nil` or an integer.
+    OptInt,
+}
+
+/// The field types of each kind's body, in declaration order.
+fn schema(kind: FrameKind) -> &'static [Field] {
+    use Field::*;
+    match kind {
+        FrameKind::Hello => &[Str, Str, Int, OptStr],
+        FrameKind::Probe | FrameKind::ProbeAck => &[Int, Int],
+        FrameKind::Data => &[Str, Int, Int, Int, Bin],
+        FrameKind::Ack => &[Str, Int, Int],
+        FrameKind::Reject => &[OptStr, OptInt, Int, Str],
+        FrameKind::Close => &[Int, Str],
+    }
+}
+
+/// A bounds-checked reader over a body.
+struct Scan<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        match self.buf.get(self.pos..).and_then(|rest| rest.get(..n)) {
+            Some(s) => {
+                self.pos += n;
+                Ok(s)
+            }
+            None => Err(format!(
+                "value at offset {} needs {n} bytes, {} left",
+                self.pos,
+                self.buf.len().saturating_sub(self.pos)
+            )),
+        }
+    }
+
+    fn byte(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    /// Reads a big-endian unsigned length of `width` bytes (1, 2 or 4).
+    fn len(&mut self, width: usize) -> Result<usize, String> {
+        let b = self.take(width)?;
+        Ok(b.iter().fold(0usize, |acc, &x| (acc << 8) | usize::from(x)))
+    }
+
+    /// Checks and skips one value of type `field`.
+    fn field(&mut self, index: usize, field: Field) -> Result<(), String> {
+        let at = self.pos;
+        let m = self.byte()?;
+        let ok = match (field, m) {
+            (Field::OptStr | Field::OptInt, 0xc0) => return Ok(()),
+            // positive / negative fixint
+            (Field::Int | Field::OptInt, 0x00..=0x7f | 0xe0..=0xff) => return Ok(()),
+            // uint8..uint64, int8..int64
+            (Field::Int | Field::OptInt, 0xcc | 0xd0) => self.take(1).map(drop),
+            (Field::Int | Field::OptInt, 0xcd | 0xd1) => self.take(2).map(drop),
+            (Field::Int | Field::OptInt, 0xce | 0xd2) => self.take(4).map(drop),
+            (Field::Int | Field::OptInt, 0xcf | 0xd3) => self.take(8).map(drop),
+            (Field::Str | Field::OptStr, 0xa0..=0xbf) => self.take(usize::from(m & 0x1f)).map(drop),
+            (Field::Str | Field::OptStr, 0xd9) => self.len(1).and_then(|n| self.take(n).map(drop)),
+            (Field::Str | Field::OptStr, 0xda) => self.len(2).and_then(|n| self.take(n).map(drop)),
+            (Field::Str | Field::OptStr, 0xdb) => self.len(4).and_then(|n| self.take(n).map(drop)),
+            (Field::Bin, 0xc4) => self.len(1).and_then(|n| self.take(n).map(drop)),
+            (Field::Bin, 0xc5) => self.len(2).and_then(|n| self.take(n).map(drop)),
+            (Field::Bin, 0xc6) => self.len(4).and_then(|n| self.take(n).map(drop)),
+            _ => Err(format!(
+                "field {index} at offset {at}: marker 0x{m:02x} is not a valid {field:?}"
+            )),
+        };
+        ok.map_err(|e| format!("field {index}: {e}"))
+    }
+}
+
+/// Checks the body's shape against the kind's schema without allocating:
+/// one array of exactly the right number of fields of the right MessagePack
+/// types, every length within the body, nothing after it.
+fn check_shape(kind: FrameKind, body: &[u8]) -> Result<(), String> {
+    let fields = schema(kind);
+    let mut s = Scan { buf: body, pos: 0 };
+    let m = s.byte().map_err(|_| "empty body".to_string())?;
+    let n = match m {
+        0x90..=0x9f => usize::from(m & 0x0f),
+        0xdc => s.len(2)?,
+        0xdd => s.len(4)?,
+        _ => return Err(format!("body starts with marker 0x{m:02x}, not an array")),
+    };
+    if n != fields.len() {
+        return Err(format!("array of {n} fields, expected {}", fields.len()));
+    }
+    for (i, f) in fields.iter().enumerate() {
+        s.field(i, *f)?;
+    }
+    if s.pos != body.len() {
+        return Err(format!("{} trailing bytes after body", body.len() - s.pos));
+    }
+    Ok(())
+}
+
+/// The wire form of [`Data`] while decoding: the payload borrowed from the
+/// input so the caller decides whether to copy or share it.
+#[derive(serde::Deserialize)]
+struct DataRef<'a> {
+    stream: StreamId,
+    seq: u64,
+    message_id: u64,
+    class: u8,
+    #[serde(borrow)]
+    payload: &'a [u8],
+}
+
+/// Decodes a body of `kind`. `payload` turns the borrowed [`Data`] payload
+/// into `Bytes`.
+fn decode_body<'a>(
+    kind: FrameKind,
+    body: &'a [u8],
+    payload: impl FnOnce(&'a [u8]) -> Bytes,
+) -> Result<Frame, DecodeError> {
+    let malformed = |detail: String| DecodeError::Malformed { kind, detail };
+    check_shape(kind, body).map_err(malformed)?;
+    fn de<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, String> {
+        rmp_serde::from_slice(body).map_err(|e| e.to_string())
+    }
+    let frame = match kind {
+        FrameKind::Hello => de::<Hello>(body).map(Frame::Hello),
+        FrameKind::Probe => de::<Probe>(body).map(Frame::Probe),
+        FrameKind::ProbeAck => de::<ProbeAck>(body).map(Frame::ProbeAck),
+        FrameKind::Data => de::<DataRef<'a>>(body).map(|d| {
+            Frame::Data(Data {
+                stream: d.stream,
+                seq: d.seq,
+                message_id: d.message_id,
+                class: d.class,
+                payload: payload(d.payload),
+            })
+        }),
+        FrameKind::Ack => de::<Ack>(body).map(Frame::Ack),
+        FrameKind::Reject => de::<Reject>(body).map(Frame::Reject),
+        FrameKind::Close => de::<Close>(body).map(Frame::Close),
+    };
+    frame.map_err(malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vocab::NodeId;
+
+    fn cfg() -> CodecConfig {
+        CodecConfig::default()
+    }
+
+    fn enc(frame: &Frame) -> Vec<u8> {
+        encode_to_bytes(frame, &cfg()).unwrap().to_vec()
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn probe() -> Frame {
+        Frame::Probe(Probe {
+            nonce: 0x0102_0304_0506_0708,
+            sent_at_us: 1_000_000,
+        })
+    }
+
+    fn data() -> Frame {
+        Frame::Data(Data {
+            stream: StreamId::new("command:hub-1/member-7"),
+            seq: 1,
+            message_id: 42,
+            class: 0,
+            payload: Bytes::from_static(b"hi"),
+        })
+    }
+
+    /// Every golden frame with its exact bytes; `docs/wire.md` shows the
+    /// same hex.
+    fn goldens() -> Vec<(Frame, &'static str)> {
+        vec![
+            (
+                Frame::Hello(Hello {
+                    node: NodeId::new("hub-1"),
+                    role: Role::Hub,
+                    features: 0,
+                    token: None,
+                }),
+                "0000000f 01 01 94 a5 6875622d31 a3 687562 00 c0",
+            ),
+            (
+                Frame::Hello(Hello {
+                    node: NodeId::new("m-7"),
+                    role: Role::Member,
+                    features: 1,
+                    token: Some("tok".into()),
+                }),
+                "00000013 01 01 94 a3 6d2d37 a6 6d656d626572 01 a3 746f6b",
+            ),
+            (probe(), "00000011 01 02 92 cf 0102030405060708 ce 000f4240"),
+            (
+                Frame::ProbeAck(ProbeAck {
+                    nonce: 7,
+                    sent_at_us: 300,
+                }),
+                "00000007 01 03 92 07 cd 012c",
+            ),
+            (
+                data(),
+                "00000021 01 04 95 b6 636f6d6d616e643a6875622d312f6d656d6265722d37 01 2a 00 c4 02 6869",
+            ),
+            (
+                Frame::Ack(Ack {
+                    stream: StreamId::new("s"),
+                    seq: 200,
+                    message_id: 70000,
+                }),
+                "0000000c 01 05 93 a1 73 cc c8 ce 00011170",
+            ),
+            (
+                Frame::Reject(Reject {
+                    stream: None,
+                    message_id: Some(5),
+                    code: 0x101,
+                    reason: "big".into(),
+                }),
+                "0000000c 01 06 94 c0 05 cd 0101 a3 626967",
+            ),
+            (
+                Frame::Close(Close {
+                    code: 0,
+                    reason: String::new(),
+                }),
+                "00000005 01 07 92 00 a0",
+            ),
+        ]
+    }
+
+    #[test]
+    fn golden_bytes_encode_and_decode() {
+        for (frame, text) in goldens() {
+            let bytes = hex(text);
+            assert_eq!(enc(&frame), bytes, "encoding of {frame:?}");
+            assert_eq!(encoded_len(&frame), bytes.len(), "encoded_len of {frame:?}");
+            assert_eq!(decode_frame(&bytes, &cfg()).unwrap(), frame);
+        }
+    }
+
+    #[test]
+    fn docs_show_the_golden_bytes() {
+        let doc = include_str!("../../docs/wire.md");
+        for (frame, text) in goldens() {
+            assert!(doc.contains(text), "docs/wire.md lacks {text} ({frame:?})");
+        }
+    }
+
+    #[test]
+    fn docs_refused_inputs_table() {
+        let c = cfg();
+        assert!(matches!(
+            decode_frame(&hex("ffffffff"), &c),
+            Err(DecodeError::TooLarge {
+                len: 4294967295,
+                ..
+            })
+        ));
+        assert_eq!(
+            decode_frame(&hex("00000001 01"), &c),
+            Err(DecodeError::TooShort { len: 1 })
+        );
+        assert_eq!(
+            decode_frame(&hex("00000005 02"), &c),
+            Err(DecodeError::UnsupportedVersion { version: 2 })
+        );
+        assert_eq!(
+            decode_frame(&hex("00000005 01 08"), &c),
+            Err(DecodeError::UnknownKind { kind: 8 })
+        );
+        for text in ["00000004 01 02 91 01", "00000006 01 02 92 01 02 00"] {
+            assert!(matches!(
+                decode_frame(&hex(text), &c),
+                Err(DecodeError::Malformed {
+                    kind: FrameKind::Probe,
+                    ..
+                })
+            ));
+        }
+    }
+
+    #[test]
+    fn golden_probe_and_data_field_encodings() {
+        // Probe: fixarray(2), uint64, uint32.
+        let p = enc(&probe());
+        assert_eq!(
+            &p[..6],
+            &[0, 0, 0, 0x11, PROTOCOL_VERSION, FrameKind::Probe as u8]
+        );
+        assert_eq!(p[6], 0x92);
+        assert_eq!(p[7], 0xcf);
+        assert_eq!(p[16], 0xce);
+        // Data: fixarray(5), fixstr, fixint, fixint, fixint, bin8.
+        let d = enc(&data());
+        assert_eq!(d[6], 0x95);
+        assert_eq!(d[7], 0xa0 | 22);
+        assert_eq!(&d[d.len() - 4..], &[0xc4, 2, b'h', b'i']);
+    }
+
+    #[test]
+    fn roles_are_snake_case_strings() {
+        for (role, name) in [
+            (Role::Hub, "hub"),
+            (Role::Root, "root"),
+            (Role::Member, "member"),
+            (Role::Sidecar, "sidecar"),
+            (Role::Browser, "browser"),
+        ] {
+            let mut want = vec![0xa0 | name.len() as u8];
+            want.extend_from_slice(name.as_bytes());
+            assert_eq!(rmp_serde::to_vec(&role).unwrap(), want);
+            assert_eq!(role_name(role), name);
+        }
+    }
+
+    #[test]
+    fn long_fields_use_wider_markers() {
+        let f = Frame::Data(Data {
+            stream: StreamId::new("x".repeat(40)),
+            seq: u64::MAX,
+            message_id: 0x1_0000,
+            class: 255,
+            payload: Bytes::from(vec![9u8; 70_000]),
+        });
+        let b = enc(&f);
+        assert_eq!(b.len(), encoded_len(&f));
+        assert_eq!(&b[7..9], &[0xd9, 40]); // str8
+        assert_eq!(b[49], 0xcf); // uint64
+        assert_eq!(b[58], 0xce); // uint32
+        assert_eq!(&b[63..65], &[0xcc, 255]); // uint8
+        assert_eq!(&b[65..70], &[0xc6, 0, 1, 0x11, 0x70]); // bin32
+        assert_eq!(decode_frame(&b, &cfg()).unwrap(), f);
+    }
+
+    #[test]
+    fn encode_refuses_too_large_and_leaves_buffer() {
+        let f = data();
+        let len = encoded_len(&f) - PREFIX_LEN;
+        let small = CodecConfig::new(len - 1);
+        let mut buf = BytesMut::from(&b"keep"[..]);
+        assert_eq!(
+            encode(&f, &mut buf, &small),
+            Err(EncodeError::TooLarge { len, max: len - 1 })
+        );
+        assert_eq!(&buf[..], b"keep");
+        assert_eq!(encode(&f, &mut buf, &CodecConfig::new(len)), Ok(()));
+        assert_eq!(
+            EncodeError::TooLarge { len: 1, max: 0 }.close_code(),
+            u32::from(codes::TOO_LARGE)
+        );
+    }
+
+    #[test]
+    fn truncated_from_decode_frame() {
+        let b = enc(&data());
+        assert_eq!(
+            decode_frame(&b[..3], &cfg()),
+            Err(DecodeError::Truncated { needed: 4, got: 3 })
+        );
+        assert_eq!(
+            decode_frame(&b[..5], &cfg()),
+            Err(DecodeError::Truncated {
+                needed: b.len(),
+                got: 5
+            })
+        );
+        let e = decode_frame(&b[..b.len() - 1], &cfg()).unwrap_err();
+        assert_eq!(
+            e,
+            DecodeError::Truncated {
+                needed: b.len(),
+                got: b.len() - 1
+            }
+        );
+        assert_eq!(e.close_code(), 0x105);
+    }
+
+    #[test]
+    fn trailing_bytes_after_frame() {
+        let mut b = enc(&probe());
+        b.push(0);
+        let e = decode_frame(&b, &cfg()).unwrap_err();
+        assert_eq!(e, DecodeError::TrailingBytes { extra: 1 });
+        assert_eq!(e.reject_code(), codes::TRAILING_BYTES);
+    }
+
+    #[test]
+    fn too_large_prefix_is_refused_without_body() {
+        let b = [0xff, 0xff, 0xff, 0xff];
+        let want = DecodeError::TooLarge {
+            len: u32::MAX as usize,
+            max: DEFAULT_MAX_FRAME_LEN,
+        };
+        assert_eq!(decode_frame(&b, &cfg()), Err(want.clone()));
+        let mut dec = FrameDecoder::default();
+        let mut buf = BytesMut::from(&b[..]);
+        assert_eq!(dec.decode(&mut buf), Err(want.clone()));
+        assert_eq!(buf.len(), 4, "nothing consumed");
+        assert_eq!(want.close_code(), 0x101);
+        // Exactly the limit is accepted as a header.
+        let c = CodecConfig::new(10);
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 10, 1, 2][..]);
+        assert_eq!(FrameDecoder::new(c).decode(&mut buf), Ok(None));
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 11][..]);
+        assert_eq!(
+            FrameDecoder::new(c).decode(&mut buf),
+            Err(DecodeError::TooLarge { len: 11, max: 10 })
+        );
+    }
+
+    #[test]
+    fn too_short_prefix() {
+        for len in [0u8, 1] {
+            let e = decode_frame(&[0, 0, 0, len, 1], &cfg()).unwrap_err();
+            assert_eq!(e, DecodeError::TooShort { len: len.into() });
+            assert_eq!(e.close_code(), 0x104);
+        }
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 0][..]);
+        assert_eq!(
+            FrameDecoder::default().decode(&mut buf),
+            Err(DecodeError::TooShort { len: 0 })
+        );
+    }
+
+    #[test]
+    fn unsupported_version() {
+        let mut b = enc(&probe());
+        b[4] = 2;
+        let e = decode_frame(&b, &cfg()).unwrap_err();
+        assert_eq!(e, DecodeError::UnsupportedVersion { version: 2 });
+        assert_eq!(e.close_code(), 0x102);
+        // Reported as soon as the version byte arrives.
+        let mut buf = BytesMut::from(&b[..5]);
+        assert_eq!(FrameDecoder::default().decode(&mut buf), Err(e));
+    }
+
+    #[test]
+    fn unknown_kind() {
+        for k in [0u8, 8, 0xff] {
+            let mut b = enc(&probe());
+            b[5] = k;
+            let e = decode_frame(&b, &cfg()).unwrap_err();
+            assert_eq!(e, DecodeError::UnknownKind { kind: k });
+            assert_eq!(e.close_code(), 0x103);
+            let mut buf = BytesMut::from(&b[..6]);
+            assert_eq!(FrameDecoder::default().decode(&mut buf), Err(e));
+        }
+    }
+
+    fn frame_of(kind: FrameKind, body: &[u8]) -> Vec<u8> {
+        let mut b = ((body.len() + 2) as u32).to_be_bytes().to_vec();
+        b.push(PROTOCOL_VERSION);
+        b.push(kind as u8);
+        b.extend_from_slice(body);
+        b
+    }
+
+    fn assert_malformed(kind: FrameKind, body: &[u8]) {
+        match decode_frame(&frame_of(kind, body), &cfg()) {
+            Err(e @ DecodeError::Malformed { kind: k, .. }) => {
+                assert_eq!(k, kind);
+                assert_eq!(e.close_code(), 0x100);
+            }
+            other => panic!("{kind:?} body {body:02x?}: expected Malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_bodies() {
+        use FrameKind as K;
+        assert_malformed(K::Probe, &[]); // empty body
+        assert_malformed(K::Probe, &[0x91, 1]); // too few fields
+        assert_malformed(K::Probe, &[0x93, 1, 2, 3]); // too many fields
+        assert_malformed(K::Probe, &[0x92, 1, 2, 0]); // trailing bytes
+        assert_malformed(K::Probe, &[0x82, 0xa1, b'a', 1, 0xa1, b'b', 2]); // map form
+        assert_malformed(K::Probe, &[0x92, 0xff, 2]); // negative integer
+        assert_malformed(K::Probe, &[0x92, 0xcf, 1, 2]); // truncated uint64
+        assert_malformed(K::Probe, &[0x92, 0xc0, 2]); // nil for u64
+        assert_malformed(K::Data, &[0x95, 0xa1, b's', 1, 2, 0xcd, 1, 0, 0xc4, 0]); // class > u8
+        assert_malformed(K::Data, &[0x95, 0xa1, b's', 1, 2, 3, 0xa1, b'x']); // payload as str
+        assert_malformed(K::Data, &[0x95, 0xc4, 1, b's', 1, 2, 3, 0xc4, 0]); // stream as bin
+        assert_malformed(K::Data, &[0x95, 0xa1, 0xff, 1, 2, 3, 0xc4, 0]); // invalid UTF-8
+        assert_malformed(
+            K::Data,
+            &[0x95, 0xa1, b's', 1, 2, 3, 0xc6, 0xff, 0xff, 0xff, 0xff],
+        ); // huge bin
+        assert_malformed(
+            K::Hello,
+            &[0x94, 0xa1, b'n', 0xa4, b'k', b'i', b'n', b'g', 0, 0xc0],
+        ); // unknown role
+        assert_malformed(
+            K::Hello,
+            &[
+                0x94, 0xa1, b'n', 0x81, 0xa3, b'h', b'u', b'b', 0xc0, 0, 0xc0,
+            ],
+        ); // role as map
+        assert_malformed(K::Reject, &[0x94, 0xc0, 0xc0, 0xce, 0, 1, 0, 0, 0xa0]); // code > u16
+        assert_malformed(K::Close, &[0xdd, 0xff, 0xff, 0xff, 0xff]); // huge array
+        assert_malformed(K::Ack, &[0xdb, 0xff, 0xff, 0xff, 0xff]); // not an array
+    }
+
+    #[test]
+    fn wide_integer_markers_are_accepted() {
+        // uint64 / int8 encodings of small values decode to the same frame.
+        let b = frame_of(
+            FrameKind::Probe,
+            &[0x92, 0xcf, 0, 0, 0, 0, 0, 0, 0, 1, 0xd0, 2],
+        );
+        assert_eq!(
+            decode_frame(&b, &cfg()).unwrap(),
+            Frame::Probe(Probe {
+                nonce: 1,
+                sent_at_us: 2
+            })
+        );
+    }
+
+    #[test]
+    fn streaming_byte_by_byte_yields_one_frame_at_the_end() {
+        let b = enc(&data());
+        let mut dec = FrameDecoder::default();
+        let mut buf = BytesMut::new();
+        for (i, byte) in b.iter().enumerate() {
+            assert_eq!(dec.decode(&mut buf), Ok(None), "early frame at byte {i}");
+            assert!(dec.bytes_needed(&buf) >= 1);
+            buf.put_u8(*byte);
+        }
+        assert_eq!(dec.bytes_needed(&buf), 0);
+        assert_eq!(dec.decode(&mut buf), Ok(Some(data())));
+        assert!(buf.is_empty());
+        assert_eq!(dec.decode(&mut buf), Ok(None));
+    }
+
+    #[test]
+    fn two_frames_back_to_back() {
+        let mut buf = BytesMut::new();
+        encode(&data(), &mut buf, &cfg()).unwrap();
+        encode(&probe(), &mut buf, &cfg()).unwrap();
+        buf.extend_from_slice(&[0, 0]); // start of a third frame
+        let mut dec = FrameDecoder::default();
+        assert_eq!(dec.decode(&mut buf), Ok(Some(data())));
+        assert_eq!(dec.decode(&mut buf), Ok(Some(probe())));
+        assert_eq!(dec.decode(&mut buf), Ok(None));
+        assert_eq!(&buf[..], &[0, 0]);
+    }
+
+    #[test]
+    fn streaming_payload_shares_the_buffer() {
+        let mut buf = BytesMut::new();
+        encode(&data(), &mut buf, &cfg()).unwrap();
+        let base = buf.as_ptr() as usize;
+        let end = base + buf.len();
+        let Some(Frame::Data(d)) = FrameDecoder::default().decode(&mut buf).unwrap() else {
+            panic!("expected data");
+        };
+        let p = d.payload.as_ptr() as usize;
+        assert!(
+            p >= base && p + d.payload.len() <= end,
+            "payload was copied"
+        );
+        assert_eq!(&d.payload[..], b"hi");
+    }
+
+    #[test]
+    fn malformed_in_stream_consumes_nothing() {
+        let mut b = frame_of(FrameKind::Probe, &[0x91, 1]);
+        b.extend_from_slice(&enc(&probe()));
+        let mut buf = BytesMut::from(&b[..]);
+        let before = buf.len();
+        assert!(matches!(
+            FrameDecoder::default().decode(&mut buf),
+            Err(DecodeError::Malformed { .. })
+        ));
+        assert_eq!(buf.len(), before);
+    }
+}
