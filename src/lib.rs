@@ -19,10 +19,11 @@
 //! | [`wire`] | the frame envelope and its versioned, size-limited codec (`docs/wire.md`) | what frames mean |
 //! | [`transports`] | the transport contract and its adapters (memory with seeded faults; QUIC, relay, WebRTC, sidecar to come): connect, send, close, facts up | channels, store, routing decisions |
 //! | [`routing`] | the pure routing core (paths, health, policy, freeze, decisions) and the `RoutingAuthority` actor shell around it (`docs/routing.md`) | sockets, tokio inside the core, channel semantics |
+//! | [`store`] | durability: the `Store` trait over outbox, idempotency records, id counters, dedupe records and cursors; redb (default) and in-memory backends | what the stored bytes mean, channels, tokio |
+//! | [`channels`] | the pure channel cores: sender outbox (window, resend, route change), receiver dedupe and in-order delivery (`docs/channels.md`) | sockets, tokio, the store's layout |
 //! | [`actors`] | the supervision tree: restart policy, generic supervisor, the node that wires routing, transports and channels together | protocol semantics |
 //!
-//! Channels (`channels/`), the durable store (`store/`), the root service
-//! and the sidecar arrive with their issues and slot into the same tree.
+//! The channel actors, the root service and the sidecar arrive with their issues and slot into the same tree.
 //!
 //! ## A node in a few lines
 //!
@@ -56,7 +57,9 @@
 //! ```
 
 pub mod actors;
+pub mod channels;
 //TMP pub mod routing;
+pub mod store;
 pub mod transports;
 pub mod vocab;
 pub mod wire;
