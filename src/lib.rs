@@ -1,4 +1,5 @@
 //! interlocking (crate doc written in the foundation work).
 
+pub mod routing;
 pub mod vocab;
 pub mod wire;
