@@ -6,6 +6,6 @@
 //! channels) from `main` in a few lines. It owns no protocol semantics: it
 //! wires the layers together and keeps them running.
 
+pub mod node;
 pub mod restart;
 pub mod supervisor;
-//TMP pub mod node;

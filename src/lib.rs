@@ -29,7 +29,7 @@
 //!
 //! ```
 //! use interlocking::actors::node::NodeBuilder;
-//! use interlocking::routing::{Need, Target};
+//! use interlocking::routing::Need;
 //! use interlocking::transports::{memory::MemoryNetwork, probe::ProbeConfig, PeerAddr};
 //! use interlocking::vocab::{ChannelKind, PathKind, Role, StreamId};
 //!
@@ -46,7 +46,7 @@
 //!     .spawn()
 //!     .await?;
 //! let stream = StreamId::new("command:m1/hub");
-//! let need = Need::new(ChannelKind::Command, Target::Node("hub".into()));
+//! let need = Need::node(ChannelKind::Command, "hub");
 //! let _initial = member
 //!     .register_stream(stream.clone(), need, |update| println!("{}", update.decision))
 //!     .await?;
@@ -58,7 +58,7 @@
 
 pub mod actors;
 pub mod channels;
-//TMP pub mod routing;
+pub mod routing;
 pub mod store;
 pub mod transports;
 pub mod vocab;

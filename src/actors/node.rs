@@ -50,7 +50,9 @@ use super::supervisor::{ChildSpec, RestartMode, Supervisor, SupervisorArgs, Supe
 use crate::routing::authority::{
     AuthorityArgs, AuthorityEnv, RouteListener, RouteUpdate, RoutingAuthority, RoutingMsg,
 };
-use crate::routing::{Decision, Explanation, Need, Observation, RegisterError, Route, RoutingConfig};
+use crate::routing::{
+    Decision, Explanation, Need, Observation, RegisterError, Route, RoutingConfig,
+};
 use crate::transports::memory::MemoryNetwork;
 use crate::transports::probe::ProbeConfig;
 use crate::transports::{EventSink, Fact, PeerAddr, Transport, TransportEvent};
@@ -127,7 +129,10 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn routing(&self) -> Option<ActorRef<RoutingMsg>> {
-        self.routing.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.routing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn cast(&self, msg: RoutingMsg) {
@@ -143,7 +148,11 @@ struct Env(Arc<Shared>);
 
 impl AuthorityEnv for Env {
     fn registrations(&self) -> Vec<(StreamId, Need, RouteListener)> {
-        let regs = self.0.registrations.lock().unwrap_or_else(|e| e.into_inner());
+        let regs = self
+            .0
+            .registrations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         regs.iter()
             .map(|(s, (n, l))| (s.clone(), n.clone(), l.clone()))
             .collect()
@@ -346,22 +355,30 @@ impl NodeBuilder {
             refused_unknown_stream: Default::default(),
         });
         let pump = tokio::spawn(pump(shared.clone(), rx));
-        let prefix = format!("{}/", self.id);
+        // Actor names are process-global in ractor; the instance number lets
+        // several nodes with the same id live in one process (tests).
+        static INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let instance = INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("{}#{instance}/", self.id);
 
         let routing = {
             let shared = shared.clone();
             let config = self.routing.clone();
-            ChildSpec::new(format!("{prefix}routing"), RestartMode::Permanent, move || {
-                (
-                    RoutingAuthority,
-                    AuthorityArgs {
-                        config: config.clone(),
-                        env: Arc::new(Env(shared.clone())),
-                    },
-                )
-            })
+            ChildSpec::new(
+                format!("{prefix}routing"),
+                RestartMode::Permanent,
+                move || {
+                    (
+                        RoutingAuthority,
+                        AuthorityArgs {
+                            config: config.clone(),
+                            env: Arc::new(Env(shared.clone())),
+                        },
+                    )
+                },
+            )
         };
-        let transport_children = self
+        let transport_children: Vec<ChildSpec> = self
             .transports
             .into_iter()
             .map(|spec| {
@@ -382,24 +399,32 @@ impl NodeBuilder {
             })
             .collect();
         let policy = self.restart;
-        let transports = ChildSpec::new(format!("{prefix}transports"), RestartMode::Permanent, move || {
-            (
-                Supervisor,
-                SupervisorArgs {
-                    policy,
-                    children: transport_children.clone(),
-                },
-            )
-        });
-        let channels = ChildSpec::new(format!("{prefix}channels"), RestartMode::Permanent, move || {
-            (
-                Supervisor,
-                SupervisorArgs {
-                    policy,
-                    children: Vec::new(),
-                },
-            )
-        });
+        let transports = ChildSpec::new(
+            format!("{prefix}transports"),
+            RestartMode::Permanent,
+            move || {
+                (
+                    Supervisor,
+                    SupervisorArgs {
+                        policy,
+                        children: transport_children.clone(),
+                    },
+                )
+            },
+        );
+        let channels = ChildSpec::new(
+            format!("{prefix}channels"),
+            RestartMode::Permanent,
+            move || {
+                (
+                    Supervisor,
+                    SupervisorArgs {
+                        policy,
+                        children: Vec::new(),
+                    },
+                )
+            },
+        );
         let (root, join) = Actor::spawn(
             Some(format!("{prefix}node")),
             Supervisor,
@@ -621,6 +646,11 @@ impl Node {
         self.shared
             .refused_unknown_stream
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The routing authority running now (a restart replaces it).
+    pub fn routing_authority(&self) -> Option<ActorRef<RoutingMsg>> {
+        self.shared.routing()
     }
 
     /// The top supervisor, for starting channel actors and inspecting the tree.
