@@ -141,6 +141,36 @@ impl FlapDamping {
 }
 
 /// How one stream chooses among its paths.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use interlocking::routing::{FlapDamping, Handover, Need, Policy, RoutingConfig, RoutingCore};
+/// use interlocking::vocab::{ChannelKind, PathKind, StreamId};
+///
+/// // Commands: a sidecar-owned socket first, then direct QUIC, then the relay;
+/// // never more than 60 s off the preferred path without saying so.
+/// let command = Policy::new(
+///     [PathKind::Sidecar, PathKind::Quic, PathKind::Relay],
+///     Duration::from_secs(10),
+/// )
+/// .with_hold_down(Duration::from_secs(5))
+/// .with_handover(Handover { on_stale: Some(Duration::from_secs(1)), on_pressured: None })
+/// .with_max_on_fallback(Duration::from_secs(60));
+/// let config = RoutingConfig::default().with_policy(ChannelKind::Command, command);
+/// config.validate().expect("consistent policies");
+/// let mut core = RoutingCore::new(config);
+///
+/// // One stream with its own policy: direct paths only, gentler damping.
+/// let lan_only = Policy::for_channel(ChannelKind::Sync)
+///     .direct_only()
+///     .with_flap(FlapDamping { multiplier: 1.5, ..FlapDamping::default() });
+/// core.register(
+///     Instant::now(),
+///     StreamId::new("sync:hub/m7/doc-42"),
+///     Need::node(ChannelKind::Sync, "m7").with_policy(lan_only),
+/// )
+/// .unwrap();
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
     /// Path kinds in preference order; kinds not listed are never used.
