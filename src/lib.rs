@@ -21,9 +21,12 @@
 //! | [`routing`] | the pure routing core (paths, health, policy, freeze, decisions) and the `RoutingAuthority` actor shell around it (`docs/routing.md`) | sockets, tokio inside the core, channel semantics |
 //! | [`store`] | durability: the `Store` trait over outbox, idempotency records, id counters, dedupe records and cursors; redb (default) and in-memory backends | what the stored bytes mean, channels, tokio |
 //! | [`channels`] | the pure channel cores: sender outbox (window, resend, route change), receiver dedupe and in-order delivery (`docs/channels.md`) | sockets, tokio, the store's layout |
-//! | [`actors`] | the supervision tree: restart policy, generic supervisor, the node that wires routing, transports and channels together | protocol semantics |
+//! | [`channels`] | channel semantics as pure cores: the sender outbox (credit window, resend, route-change replay), receiver dedupe, in-order delivery (`docs/channels.md`) | sockets, path choice |
+//! | [`store`] | durability behind the [`store::Store`] trait: redb (group-committed outbox, idempotency records, dedupe replies, cursors) and an in-memory store for simulations | channel logic, transports |
+//! | [`actors`] | the supervision tree: restart policy, generic supervisor, the node that wires routing, transports and channels together and pumps transport events | protocol semantics |
 //!
-//! The channel actors, the root service and the sidecar arrive with their issues and slot into the same tree.
+//! The root service and the sidecar arrive with their issues and slot into
+//! the same tree.
 //!
 //! ## A node in a few lines
 //!
