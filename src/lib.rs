@@ -58,5 +58,6 @@
 pub mod actors;
 //TMP pub mod routing;
 pub mod transports;
+pub mod trust;
 pub mod vocab;
 pub mod wire;
