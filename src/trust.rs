@@ -94,7 +94,10 @@ pub fn server_name(node: &NodeId) -> String {
     } else if bytes.len() <= 60 {
         hex(bytes)
     } else {
-        format!("h{}", hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref()))
+        format!(
+            "h{}",
+            hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+        )
     };
     let mut out = String::new();
     for chunk in body.as_bytes().chunks(60) {
@@ -347,7 +350,10 @@ mod tests {
     fn server_name_is_a_valid_dns_name() {
         for id in ["hub-1", "m/7 ü", &"long".repeat(40)] {
             let name = server_name(&NodeId::new(id));
-            assert!(rustls::pki_types::ServerName::try_from(name.clone()).is_ok(), "{name}");
+            assert!(
+                rustls::pki_types::ServerName::try_from(name.clone()).is_ok(),
+                "{name}"
+            );
         }
     }
 
