@@ -64,5 +64,6 @@ pub mod channels;
 pub mod routing;
 pub mod store;
 pub mod transports;
+pub mod trust;
 pub mod vocab;
 pub mod wire;

@@ -19,6 +19,7 @@
 
 pub mod memory;
 pub mod probe;
+pub mod quic;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -263,3 +263,27 @@ async fn close_reports_down_locally_and_closed_by_peer_remotely() {
     }
     assert!(a.send(&NodeId::new("b"), data(1)).is_err());
 }
+
+mod common;
+
+#[tokio::test(start_paused = true)]
+async fn memory_passes_the_transport_contract() {
+    let net = MemoryNetwork::new(9);
+    let (atx, arx) = mpsc::channel(4096);
+    let (btx, brx) = mpsc::channel(4096);
+    let a = net.bind("a", PathKind::Quic, atx, probe_cfg());
+    let b = net.bind("b", PathKind::Quic, btx, probe_cfg());
+    common::contract::run(
+        common::contract::Side {
+            t: a,
+            rx: arx,
+            addr: PeerAddr::node("a"),
+        },
+        common::contract::Side {
+            t: b,
+            rx: brx,
+            addr: PeerAddr::node("b"),
+        },
+    )
+    .await;
+}

@@ -1,0 +1,367 @@
+//! Trust: node certificates, the certificate authority that issues them, and
+//! the rustls configurations that enforce mutual authentication.
+//!
+//! Owns how a node proves who it is on an authenticated transport: a node's
+//! identity is carried in its certificate (a URI subject alternative name
+//! `interlocking:node/<id>` plus a DNS name derived from the id, see
+//! [`server_name`]) and is read back from the *verified* certificate with
+//! [`node_from_certificate`] — never from a frame.
+//!
+//! Until the root service exists, [`CertificateAuthority`] creates a CA and
+//! node certificates with rcgen for tests and examples; the root service
+//! will issue through this same module.
+//!
+//! Must not touch: sockets, frames, channels, routing. Transports call in
+//! here to build their TLS configuration; nothing here calls a transport.
+//!
+//! TLS policy: TLS 1.3 only, ALPN [`ALPN`], 0-RTT off, client certificates
+//! required and verified against the same roots as server certificates.
+//! rustls is built with the ring provider only; [`ensure_crypto_provider`]
+//! installs it as the process default once, before any configuration is
+//! built (see `DESIGN.md` §9).
+
+use std::sync::{Arc, Once};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+use crate::vocab::{NodeId, Role};
+
+/// The ALPN protocol id of this protocol version (`docs/wire.md` §1).
+pub const ALPN: &[u8] = b"interlocking/1";
+
+/// The prefix of the URI subject alternative name that carries a node id.
+pub const NODE_URI_PREFIX: &str = "interlocking:node/";
+
+/// The DNS suffix of the name derived from a node id (see [`server_name`]).
+pub const NODE_DNS_SUFFIX: &str = "node.interlocking";
+
+/// Why a trust operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustError {
+    /// Certificate generation failed.
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// rustls refused the configuration.
+    #[error("tls configuration refused: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The verifier could not be built (for example, no roots).
+    #[error("verifier: {0}")]
+    Verifier(String),
+    /// The certificate could not be parsed.
+    #[error("certificate could not be parsed: {0}")]
+    Parse(String),
+    /// The certificate names no node.
+    #[error("certificate carries no node identity")]
+    NoIdentity,
+}
+
+/// Installs rustls' ring crypto provider as the process default, once.
+///
+/// Called by every configuration builder here; harmless if another part of
+/// the process installed a provider first.
+pub fn ensure_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    ensure_crypto_provider();
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+}
+
+/// The DNS name that stands for `node` in certificates and as the TLS
+/// server name: the id's bytes in lower-case hex, cut into labels of at most
+/// 60 characters, followed by [`NODE_DNS_SUFFIX`]. Ids longer than 60 bytes
+/// use `h` followed by the hex SHA-256 of the id instead, so any node id
+/// maps to a valid DNS name.
+pub fn server_name(node: &NodeId) -> String {
+    let bytes = node.as_str().as_bytes();
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let body = if bytes.is_empty() {
+        "empty".to_string()
+    } else if bytes.len() <= 60 {
+        hex(bytes)
+    } else {
+        format!(
+            "h{}",
+            hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+        )
+    };
+    let mut out = String::new();
+    for chunk in body.as_bytes().chunks(60) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('.');
+    }
+    out.push_str(NODE_DNS_SUFFIX);
+    out
+}
+
+/// The URI subject alternative name that carries `node`: [`NODE_URI_PREFIX`]
+/// followed by the id, percent-encoded outside `A–Z a–z 0–9 - . _ ~`.
+pub fn node_uri(node: &NodeId) -> String {
+    let mut out = String::from(NODE_URI_PREFIX);
+    for b in node.as_str().bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Reads the node id from a certificate's URI subject alternative name.
+///
+/// Call it only on a certificate the TLS layer has verified (for QUIC: the
+/// first certificate of the connection's peer identity).
+pub fn node_from_certificate(cert: &CertificateDer<'_>) -> Result<NodeId, TrustError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TrustError::Parse(e.to_string()))?;
+    let san = parsed
+        .subject_alternative_name()
+        .map_err(|e| TrustError::Parse(e.to_string()))?
+        .ok_or(TrustError::NoIdentity)?;
+    for name in &san.value.general_names {
+        if let x509_parser::extensions::GeneralName::URI(uri) = name
+            && let Some(rest) = uri.strip_prefix(NODE_URI_PREFIX)
+        {
+            let id = percent_decode(rest).ok_or(TrustError::NoIdentity)?;
+            if id.is_empty() {
+                return Err(TrustError::NoIdentity);
+            }
+            return Ok(NodeId::new(id));
+        }
+    }
+    Err(TrustError::NoIdentity)
+}
+
+/// A node's credentials: its certificate chain (leaf first) and private key.
+#[derive(Debug)]
+pub struct NodeIdentity {
+    /// The node the certificate names.
+    pub node: NodeId,
+    /// The role it was issued for (recorded in the subject's OU).
+    pub role: Role,
+    /// The certificate chain, leaf first.
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for NodeIdentity {
+    fn clone(&self) -> Self {
+        Self {
+            node: self.node.clone(),
+            role: self.role,
+            cert_chain: self.cert_chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+/// The certificates a node trusts as issuers of peer certificates.
+#[derive(Clone, Debug, Default)]
+pub struct TrustRoots {
+    /// Trusted CA certificates.
+    pub roots: Vec<CertificateDer<'static>>,
+}
+
+impl TrustRoots {
+    /// Roots made of the given CA certificates.
+    pub fn new(roots: Vec<CertificateDer<'static>>) -> Self {
+        Self { roots }
+    }
+
+    fn store(&self) -> Result<Arc<RootCertStore>, TrustError> {
+        let mut store = RootCertStore::empty();
+        for r in &self.roots {
+            store.add(r.clone())?;
+        }
+        Ok(Arc::new(store))
+    }
+}
+
+/// A certificate authority that issues node certificates (rcgen).
+pub struct CertificateAuthority {
+    name: String,
+    cert: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateAuthority {
+    /// Generates a new self-signed CA named `name` (ECDSA P-256).
+    pub fn generate(name: &str) -> Result<Self, TrustError> {
+        ensure_crypto_provider();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "interlocking");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            name: name.to_string(),
+            cert: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// The CA's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The CA certificate (DER).
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// Roots trusting exactly this CA.
+    pub fn roots(&self) -> TrustRoots {
+        TrustRoots::new(vec![self.cert.clone()])
+    }
+
+    /// Issues a certificate for `node` in `role`, usable both as TLS server
+    /// and client certificate.
+    pub fn issue_node(&self, node: &NodeId, role: Role) -> Result<NodeIdentity, TrustError> {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, node.as_str());
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, role.to_string());
+        params.subject_alt_names = vec![
+            SanType::URI(node_uri(node).as_str().try_into()?),
+            SanType::DnsName(server_name(node).as_str().try_into()?),
+        ];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(NodeIdentity {
+            node: node.clone(),
+            role,
+            cert_chain: vec![cert.der().clone(), self.cert.clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        })
+    }
+}
+
+/// A rustls server configuration: TLS 1.3 only, client certificates
+/// required and chained to `roots`, ALPN [`ALPN`], no 0-RTT.
+pub fn server_config(
+    identity: &NodeIdentity,
+    roots: &TrustRoots,
+) -> Result<rustls::ServerConfig, TrustError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.store()?, provider.clone())
+        .build()
+        .map_err(|e| TrustError::Verifier(e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.max_early_data_size = 0;
+    Ok(cfg)
+}
+
+/// A rustls client configuration: TLS 1.3 only, server certificates chained
+/// to `roots`, presenting `identity`, ALPN [`ALPN`], no 0-RTT.
+pub fn client_config(
+    identity: &NodeIdentity,
+    roots: &TrustRoots,
+) -> Result<rustls::ClientConfig, TrustError> {
+    let provider = provider();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots.store()?)
+        .with_client_auth_cert(identity.cert_chain.clone(), identity.key.clone_key())?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.enable_early_data = false;
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificate_names_its_node() {
+        let ca = CertificateAuthority::generate("test-ca").unwrap();
+        for id in ["hub-1", "m/7 ü", "x"] {
+            let node = NodeId::new(id);
+            let ident = ca.issue_node(&node, Role::Member).unwrap();
+            assert_eq!(node_from_certificate(&ident.cert_chain[0]).unwrap(), node);
+        }
+        assert!(node_from_certificate(ca.certificate()).is_err());
+    }
+
+    #[test]
+    fn server_name_is_a_valid_dns_name() {
+        for id in ["hub-1", "m/7 ü", &"long".repeat(40)] {
+            let name = server_name(&NodeId::new(id));
+            assert!(
+                rustls::pki_types::ServerName::try_from(name.clone()).is_ok(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn configs_build() {
+        let ca = CertificateAuthority::generate("test-ca").unwrap();
+        let ident = ca.issue_node(&NodeId::new("a"), Role::Hub).unwrap();
+        server_config(&ident, &ca.roots()).unwrap();
+        client_config(&ident, &ca.roots()).unwrap();
+    }
+}
