@@ -17,7 +17,8 @@
 //! | --- | --- | --- |
 //! | [`vocab`] | shared value types: node, stream and path ids, path kinds, channel kinds, traffic classes | any logic or other module |
 //! | [`wire`] | the frame envelope and its versioned, size-limited codec (`docs/wire.md`) | what frames mean |
-//! | [`transports`] | the transport contract and its adapters (memory with seeded faults; QUIC, relay, WebRTC, sidecar to come): connect, send, close, facts up | channels, store, routing decisions |
+//! | [`transports`] | the transport contract and its adapters (memory with seeded faults, QUIC with mutual TLS; relay, WebRTC, sidecar to come): connect, send, close, facts up | channels, store, routing decisions |
+//! | [`trust`] | node certificates, the CA that issues them (rcgen until the root service), mutual-TLS rustls configs, node identity from a verified certificate | sockets, frames, channels, routing |
 //! | [`routing`] | the pure routing core (paths, health, policy, freeze, decisions) and the `RoutingAuthority` actor shell around it (`docs/routing.md`) | sockets, tokio inside the core, channel semantics |
 //! | [`store`] | durability: the `Store` trait over outbox, idempotency records, id counters, dedupe records and cursors; redb (default) and in-memory backends | what the stored bytes mean, channels, tokio |
 //! | [`channels`] | the pure channel cores: sender outbox (window, resend, route change), receiver dedupe and in-order delivery (`docs/channels.md`) | sockets, tokio, the store's layout |
