@@ -24,6 +24,7 @@
 //! | [`channels`] | the pure channel cores: sender outbox (window, resend, route change), receiver dedupe and in-order delivery (`docs/channels.md`) | sockets, tokio, the store's layout |
 //! | [`channels`] | channel semantics as pure cores: the sender outbox (credit window, resend, route-change replay), receiver dedupe, in-order delivery (`docs/channels.md`) | sockets, path choice |
 //! | [`store`] | durability behind the [`store::Store`] trait: redb (group-committed outbox, idempotency records, dedupe replies, cursors) and an in-memory store for simulations | channel logic, transports |
+//! | [`trust`] | the certificate authority, node certificates and mutual-TLS configs (TLS 1.3, ALPN `interlocking/1`); node identity from a verified certificate | frames, routing |
 //! | [`actors`] | the supervision tree: restart policy, generic supervisor, the node that wires routing, transports and channels together and pumps transport events | protocol semantics |
 //!
 //! The root service and the sidecar arrive with their issues and slot into
