@@ -219,6 +219,11 @@ pub trait Transport: Send + Sync + 'static {
     /// This node's identity on the transport.
     fn local(&self) -> &NodeId;
 
+    /// The socket address peers can dial, for address-based transports.
+    fn listen_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
     /// Opens a path to `peer` (or confirms one is open). `Fact::Up` is
     /// reported when the path opens, whoever opened it.
     async fn connect(&self, peer: &PeerAddr) -> Result<(), ConnectError>;

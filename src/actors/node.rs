@@ -55,6 +55,8 @@ use crate::routing::{
 };
 use crate::transports::memory::MemoryNetwork;
 use crate::transports::probe::ProbeConfig;
+use crate::transports::quic::faults::FaultHandle;
+use crate::transports::quic::{QuicConfig, QuicTransport};
 use crate::transports::{EventSink, Fact, PeerAddr, Transport, TransportEvent};
 use crate::vocab::{NodeId, PathId, PathKind, Role, StreamId};
 use crate::wire::{Frame, Reject};
@@ -224,6 +226,16 @@ impl Actor for TransportActor {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        // A predecessor that was killed (not stopped) never ran post_stop:
+        // close its transport first so its sockets and tasks are released.
+        let stale = args
+            .shared
+            .transports
+            .remove(&args.spec.kind)
+            .map(|(_, t)| t);
+        if let Some(stale) = stale {
+            stale.shutdown().await;
+        }
         let transport = (args.spec.bind)(args.shared.events.clone()).await?;
         args.shared
             .transports
@@ -328,6 +340,28 @@ impl NodeBuilder {
         self.transport(kind, move |sink| {
             let t: Arc<dyn Transport> = network.bind(id.clone(), kind, sink, probe);
             async move { Ok(t) }
+        })
+    }
+
+    /// Adds the QUIC transport. The first bind's address is kept, so a
+    /// restarted transport listens where peers already dial. `faults`
+    /// puts a fault-injecting socket beneath quinn (tests, chaos).
+    pub fn quic(self, config: QuicConfig, faults: Option<FaultHandle>) -> Self {
+        let bound: Arc<Mutex<Option<std::net::SocketAddr>>> = Arc::default();
+        self.transport(PathKind::Quic, move |sink| {
+            let mut config = config.clone();
+            if let Some(addr) = *bound.lock().unwrap_or_else(|e| e.into_inner()) {
+                config.listen = addr;
+            }
+            let result = match &faults {
+                Some(f) => QuicTransport::bind_with_faults(config, sink, f.clone()),
+                None => QuicTransport::bind(config, sink),
+            };
+            let result = result.map(|t| {
+                *bound.lock().unwrap_or_else(|e| e.into_inner()) = Some(t.local_addr());
+                t as Arc<dyn Transport>
+            });
+            async move { result.map_err(|e| e.to_string()) }
         })
     }
 
@@ -440,6 +474,7 @@ impl NodeBuilder {
         })?;
         Ok(Node {
             shared,
+            prefix,
             root,
             join,
             pump,
@@ -555,6 +590,8 @@ fn refuse_unknown_stream(shared: &Shared, path: &PathId, stream: &StreamId, fram
 /// A running node. Dropping it does not stop it; call [`Node::shutdown`].
 pub struct Node {
     shared: Arc<Shared>,
+    /// Prefix of every actor name in this node's tree (`id#instance/`).
+    prefix: String,
     root: ActorRef<SupervisorMsg>,
     join: JoinHandle<()>,
     pump: JoinHandle<()>,
@@ -574,6 +611,11 @@ impl Node {
     /// The transport of `kind`, if bound and running.
     pub fn transport(&self, kind: PathKind) -> Option<Arc<dyn Transport>> {
         self.shared.transports.get(&kind).map(|t| t.value().clone())
+    }
+
+    /// Where the transport of `kind` listens, for transports with an address.
+    pub fn listen_addr(&self, kind: PathKind) -> Option<std::net::SocketAddr> {
+        self.transport(kind).and_then(|t| t.listen_addr())
     }
 
     /// Sends `frame` on `path` (the path a route update named).
@@ -646,6 +688,12 @@ impl Node {
         self.shared
             .refused_unknown_stream
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// An actor of this node's tree by its name within the node:
+    /// `routing`, `transports`, `channels`, `transport/quic`, …
+    pub fn actor(&self, name: &str) -> Option<ractor::ActorCell> {
+        ractor::registry::where_is(format!("{}{name}", self.prefix))
     }
 
     /// The routing authority running now (a restart replaces it).

@@ -1080,6 +1080,10 @@ impl Transport for QuicTransport {
         PathKind::Quic
     }
 
+    fn listen_addr(&self) -> Option<SocketAddr> {
+        Some(self.local_addr())
+    }
+
     fn local(&self) -> &NodeId {
         &self.inner.node
     }
