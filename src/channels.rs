@@ -9,10 +9,15 @@
 //! routing decisions or the store's layout; the actor glues them to
 //! [`crate::store::Store`] and to the routing authority.
 
+pub mod command;
 pub mod dedupe;
 pub mod order;
 pub mod outbox;
 
+pub use command::{
+    CommandChannel, CommandError, CommandHandler, CommandSender, DeliveryClass, Receipt,
+    SendOptions,
+};
 pub use dedupe::{Check, Dedupe, DedupeConfig};
 pub use order::{Offer, OrderConfig, Sequencer};
 pub use outbox::{Outbox, OutboxConfig, PendingEntry, RouteChange, Transmit, TransmitKind};

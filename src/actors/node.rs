@@ -587,6 +587,36 @@ fn refuse_unknown_stream(shared: &Shared, path: &PathId, stream: &StreamId, fram
     }
 }
 
+/// A cloneable handle to a node's transports (see [`Node::link`]): sends
+/// frames on a path, nothing else.
+#[derive(Clone)]
+pub struct NodeLink(Arc<Shared>);
+
+impl NodeLink {
+    /// The node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.0.id
+    }
+
+    /// Sends `frame` on `path`, like [`Node::send`].
+    pub fn send(&self, path: &PathId, frame: Frame) -> Result<(), crate::transports::SendError> {
+        match self.0.transports.get(&path.kind).map(|t| t.value().clone()) {
+            Some(t) => t.send(&path.peer, frame),
+            None => Err(crate::transports::SendError::NoPath {
+                peer: path.peer.clone(),
+                kind: path.kind,
+                frame: Box::new(frame),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for NodeLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("NodeLink").field(&self.0.id).finish()
+    }
+}
+
 /// A running node. Dropping it does not stop it; call [`Node::shutdown`].
 pub struct Node {
     shared: Arc<Shared>,
@@ -628,6 +658,12 @@ impl Node {
                 frame: Box::new(frame),
             }),
         }
+    }
+
+    /// A cloneable handle that sends frames through this node's transports,
+    /// for actors that outlive any borrow of the [`Node`] (channels).
+    pub fn link(&self) -> NodeLink {
+        NodeLink(self.shared.clone())
     }
 
     /// Routes inbound frames of `stream` to `inbox` (replacing any previous).

@@ -1,0 +1,1125 @@
+//! The command channel actor: the glue between the pure cores
+//! ([`Outbox`], [`Dedupe`], [`Sequencer`]), the [`Store`] and a [`Node`].
+//!
+//! Owns, per command stream, two ractor actors started under the node's top
+//! supervisor:
+//! - the **sender** ([`CommandChannel::spawn_sender`]): accepts commands
+//!   from a typed [`CommandSender`], group-commits class A/B commands into
+//!   the store's outbox (every submission waiting in the mailbox goes into
+//!   one [`Store::append_outbox`]), sends them on the path the routing
+//!   authority chose, retransmits on the outbox's timers, resends on a route
+//!   change, restores the outbox from the store after a restart, and
+//!   resolves each [`Receipt`] with the reply;
+//! - the **server** ([`CommandChannel::serve`]): decodes each command
+//!   envelope, delivers in sequence order, dedupes (memory and store),
+//!   refuses expired commands and commands of a stale authority epoch,
+//!   applies the [`CommandHandler`] at most once per message, stores the
+//!   reply, and answers with a wire [`Ack`] plus a reply envelope.
+//!
+//! It does not choose paths (the routing authority does), does not define
+//! the store's layout and does not retry by itself beyond the outbox's
+//! rules. See `docs/channels.md` for the semantics and an example.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::{Check, Dedupe, DedupeConfig, Offer, OrderConfig, Outbox, OutboxConfig, Sequencer};
+use super::{Transmit, TransmitKind};
+use crate::actors::node::{Node, NodeLink};
+use crate::actors::supervisor::{ChildSpec, RestartMode, SupervisorMsg};
+use crate::routing::Need;
+use crate::store::{AppendOutcome, DedupeRecord, NewOutboxEntry, OutboxBatch, Store};
+use crate::vocab::{ChannelKind, NodeId, PathId, StreamId, TrafficClass};
+use crate::wire::{Ack, Data, Frame, Reject};
+
+/// Reject code: a command channel could not decode a data frame's payload.
+pub const REJECT_UNDECODABLE: u16 = 0x0301;
+
+/// A wall clock in milliseconds since the Unix epoch (injectable for tests).
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system wall clock in milliseconds since the Unix epoch.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    })
+}
+
+/// Applies the commands of one stream on the receiving node.
+#[async_trait]
+pub trait CommandHandler: Send + Sync + 'static {
+    /// The command type (MessagePack on the wire).
+    type Command: Serialize + DeserializeOwned + Send;
+    /// The reply type (MessagePack on the wire).
+    type Reply: Serialize + DeserializeOwned + Send;
+    /// Applies one command; called at most once per accepted message, in
+    /// sequence order.
+    async fn handle(&self, cmd: Self::Command) -> Result<Self::Reply, String>;
+}
+
+/// Errors a command sender sees.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The command's TTL had passed when it reached the receiver; it was
+    /// not executed.
+    #[error("command expired")]
+    Expired,
+    /// The receiver refused it (stale authority epoch, cancelled …); it was
+    /// not executed.
+    #[error("command rejected: {reason}")]
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+    /// The outbox credit window is full ([`CommandSender::try_send`]).
+    #[error("outbox full")]
+    Full,
+    /// No path to the target (reserved; the outbox waits for one today).
+    #[error("no route to the target")]
+    Unroutable,
+    /// The handler ran and returned an error.
+    #[error("handler failed: {0}")]
+    Handler(String),
+    /// The store failed, or a command or reply could not be encoded.
+    #[error("store: {0}")]
+    Store(String),
+    /// The channel's actor stopped (or restarted) before answering.
+    #[error("channel closed")]
+    Closed,
+    /// The operation key was used before by this message, which is no
+    /// longer pending: its outcome cannot be reported here.
+    #[error("duplicate operation key of message {message_id}")]
+    Duplicate {
+        /// The message first stored with the key.
+        message_id: u64,
+    },
+}
+
+/// The delivery class of one command (see `docs/channels.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DeliveryClass {
+    /// Must not lose: durable outbox; the receipt comes after the fsync.
+    #[default]
+    A,
+    /// Nice to replay: handled like A today (durable outbox).
+    B,
+    /// Drop allowed: sent once, never stored nor resent, not ordered.
+    C,
+}
+
+/// Options of one [`CommandSender::send`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SendOptions {
+    /// The delivery class.
+    pub class: DeliveryClass,
+    /// The command expires this long after it was issued (`None`: never).
+    pub ttl: Option<Duration>,
+    /// Idempotency key: a second command with the same key on the stream
+    /// is not stored again.
+    pub operation_key: Option<String>,
+    /// Whether the command may be resent on another path (see
+    /// `docs/channels.md`, classification).
+    pub replayable: bool,
+}
+
+impl SendOptions {
+    /// Class A, replayable, no TTL, no key.
+    pub fn class_a() -> Self {
+        Self {
+            class: DeliveryClass::A,
+            replayable: true,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the TTL.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Sets the operation key.
+    pub fn operation_key(mut self, key: impl Into<String>) -> Self {
+        self.operation_key = Some(key.into());
+        self
+    }
+}
+
+/// What an envelope carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnvelopeKind {
+    /// A command for the handler.
+    Command,
+    /// The answer to a command or a cancel.
+    Reply,
+    /// Cancel a not-replayable command whose outcome is unknown.
+    Cancel,
+}
+
+/// The MessagePack payload of every command-channel [`Data`] frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Command, reply or cancel.
+    pub kind: EnvelopeKind,
+    /// The message id (assigned by the sender's store).
+    pub message_id: u64,
+    /// The stream.
+    pub stream_id: StreamId,
+    /// Wall-clock issue time, ms since the Unix epoch.
+    pub issued_at_ms: u64,
+    /// Time to live in ms; 0 means none.
+    pub ttl_ms: u64,
+    /// The sender's authority epoch for the stream.
+    pub authority_epoch: u64,
+    /// The caller's operation key, if any.
+    pub operation_key: Option<String>,
+    /// The encoded command, or the encoded [`ReplyBody`].
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+impl Envelope {
+    /// Encodes with rmp-serde.
+    pub fn encode(&self) -> Vec<u8> {
+        // Encoding plain structs into a Vec cannot fail.
+        rmp_serde::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes with rmp-serde.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// The outcome a reply envelope carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplyBody {
+    /// The handler's encoded reply.
+    Ok(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The handler's error.
+    Handler(String),
+    /// Expired before it was applied.
+    Expired,
+    /// Refused without applying.
+    Rejected(String),
+}
+
+/// Tunables of a command sender.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct SenderConfig {
+    /// The outbox (credit window, RTO).
+    pub outbox: OutboxConfig,
+    /// The authority epoch stamped on every command.
+    pub authority_epoch: u64,
+    /// The wall clock for `issued_at_ms`.
+    pub clock: Clock,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        Self {
+            outbox: OutboxConfig::default(),
+            authority_epoch: 0,
+            clock: system_clock(),
+        }
+    }
+}
+
+impl SenderConfig {
+    /// Sets the outbox tunables.
+    pub fn outbox(mut self, outbox: OutboxConfig) -> Self {
+        self.outbox = outbox;
+        self
+    }
+
+    /// Sets the authority epoch.
+    pub fn authority_epoch(mut self, epoch: u64) -> Self {
+        self.authority_epoch = epoch;
+        self
+    }
+
+    /// Replaces the wall clock (tests).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+/// Tunables of a command server.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ServeConfig {
+    /// Dedupe retention.
+    pub dedupe: DedupeConfig,
+    /// Reorder buffer.
+    pub order: OrderConfig,
+    /// The wall clock for expiry.
+    pub clock: Clock,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            dedupe: DedupeConfig::default(),
+            order: OrderConfig::default(),
+            clock: system_clock(),
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Replaces the wall clock (tests).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+type ReplyTx = oneshot::Sender<Result<Vec<u8>, CommandError>>;
+type AcceptTx =
+    oneshot::Sender<Result<(u64, oneshot::Receiver<Result<Vec<u8>, CommandError>>), CommandError>>;
+
+/// One submission waiting for the group commit.
+pub struct Submission {
+    envelope: Envelope,
+    opts: SendOptions,
+    accept: AcceptTx,
+}
+
+/// Messages of the [`CommandSenderActor`].
+pub enum SenderMsg {
+    /// A caller's command.
+    Submit(Box<Submission>),
+    /// Commit every submission collected so far.
+    Flush,
+    /// The routing authority's current path.
+    Route(Option<PathId>),
+    /// A frame of the stream arrived.
+    Frame(PathId, Frame),
+    /// A retransmit timer fired.
+    Tick,
+}
+
+/// Counters shared by a sender's actor and handle.
+#[derive(Debug, Default)]
+pub struct SenderStats {
+    /// Entries pending in the outbox (in flight or waiting for credit).
+    pub pending: AtomicUsize,
+    /// Reject frames received on the stream.
+    pub rejects: AtomicU64,
+    /// Data frames sent (first sends and resends).
+    pub transmits: AtomicU64,
+}
+
+/// Arguments of a [`CommandSenderActor`] (rebuilt on every restart).
+pub struct SenderArgs {
+    stream: StreamId,
+    link: NodeLink,
+    store: Arc<dyn Store>,
+    config: SenderConfig,
+    route: Arc<Mutex<Option<PathId>>>,
+    stats: Arc<SenderStats>,
+}
+
+/// State of a running [`CommandSenderActor`].
+pub struct SenderState {
+    args: SenderArgs,
+    outbox: Outbox,
+    path: Option<PathId>,
+    records: HashMap<u64, (Envelope, u8)>,
+    waiters: HashMap<u64, Vec<ReplyTx>>,
+    batch: Vec<Submission>,
+    flush_queued: bool,
+    timer_at: Option<std::time::Instant>,
+    unstored_ids: u64,
+}
+
+/// The sending side of one command stream.
+pub struct CommandSenderActor;
+
+impl SenderState {
+    fn now() -> std::time::Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    fn transmit(&self, t: &Transmit) {
+        let Some(path) = &self.path else { return };
+        let Some((env, class)) = self.records.get(&t.message_id) else {
+            return;
+        };
+        let mut env = env.clone();
+        env.message_id = t.message_id;
+        if t.kind == TransmitKind::Cancel {
+            env.kind = EnvelopeKind::Cancel;
+            env.body.clear();
+        }
+        let frame = Frame::Data(Data {
+            stream: self.args.stream.clone(),
+            seq: t.seq,
+            message_id: t.message_id,
+            class: *class,
+            payload: Bytes::from(env.encode()),
+        });
+        self.args.stats.transmits.fetch_add(1, Ordering::Relaxed);
+        // A refused send stays in the outbox and is resent later.
+        let _ = self.args.link.send(path, frame);
+    }
+
+    fn pump(&mut self, myself: &ActorRef<SenderMsg>) {
+        if self.path.is_some() {
+            for t in self.outbox.poll_send(Self::now()) {
+                self.transmit(&t);
+            }
+        }
+        self.args
+            .stats
+            .pending
+            .store(self.outbox.len(), Ordering::Relaxed);
+        self.arm(myself);
+    }
+
+    fn arm(&mut self, myself: &ActorRef<SenderMsg>) {
+        let Some(at) = self.outbox.next_deadline() else {
+            return;
+        };
+        if self.timer_at.is_some_and(|t| t <= at) {
+            return;
+        }
+        self.timer_at = Some(at);
+        let after = at.saturating_duration_since(Self::now());
+        myself.send_after(after, || SenderMsg::Tick);
+    }
+
+    async fn flush(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        let (stored, unstored): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|s| s.opts.class != DeliveryClass::C);
+        let class = TrafficClass::Control.code();
+        for s in unstored {
+            // Class C: an id outside the store's range, seq 0 (unordered).
+            self.unstored_ids += 1;
+            let id = (1u64 << 63) | self.unstored_ids;
+            let (tx, rx) = oneshot::channel();
+            let mut env = s.envelope;
+            env.message_id = id;
+            if let Some(path) = &self.path {
+                let frame = Frame::Data(Data {
+                    stream: self.args.stream.clone(),
+                    seq: 0,
+                    message_id: id,
+                    class,
+                    payload: Bytes::from(env.encode()),
+                });
+                let _ = self.args.link.send(path, frame);
+                self.waiters.entry(id).or_default().push(tx);
+            }
+            let _ = s.accept.send(Ok((id, rx)));
+        }
+        if stored.is_empty() {
+            return;
+        }
+        let batch = OutboxBatch {
+            entries: stored
+                .iter()
+                .map(|s| NewOutboxEntry {
+                    stream: self.args.stream.clone(),
+                    record: s.envelope.encode(),
+                    operation_key: s.opts.operation_key.clone(),
+                    class,
+                    replayable: s.opts.replayable,
+                })
+                .collect(),
+            cursors: Vec::new(),
+            now_ms: (self.args.config.clock)(),
+        };
+        let store = self.args.store.clone();
+        let result = tokio::task::spawn_blocking(move || store.append_outbox(&batch))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match result {
+            Err(e) => {
+                for s in stored {
+                    let _ = s.accept.send(Err(CommandError::Store(e.clone())));
+                }
+            }
+            Ok(outcomes) => {
+                for (s, outcome) in stored.into_iter().zip(outcomes) {
+                    let (tx, rx) = oneshot::channel();
+                    match outcome {
+                        AppendOutcome::Stored { message_id, seq } => {
+                            self.records.insert(message_id, (s.envelope, class));
+                            self.outbox.push(message_id, seq, class, s.opts.replayable);
+                            self.waiters.entry(message_id).or_default().push(tx);
+                            let _ = s.accept.send(Ok((message_id, rx)));
+                        }
+                        AppendOutcome::DuplicateOf { message_id } => {
+                            if self.outbox.get(message_id).is_some() {
+                                self.waiters.entry(message_id).or_default().push(tx);
+                            } else {
+                                let _ = tx.send(Err(CommandError::Duplicate { message_id }));
+                            }
+                            let _ = s.accept.send(Ok((message_id, rx)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::Data(d) => {
+                let Ok(env) = Envelope::decode(&d.payload) else {
+                    tracing::warn!(stream = %self.args.stream, "undecodable reply dropped");
+                    return;
+                };
+                if env.kind != EnvelopeKind::Reply {
+                    return;
+                }
+                let id = d.message_id;
+                if self.outbox.on_ack(id).is_some() {
+                    // Losing an ack only causes a resend, which the receiver
+                    // deduplicates.
+                    let _ = self.args.store.ack_outbox(&self.args.stream, &[id]);
+                }
+                self.records.remove(&id);
+                let result = match rmp_serde::from_slice::<ReplyBody>(&env.body) {
+                    Ok(ReplyBody::Ok(b)) => Ok(b),
+                    Ok(ReplyBody::Handler(e)) => Err(CommandError::Handler(e)),
+                    Ok(ReplyBody::Expired) => Err(CommandError::Expired),
+                    Ok(ReplyBody::Rejected(reason)) => Err(CommandError::Rejected { reason }),
+                    Err(e) => Err(CommandError::Store(format!("undecodable reply: {e}"))),
+                };
+                for w in self.waiters.remove(&id).unwrap_or_default() {
+                    let _ = w.send(result.clone());
+                }
+            }
+            Frame::Reject(r) => {
+                self.args.stats.rejects.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(stream = %self.args.stream, code = r.code, reason = %r.reason, "reject received");
+            }
+            // The node already reported the ack to routing; the reply
+            // settles the entry.
+            _ => {}
+        }
+    }
+}
+
+impl Actor for CommandSenderActor {
+    type Msg = SenderMsg;
+    type State = SenderState;
+    type Arguments = SenderArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let store = args.store.clone();
+        let pending = tokio::task::spawn_blocking(move || store.pending_outbox()).await??;
+        let (outbox, _not_replayed) =
+            Outbox::restore(args.stream.clone(), args.config.outbox, &pending);
+        let mut records = HashMap::new();
+        for r in pending.iter().filter(|r| r.stream == args.stream) {
+            if let Ok(env) = Envelope::decode(&r.record) {
+                records.insert(r.message_id, (env, r.class));
+            }
+        }
+        let path = args.route.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut state = SenderState {
+            args,
+            outbox,
+            path,
+            records,
+            waiters: HashMap::new(),
+            batch: Vec::new(),
+            flush_queued: false,
+            timer_at: None,
+            unstored_ids: 0,
+        };
+        state.pump(&myself);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SenderMsg::Submit(s) => {
+                state.batch.push(*s);
+                if !state.flush_queued {
+                    state.flush_queued = true;
+                    // Queued behind every submission already in the mailbox:
+                    // they all go into one append (group commit).
+                    myself.cast(SenderMsg::Flush)?;
+                }
+            }
+            SenderMsg::Flush => {
+                state.flush_queued = false;
+                state.flush().await;
+                state.pump(&myself);
+            }
+            SenderMsg::Route(next) => {
+                if next != state.path {
+                    state.path = next;
+                    if state.path.is_some() {
+                        let change = state.outbox.on_route_change(SenderState::now());
+                        for t in &change.transmits {
+                            state.transmit(t);
+                        }
+                    }
+                    state.pump(&myself);
+                }
+            }
+            SenderMsg::Frame(_path, frame) => {
+                state.on_frame(frame);
+                state.pump(&myself);
+            }
+            SenderMsg::Tick => {
+                state.timer_at = None;
+                if state.path.is_some() {
+                    for t in state.outbox.poll_resend(SenderState::now()) {
+                        state.transmit(&t);
+                    }
+                }
+                state.pump(&myself);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The typed handle of a command stream's sender.
+pub struct CommandSender<C, R> {
+    name: String,
+    stream: StreamId,
+    stats: Arc<SenderStats>,
+    config: SenderConfig,
+    _types: PhantomData<fn(C) -> R>,
+}
+
+impl<C, R> Clone for CommandSender<C, R> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            stream: self.stream.clone(),
+            stats: self.stats.clone(),
+            config: self.config.clone(),
+            _types: PhantomData,
+        }
+    }
+}
+
+/// An accepted command: its id, and its reply to come.
+pub struct Receipt<R> {
+    message_id: u64,
+    reply: oneshot::Receiver<Result<Vec<u8>, CommandError>>,
+    _type: PhantomData<fn() -> R>,
+}
+
+impl<R: DeserializeOwned> Receipt<R> {
+    /// The message id the store assigned.
+    pub fn message_id(&self) -> u64 {
+        self.message_id
+    }
+
+    /// Waits for the receiver's answer.
+    pub async fn reply(self) -> Result<R, CommandError> {
+        let bytes = self.reply.await.map_err(|_| CommandError::Closed)??;
+        rmp_serde::from_slice(&bytes).map_err(|e| CommandError::Store(e.to_string()))
+    }
+}
+
+impl<C: Serialize + Send, R: DeserializeOwned> CommandSender<C, R> {
+    /// The stream.
+    pub fn stream(&self) -> &StreamId {
+        &self.stream
+    }
+
+    /// Counters of the sender.
+    pub fn stats(&self) -> &SenderStats {
+        &self.stats
+    }
+
+    /// Submits a command. For class A the receipt is returned only after
+    /// the store's append (fsync); the reply follows via
+    /// [`Receipt::reply`]. Waits for credit inside the outbox.
+    pub async fn send(&self, cmd: C, opts: SendOptions) -> Result<Receipt<R>, CommandError> {
+        let body = rmp_serde::to_vec(&cmd).map_err(|e| CommandError::Store(e.to_string()))?;
+        let envelope = Envelope {
+            kind: EnvelopeKind::Command,
+            message_id: 0,
+            stream_id: self.stream.clone(),
+            issued_at_ms: (self.config.clock)(),
+            ttl_ms: opts.ttl.map_or(0, |t| (t.as_millis() as u64).max(1)),
+            authority_epoch: self.config.authority_epoch,
+            operation_key: opts.operation_key.clone(),
+            body,
+        };
+        let actor: ActorRef<SenderMsg> = ractor::registry::where_is(self.name.clone())
+            .ok_or(CommandError::Closed)?
+            .into();
+        let (accept, accepted) = oneshot::channel();
+        actor
+            .cast(SenderMsg::Submit(Box::new(Submission {
+                envelope,
+                opts,
+                accept,
+            })))
+            .map_err(|_| CommandError::Closed)?;
+        let (message_id, reply) = accepted.await.map_err(|_| CommandError::Closed)??;
+        Ok(Receipt {
+            message_id,
+            reply,
+            _type: PhantomData,
+        })
+    }
+
+    /// Like [`CommandSender::send`], but fails with [`CommandError::Full`]
+    /// at once when the outbox credit window is full.
+    pub async fn try_send(&self, cmd: C, opts: SendOptions) -> Result<Receipt<R>, CommandError> {
+        if self.stats.pending.load(Ordering::Relaxed) >= self.config.outbox.max_in_flight {
+            return Err(CommandError::Full);
+        }
+        self.send(cmd, opts).await
+    }
+}
+
+/// Messages of the [`CommandServerActor`].
+pub enum ServerMsg {
+    /// A frame of the stream arrived on a path.
+    Frame(PathId, Frame),
+}
+
+/// Shared handle of a served stream: its authority epoch and counters.
+#[derive(Debug, Default)]
+pub struct ServeHandle {
+    epoch: AtomicU64,
+    applied: AtomicU64,
+    undecodable: AtomicU64,
+}
+
+impl ServeHandle {
+    /// Sets the receiver's current authority epoch for the stream: commands
+    /// stamped with a lower epoch are rejected.
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Relaxed);
+    }
+
+    /// The current authority epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// Commands the handler was applied to.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
+    }
+
+    /// Frames refused as undecodable.
+    pub fn undecodable(&self) -> u64 {
+        self.undecodable.load(Ordering::Relaxed)
+    }
+}
+
+#[async_trait]
+trait ErasedHandler: Send + Sync + 'static {
+    async fn apply(&self, body: &[u8]) -> ReplyBody;
+}
+
+struct Typed<H>(H);
+
+#[async_trait]
+impl<H: CommandHandler> ErasedHandler for Typed<H> {
+    async fn apply(&self, body: &[u8]) -> ReplyBody {
+        let cmd: H::Command = match rmp_serde::from_slice(body) {
+            Ok(c) => c,
+            Err(e) => return ReplyBody::Rejected(format!("undecodable command: {e}")),
+        };
+        match self.0.handle(cmd).await {
+            Ok(r) => match rmp_serde::to_vec(&r) {
+                Ok(b) => ReplyBody::Ok(b),
+                Err(e) => ReplyBody::Handler(format!("unencodable reply: {e}")),
+            },
+            Err(e) => ReplyBody::Handler(e),
+        }
+    }
+}
+
+/// Arguments of a [`CommandServerActor`] (rebuilt on every restart).
+pub struct ServerArgs {
+    stream: StreamId,
+    link: NodeLink,
+    store: Arc<dyn Store>,
+    handler: Arc<dyn ErasedHandler>,
+    config: ServeConfig,
+    handle: Arc<ServeHandle>,
+}
+
+/// State of a running [`CommandServerActor`].
+pub struct ServerState {
+    args: ServerArgs,
+    dedupe: Dedupe,
+    order: Sequencer<(PathId, Data, Envelope)>,
+}
+
+/// The receiving side of one command stream.
+pub struct CommandServerActor;
+
+impl ServerState {
+    fn answer(&self, path: &PathId, d: &Data, reply: &[u8]) {
+        let ack = Frame::Ack(Ack {
+            stream: d.stream.clone(),
+            seq: d.seq,
+            message_id: d.message_id,
+        });
+        let _ = self.args.link.send(path, ack);
+        let frame = Frame::Data(Data {
+            stream: d.stream.clone(),
+            seq: d.seq,
+            message_id: d.message_id,
+            class: d.class,
+            payload: Bytes::copy_from_slice(reply),
+        });
+        let _ = self.args.link.send(path, frame);
+    }
+
+    fn reply_envelope(&self, env: &Envelope, body: &ReplyBody) -> Vec<u8> {
+        Envelope {
+            kind: EnvelopeKind::Reply,
+            message_id: env.message_id,
+            stream_id: env.stream_id.clone(),
+            issued_at_ms: (self.args.config.clock)(),
+            ttl_ms: 0,
+            authority_epoch: self.args.handle.epoch(),
+            operation_key: None,
+            body: rmp_serde::to_vec(body).unwrap_or_default(),
+        }
+        .encode()
+    }
+
+    /// Applies (or refuses) one message in order; returns the stored reply.
+    async fn apply(&mut self, d: &Data, env: &Envelope) -> Result<Vec<u8>, ActorProcessingErr> {
+        let stream = &self.args.stream;
+        if let Check::Seen(reply) = self.dedupe.check(stream, d.message_id) {
+            return Ok(reply.to_vec());
+        }
+        let now_ms = (self.args.config.clock)();
+        let body = if env.kind == EnvelopeKind::Cancel {
+            ReplyBody::Rejected("cancelled".into())
+        } else if env.ttl_ms > 0 && env.issued_at_ms.saturating_add(env.ttl_ms) < now_ms {
+            ReplyBody::Expired
+        } else if env.authority_epoch < self.args.handle.epoch() {
+            ReplyBody::Rejected(format!(
+                "stale authority epoch {} < {}",
+                env.authority_epoch,
+                self.args.handle.epoch()
+            ))
+        } else {
+            let r = self.args.handler.apply(&env.body).await;
+            self.args.handle.applied.fetch_add(1, Ordering::Relaxed);
+            r
+        };
+        let reply = self.reply_envelope(env, &body);
+        let record = DedupeRecord {
+            stream: stream.clone(),
+            message_id: d.message_id,
+            seq: d.seq,
+            reply: reply.clone(),
+            recorded_at_ms: now_ms,
+        };
+        let cursors = if d.seq > 0 {
+            vec![(stream.clone(), d.seq)]
+        } else {
+            Vec::new()
+        };
+        self.args.store.dedupe_record(&[record], &cursors)?;
+        self.dedupe.record(
+            stream,
+            d.message_id,
+            reply.clone(),
+            tokio::time::Instant::now().into_std(),
+        );
+        Ok(reply)
+    }
+
+    async fn on_data(&mut self, path: PathId, d: Data) -> Result<(), ActorProcessingErr> {
+        let env = match Envelope::decode(&d.payload) {
+            Ok(env) if env.kind != EnvelopeKind::Reply && env.stream_id == d.stream => env,
+            Ok(_) | Err(_) => {
+                self.args.handle.undecodable.fetch_add(1, Ordering::Relaxed);
+                let reject = Frame::Reject(Reject {
+                    stream: Some(d.stream.clone()),
+                    message_id: Some(d.message_id),
+                    code: REJECT_UNDECODABLE,
+                    reason: "undecodable command envelope".into(),
+                });
+                let _ = self.args.link.send(&path, reject);
+                return Ok(());
+            }
+        };
+        if d.seq == 0 {
+            let reply = self.apply(&d, &env).await?;
+            self.answer(&path, &d, &reply);
+            return Ok(());
+        }
+        let stream = self.args.stream.clone();
+        match self.order.offer(&stream, d.seq, (path, d, env)) {
+            Offer::Deliver(items) => {
+                for (_, (path, d, env)) in items {
+                    let reply = self.apply(&d, &env).await?;
+                    self.answer(&path, &d, &reply);
+                }
+            }
+            Offer::Delivered((path, d, _)) => {
+                if let Check::Seen(reply) = self.dedupe.check(&stream, d.message_id) {
+                    let reply = reply.to_vec();
+                    self.answer(&path, &d, &reply);
+                } else if let Ok(Some(reply)) = self.args.store.dedupe_lookup(&stream, d.message_id)
+                {
+                    self.answer(&path, &d, &reply);
+                }
+            }
+            Offer::Buffered | Offer::AlreadyBuffered(_) | Offer::Overflow(_) => {}
+        }
+        Ok(())
+    }
+}
+
+impl Actor for CommandServerActor {
+    type Msg = ServerMsg;
+    type State = ServerState;
+    type Arguments = ServerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let records: Vec<DedupeRecord> = args
+            .store
+            .dedupe_load()?
+            .into_iter()
+            .filter(|r| r.stream == args.stream)
+            .collect();
+        let dedupe = Dedupe::restore(
+            args.config.dedupe,
+            &records,
+            tokio::time::Instant::now().into_std(),
+            (args.config.clock)(),
+        );
+        let mut order = Sequencer::new(args.config.order);
+        if let Some(cursor) = args.store.cursor(&args.stream)? {
+            order.resume(&args.stream, cursor);
+        }
+        Ok(ServerState {
+            args,
+            dedupe,
+            order,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ServerMsg::Frame(path, Frame::Data(d)) => state.on_data(path, d).await?,
+            ServerMsg::Frame(..) => {}
+        }
+        Ok(())
+    }
+}
+
+/// Errors starting a command channel actor.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The supervisor refused or failed to start the actor.
+    #[error("could not start the channel actor: {0}")]
+    Start(String),
+    /// The routing authority refused the stream.
+    #[error(transparent)]
+    Node(#[from] crate::actors::node::NodeError),
+}
+
+static INSTANCE: AtomicU64 = AtomicU64::new(1);
+
+fn actor_name(node: &NodeId, role: &str, stream: &StreamId) -> String {
+    let n = INSTANCE.fetch_add(1, Ordering::Relaxed);
+    format!("{node}/command-{role}/{stream}#{n}")
+}
+
+async fn start_child(node: &Node, spec: ChildSpec) -> Result<(), SpawnError> {
+    ractor::call_t!(node.supervisor(), SupervisorMsg::StartChild, 5_000, spec)
+        .map_err(|e| SpawnError::Start(e.to_string()))?
+        .map_err(SpawnError::Start)
+}
+
+/// Starts command channel actors on a node.
+pub struct CommandChannel;
+
+impl CommandChannel {
+    /// Starts the sender of `stream` towards `target` under the node's
+    /// supervisor, sets the stream's inbox and registers the stream with
+    /// routing. The returned handle survives restarts of the actor.
+    pub async fn spawn_sender<C, R>(
+        node: &Node,
+        stream: StreamId,
+        target: NodeId,
+        store: Arc<dyn Store>,
+        config: SenderConfig,
+    ) -> Result<CommandSender<C, R>, SpawnError>
+    where
+        C: Serialize + Send,
+        R: DeserializeOwned,
+    {
+        let name = actor_name(node.id(), "sender", &stream);
+        let route: Arc<Mutex<Option<PathId>>> = Arc::default();
+        let stats: Arc<SenderStats> = Arc::default();
+        {
+            let (link, stream, store, config, route, stats) = (
+                node.link(),
+                stream.clone(),
+                store.clone(),
+                config.clone(),
+                route.clone(),
+                stats.clone(),
+            );
+            let spec = ChildSpec::new(name.clone(), RestartMode::Permanent, move || {
+                (
+                    CommandSenderActor,
+                    SenderArgs {
+                        stream: stream.clone(),
+                        link: link.clone(),
+                        store: store.clone(),
+                        config: config.clone(),
+                        route: route.clone(),
+                        stats: stats.clone(),
+                    },
+                )
+            });
+            start_child(node, spec).await?;
+        }
+        let inbox_name = name.clone();
+        node.set_inbox(
+            stream.clone(),
+            Arc::new(move |path: &PathId, frame: Frame| {
+                if let Some(a) = ractor::registry::where_is(inbox_name.clone()) {
+                    let _ =
+                        ActorRef::<SenderMsg>::from(a).cast(SenderMsg::Frame(path.clone(), frame));
+                }
+            }),
+        );
+        let (listener_name, listener_route) = (name.clone(), route.clone());
+        let cast_route = move |next: Option<PathId>| {
+            *listener_route.lock().unwrap_or_else(|e| e.into_inner()) = next.clone();
+            if let Some(a) = ractor::registry::where_is(listener_name.clone()) {
+                let _ = ActorRef::<SenderMsg>::from(a).cast(SenderMsg::Route(next));
+            }
+        };
+        let cast = cast_route.clone();
+        let initial = node
+            .register_stream(
+                stream.clone(),
+                Need::node(ChannelKind::Command, target),
+                move |u| cast(u.decision.next),
+            )
+            .await?;
+        if let Some(r) = initial {
+            cast_route(r.path);
+        }
+        Ok(CommandSender {
+            name,
+            stream,
+            stats,
+            config,
+            _types: PhantomData,
+        })
+    }
+
+    /// Serves `stream` on this node with `handler`: starts the server actor
+    /// under the node's supervisor and sets the stream's inbox. Replies go
+    /// back on the path each command arrived on.
+    pub async fn serve<H: CommandHandler>(
+        node: &Node,
+        stream: StreamId,
+        handler: H,
+        store: Arc<dyn Store>,
+        config: ServeConfig,
+    ) -> Result<Arc<ServeHandle>, SpawnError> {
+        let name = actor_name(node.id(), "server", &stream);
+        let handle: Arc<ServeHandle> = Arc::default();
+        let handler: Arc<dyn ErasedHandler> = Arc::new(Typed(handler));
+        {
+            let (link, stream, handle) = (node.link(), stream.clone(), handle.clone());
+            let spec = ChildSpec::new(name.clone(), RestartMode::Permanent, move || {
+                (
+                    CommandServerActor,
+                    ServerArgs {
+                        stream: stream.clone(),
+                        link: link.clone(),
+                        store: store.clone(),
+                        handler: handler.clone(),
+                        config: config.clone(),
+                        handle: handle.clone(),
+                    },
+                )
+            });
+            start_child(node, spec).await?;
+        }
+        node.set_inbox(
+            stream,
+            Arc::new(move |path: &PathId, frame: Frame| {
+                if let Some(a) = ractor::registry::where_is(name.clone()) {
+                    let _ =
+                        ActorRef::<ServerMsg>::from(a).cast(ServerMsg::Frame(path.clone(), frame));
+                }
+            }),
+        );
+        Ok(handle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trips() {
+        let env = Envelope {
+            kind: EnvelopeKind::Command,
+            message_id: 7,
+            stream_id: StreamId::new("command:a/b"),
+            issued_at_ms: 1,
+            ttl_ms: 2,
+            authority_epoch: 3,
+            operation_key: Some("k".into()),
+            body: vec![1, 2, 3],
+        };
+        assert_eq!(Envelope::decode(&env.encode()), Ok(env));
+        assert!(Envelope::decode(&[0xc1, 0xff]).is_err());
+    }
+}
