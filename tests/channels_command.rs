@@ -126,7 +126,7 @@ impl Setup {
 #[tokio::test(start_paused = true)]
 async fn class_a_commands_apply_exactly_once_in_order_under_chaos() {
     let seed = env_u64("CMD_SEED", 20_261_123);
-    let n = env_u64("CMD_N", 7_000);
+    let n = env_u64("CMD_N", 10_000);
     let net = MemoryNetwork::new(seed);
     net.record_trace(false);
     net.set_default_faults(LinkFaults {

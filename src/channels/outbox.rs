@@ -18,7 +18,7 @@
 //!   cancelled (it never will be) — and its caller is told at once that
 //!   the outcome is unknown ([`RouteChange::not_replayed`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crate::store::OutboxRecord;
@@ -117,8 +117,9 @@ pub struct PendingEntry {
 }
 
 impl PendingEntry {
-    fn in_flight(&self) -> bool {
-        self.last_sent.is_some()
+    /// When the retransmit timer of an in-flight entry fires.
+    fn deadline(&self) -> Option<Instant> {
+        self.last_sent.map(|l| l + self.rto)
     }
 
     fn transmit(&mut self, now: Instant) -> Transmit {
@@ -149,8 +150,15 @@ pub struct RouteChange {
 pub struct Outbox {
     stream: StreamId,
     config: OutboxConfig,
+    /// Every pending entry by sequence number.
     entries: BTreeMap<u64, PendingEntry>,
+    /// Message id → sequence number.
     seq_of: BTreeMap<u64, u64>,
+    /// Sequence numbers waiting for credit (never sent in this incarnation),
+    /// so a send never rescans the in-flight entries.
+    waiting: BTreeSet<u64>,
+    /// Retransmit deadlines of in-flight entries, earliest first.
+    timers: BTreeSet<(Instant, u64)>,
 }
 
 impl Outbox {
@@ -161,6 +169,8 @@ impl Outbox {
             config,
             entries: BTreeMap::new(),
             seq_of: BTreeMap::new(),
+            waiting: BTreeSet::new(),
+            timers: BTreeSet::new(),
         }
     }
 
@@ -200,6 +210,7 @@ impl Outbox {
             return;
         }
         self.seq_of.insert(message_id, seq);
+        self.waiting.insert(seq);
         self.entries.insert(
             seq,
             PendingEntry {
@@ -219,15 +230,18 @@ impl Outbox {
     /// Marks as sent, and returns, the waiting entries the credit window
     /// allows, in sequence order (this is where a send happens).
     pub fn poll_send(&mut self, now: Instant) -> Vec<Transmit> {
-        let mut credit = self.config.max_in_flight.saturating_sub(self.in_flight());
-        let mut out = Vec::new();
-        for e in self.entries.values_mut() {
-            if credit == 0 {
+        let credit = self.config.max_in_flight.saturating_sub(self.in_flight());
+        let mut out = Vec::with_capacity(credit.min(self.waiting.len()));
+        while out.len() < credit {
+            let Some(seq) = self.waiting.pop_first() else {
                 break;
-            }
-            if !e.in_flight() {
-                out.push(e.transmit(now));
-                credit -= 1;
+            };
+            let Some(e) = self.entries.get_mut(&seq) else {
+                continue;
+            };
+            out.push(e.transmit(now));
+            if let Some(d) = e.deadline() {
+                self.timers.insert((d, seq));
             }
         }
         out
@@ -237,7 +251,12 @@ impl Outbox {
     /// (a duplicate ack). The actor then acks it in the store.
     pub fn on_ack(&mut self, message_id: u64) -> Option<PendingEntry> {
         let seq = self.seq_of.remove(&message_id)?;
-        self.entries.remove(&seq)
+        let e = self.entries.remove(&seq)?;
+        match e.deadline() {
+            Some(d) => self.timers.remove(&(d, seq)),
+            None => self.waiting.remove(&seq),
+        };
+        Some(e)
     }
 
     /// The routing authority moved the stream to another path: resend every
@@ -247,13 +266,22 @@ impl Outbox {
     pub fn on_route_change(&mut self, now: Instant) -> RouteChange {
         let mut change = RouteChange::default();
         let rto = self.config.rto_initial;
-        for e in self.entries.values_mut().filter(|e| e.in_flight()) {
+        let mut in_flight: Vec<u64> = self.timers.iter().map(|(_, seq)| *seq).collect();
+        in_flight.sort_unstable();
+        self.timers.clear();
+        for seq in in_flight {
+            let Some(e) = self.entries.get_mut(&seq) else {
+                continue;
+            };
             if !e.replayable && e.kind == TransmitKind::Command {
                 e.kind = TransmitKind::Cancel;
                 change.not_replayed.push(e.message_id);
             }
             e.rto = rto;
             change.transmits.push(e.transmit(now));
+            if let Some(d) = e.deadline() {
+                self.timers.insert((d, seq));
+            }
         }
         change
     }
@@ -262,13 +290,25 @@ impl Outbox {
     /// passed, and backs its RTO off.
     pub fn poll_resend(&mut self, now: Instant) -> Vec<Transmit> {
         let (factor, max) = (self.config.backoff_factor, self.config.rto_max);
-        let mut out = Vec::new();
-        for e in self.entries.values_mut() {
-            if let Some(last) = e.last_sent
-                && now >= last + e.rto
-            {
-                out.push(e.transmit(now));
-                e.rto = e.rto.saturating_mul(factor).min(max);
+        let mut due = Vec::new();
+        while let Some(&(d, seq)) = self.timers.first() {
+            if d > now {
+                break;
+            }
+            self.timers.pop_first();
+            due.push(seq);
+        }
+        // Sequence order, as the receiver delivers in order.
+        due.sort_unstable();
+        let mut out = Vec::with_capacity(due.len());
+        for seq in due {
+            let Some(e) = self.entries.get_mut(&seq) else {
+                continue;
+            };
+            out.push(e.transmit(now));
+            e.rto = e.rto.saturating_mul(factor).min(max);
+            if let Some(d) = e.deadline() {
+                self.timers.insert((d, seq));
             }
         }
         out
@@ -277,10 +317,7 @@ impl Outbox {
     /// When [`Outbox::poll_resend`] next has work, if ever (for the actor's
     /// timer).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.entries
-            .values()
-            .filter_map(|e| e.last_sent.map(|l| l + e.rto))
-            .min()
+        self.timers.first().map(|(d, _)| *d)
     }
 
     /// The entry with this message id, if pending.
@@ -295,7 +332,7 @@ impl Outbox {
 
     /// How many entries are in flight (sent, unacked).
     pub fn in_flight(&self) -> usize {
-        self.entries.values().filter(|e| e.in_flight()).count()
+        self.timers.len()
     }
 
     /// How many entries are pending (in flight or waiting for credit).
