@@ -63,6 +63,7 @@
 
 pub mod actors;
 pub mod channels;
+pub mod root;
 pub mod routing;
 pub mod store;
 pub mod transports;

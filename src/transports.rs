@@ -20,6 +20,7 @@
 pub mod memory;
 pub mod probe;
 pub mod quic;
+pub mod relay;
 
 use std::net::SocketAddr;
 use std::time::Duration;
