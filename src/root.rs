@@ -9,7 +9,7 @@
 //!   `Signal` frames between admitted nodes under the route class's budget,
 //!   the rendezvous registry (`Register` / `Lookup`), and the
 //!   [`dedupe::DedupeTable`] for relayed class-A frames;
-//! * [`join`]: the joining node's side of admission.
+//! * [`mod@join`]: the joining node's side of admission ([`join()`]).
 //!
 //! The relay *transport* that nodes use to reach peers through the root is
 //! [`crate::transports::relay`].

@@ -113,16 +113,28 @@ impl AdmissionError {
         }
     }
 
-    /// The refusal for a wire code and reason text (the joining side's view).
-    pub fn from_code(code: u16, reason: &str) -> Self {
+    /// The refusal for a `JoinRefused` code and reason, as the joining side
+    /// sees it: it asked to join as `node` in `role`; for mismatches and
+    /// revocation the reason carries the token's node, role or the revoked
+    /// node (`docs/root.md` §2).
+    pub fn from_refusal(code: u16, reason: &str, node: &NodeId, role: Role) -> Self {
         match code {
             codes::TOKEN_UNKNOWN => AdmissionError::Unknown,
             codes::TOKEN_EXPIRED => AdmissionError::Expired,
             codes::TOKEN_REUSED => AdmissionError::Reused,
             codes::REVOKED => AdmissionError::Revoked(NodeId::new(reason)),
-            codes::NODE_MISMATCH | codes::ROLE_MISMATCH | codes::BAD_REQUEST => {
-                AdmissionError::BadRequest(format!("{code:#x}: {reason}"))
-            }
+            codes::NODE_MISMATCH => AdmissionError::NodeMismatch {
+                expected: NodeId::new(reason),
+                got: node.clone(),
+            },
+            codes::ROLE_MISMATCH => match serde_json::from_value::<Role>(reason.into()) {
+                Ok(expected) => AdmissionError::RoleMismatch {
+                    expected,
+                    got: role,
+                },
+                Err(_) => AdmissionError::BadRequest(format!("{code:#x}: {reason}")),
+            },
+            codes::BAD_REQUEST => AdmissionError::BadRequest(reason.to_string()),
             _ => AdmissionError::Internal(format!("{code:#x}: {reason}")),
         }
     }

@@ -128,8 +128,8 @@ pub async fn join(
                 expires_at: UNIX_EPOCH + Duration::from_millis(g.expires_at_ms),
             })
         }
-        Some(Frame::JoinRefused(r)) => Err(JoinError::Refused(AdmissionError::from_code(
-            r.code, &r.reason,
+        Some(Frame::JoinRefused(r)) => Err(JoinError::Refused(AdmissionError::from_refusal(
+            r.code, &r.reason, node, role,
         ))),
         Some(other) => Err(JoinError::Protocol(format!(
             "unexpected {:?} frame",

@@ -596,8 +596,12 @@ async fn handle_join(inner: Arc<Inner>, incoming: quinn::Incoming) {
         Err(e) => {
             bump(&inner.counters.joins_refused);
             tracing::warn!(code = e.code(), refused = %e, remote = %conn.remote_address(), "root: join refused");
+            // For typed refusals the reason carries the value the joiner
+            // cannot know (`docs/root.md` §2).
             let reason = match &e {
                 AdmissionError::Revoked(n) => n.to_string(),
+                AdmissionError::NodeMismatch { expected, .. } => expected.to_string(),
+                AdmissionError::RoleMismatch { expected, .. } => expected.to_string(),
                 other => other.to_string(),
             };
             Frame::JoinRefused(JoinRefused {

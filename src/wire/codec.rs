@@ -921,6 +921,36 @@ mod tests {
                 }),
                 "00000005 01 07 92 00 a0",
             ),
+            (
+                Frame::Relay(Relay {
+                    to: NodeId::new("b"),
+                    from: NodeId::new("a"),
+                    frame: Bytes::from_static(&[0, 1]),
+                }),
+                "0000000b 01 08 93 a1 62 a1 61 c4 02 0001",
+            ),
+            (
+                Frame::Register(Register {
+                    addrs: vec!["h:1".into()],
+                    capabilities: vec![],
+                }),
+                "00000009 01 0a 92 91 a3 683a31 90",
+            ),
+            (
+                Frame::Lookup(Lookup {
+                    request_id: 1,
+                    node: None,
+                    capability: Some("cam".into()),
+                }),
+                "00000009 01 0b 93 01 c0 a3 63616d",
+            ),
+            (
+                Frame::JoinRefused(JoinRefused {
+                    code: 0x21a,
+                    reason: String::new(),
+                }),
+                "00000007 01 10 92 cd 021a a0",
+            ),
         ]
     }
 
@@ -1193,6 +1223,10 @@ mod tests {
         assert_malformed(K::Reject, &[0x94, 0xc0, 0xc0, 0xce, 0, 1, 0, 0, 0xa0]); // code > u16
         assert_malformed(K::Close, &[0xdd, 0xff, 0xff, 0xff, 0xff]); // huge array
         assert_malformed(K::Ack, &[0xdb, 0xff, 0xff, 0xff, 0xff]); // not an array
+        assert_malformed(K::Register, &[0x92, 0x91, 0x01, 0x90]); // int in a [str]
+        assert_malformed(K::Register, &[0x92, 0xa1, b'x', 0x90]); // str for a [str]
+        assert_malformed(K::Register, &[0x92, 0xdd, 0xff, 0xff, 0xff, 0xff, 0x90]); // huge list
+        assert_malformed(K::Relay, &[0x93, 0xa1, b'b', 0xa1, b'a', 0xa1, b'x']); // frame as str
     }
 
     #[test]
