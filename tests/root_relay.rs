@@ -263,3 +263,106 @@ async fn killing_the_root_downs_relayed_paths_while_direct_continues() {
     da.shutdown().await;
     db.shutdown().await;
 }
+
+/// A free loopback UDP address (bound and released), so a node's QUIC
+/// endpoint can be dialled at a known address.
+fn free_addr() -> std::net::SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_stream_fails_over_to_direct_when_the_root_dies() {
+    use common::rootkit::quic_config;
+    use interlocking::actors::node::NodeBuilder;
+    use interlocking::routing::{Need, RoutingConfig};
+    use interlocking::transports::relay::RelayConfig;
+    use interlocking::vocab::{ChannelKind, PathId, PathKind};
+
+    let root = root().await;
+    let hub = joined(&root, "hub", Role::Hub).await;
+    let member = joined(&root, "m1", Role::Member).await;
+    // Relay preferred, so the stream starts on the relay path.
+    let mut routing = RoutingConfig::default();
+    routing.command.order = vec![PathKind::Relay, PathKind::Quic];
+    routing.command.freeze = Duration::from_millis(200);
+    let relay_cfg = |j: &interlocking::root::Joined| {
+        let mut c = RelayConfig::new(
+            quic_config(j.identity.clone(), j.roots.clone()),
+            root.peer_addr(),
+        );
+        c.probe = common::rootkit::fast_probe();
+        c
+    };
+    let m_addr = free_addr();
+    let mut m_quic = quic_config(member.identity.clone(), member.roots.clone());
+    m_quic.listen = m_addr;
+    let (inbox_tx, mut inbox) = tokio::sync::mpsc::unbounded_channel();
+    let m = NodeBuilder::new("m1", Role::Member)
+        .routing(routing.clone())
+        .quic(m_quic)
+        .relay(relay_cfg(&member))
+        .spawn()
+        .await
+        .unwrap();
+    let stream = StreamId::new("command:hub/m1");
+    m.set_inbox(
+        stream.clone(),
+        std::sync::Arc::new(move |path: &PathId, frame: Frame| {
+            let _ = inbox_tx.send((path.clone(), frame));
+        }),
+    );
+    // The member's relay link comes up with its first rendezvous request.
+    m.transport(PathKind::Relay)
+        .unwrap()
+        .connect(&via_root("hub"))
+        .await
+        .ok();
+    wait_online(&root, "m1", true).await;
+    let h = NodeBuilder::new("hub", Role::Hub)
+        .routing(routing)
+        .quic(quic_config(hub.identity.clone(), hub.roots.clone()))
+        .relay(relay_cfg(&hub))
+        .dial(PathKind::Relay, PeerAddr::node("m1"))
+        .dial(PathKind::Quic, PeerAddr::at("m1", m_addr))
+        .spawn()
+        .await
+        .unwrap();
+    let (route_tx, mut routes) = tokio::sync::mpsc::unbounded_channel();
+    h.register_stream(stream.clone(), Need::node(ChannelKind::Command, "m1"), move |u| {
+        let _ = route_tx.send(u.decision.next.clone());
+    })
+    .await
+    .unwrap();
+    let relay_path = PathId::new(NodeId::new("m1"), PathKind::Relay);
+    let quic_path = PathId::new(NodeId::new("m1"), PathKind::Quic);
+    // Both paths up: the stream settles on the relay.
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let route = h.explain(&stream).await.unwrap().and_then(|e| e.path);
+            if route.as_ref() == Some(&relay_path) {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), routes.recv()).await;
+        }
+    })
+    .await
+    .expect("the stream is routed over the relay");
+    h.send(&relay_path, data("command:hub/m1", 0, 1, 8)).unwrap();
+    let (path, _) = tokio::time::timeout(LIMIT, inbox.recv()).await.unwrap().unwrap();
+    assert_eq!(path, PathId::new(NodeId::new("hub"), PathKind::Relay));
+
+    root.shutdown().await;
+
+    // The relay path fails; the authority moves the stream to direct QUIC.
+    tokio::time::timeout(LIMIT, async {
+        while routes.recv().await.expect("listener alive") != Some(quic_path.clone()) {}
+    })
+    .await
+    .expect("the stream fails over to the direct path");
+    h.send(&quic_path, data("command:hub/m1", 0, 2, 8)).unwrap();
+    let (path, _) = tokio::time::timeout(LIMIT, inbox.recv()).await.unwrap().unwrap();
+    assert_eq!(path, PathId::new(NodeId::new("hub"), PathKind::Quic));
+    h.shutdown().await;
+    m.shutdown().await;
+}

@@ -55,6 +55,8 @@ use crate::routing::{
 };
 use crate::transports::memory::MemoryNetwork;
 use crate::transports::probe::ProbeConfig;
+use crate::transports::quic::{QuicConfig, QuicTransport};
+use crate::transports::relay::{RelayConfig, RelayTransport};
 use crate::transports::{EventSink, Fact, PeerAddr, Transport, TransportEvent};
 use crate::vocab::{NodeId, PathId, PathKind, Role, StreamId};
 use crate::wire::{Frame, Reject};
@@ -328,6 +330,28 @@ impl NodeBuilder {
         self.transport(kind, move |sink| {
             let t: Arc<dyn Transport> = network.bind(id.clone(), kind, sink, probe);
             async move { Ok(t) }
+        })
+    }
+
+    /// Adds a QUIC transport bound with `config` (at start and at every
+    /// restart of its actor; give `config.listen` a fixed port if peers
+    /// must find it again after a restart).
+    pub fn quic(self, config: QuicConfig) -> Self {
+        self.transport(PathKind::Quic, move |sink| {
+            let bound = QuicTransport::bind(config.clone(), sink)
+                .map(|t| t as Arc<dyn Transport>)
+                .map_err(|e| e.to_string());
+            async move { bound }
+        })
+    }
+
+    /// Adds a relay transport (through the root) bound with `config`.
+    pub fn relay(self, config: RelayConfig) -> Self {
+        self.transport(PathKind::Relay, move |sink| {
+            let bound = RelayTransport::bind(config.clone(), sink)
+                .map(|t| t as Arc<dyn Transport>)
+                .map_err(|e| e.to_string());
+            async move { bound }
         })
     }
 
