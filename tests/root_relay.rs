@@ -49,6 +49,24 @@ async fn relay_delivers_both_ways_and_probes_are_answered() {
         recv_data(&mut ra, &NodeId::new("b"), "command:b/a", 5).await,
         (0..5).collect::<Vec<_>>()
     );
+    // A spoofed `from` is overwritten by the root with the certificate's.
+    let inner =
+        interlocking::wire::encode_to_bytes(&data("command:a/b", 4, 99, 8), &Default::default())
+            .unwrap();
+    ta.link()
+        .send(
+            root.node(),
+            Frame::Relay(Relay {
+                to: NodeId::new("b"),
+                from: NodeId::new("mallory"),
+                frame: inner,
+            }),
+        )
+        .unwrap();
+    assert_eq!(
+        recv_data(&mut rb, &NodeId::new("a"), "command:a/b", 1).await,
+        vec![99]
+    );
     // End-to-end probes through the root are answered on both sides.
     for (rx, peer) in [(&mut ra, "b"), (&mut rb, "a")] {
         let (ev, _) = until(rx, LIMIT, |e| {
@@ -190,6 +208,35 @@ async fn rendezvous_then_direct_dial() {
     .expect("capability found in time");
     assert_eq!(found.node.as_str(), "m1");
     assert_eq!(found.capabilities, vec!["camera".to_string()]);
+    // Signalling through the rendezvous: the root vouches for `from`.
+    let mut signals = m_relay.signals();
+    hub_relay
+        .link()
+        .send(
+            root.node(),
+            Frame::Signal(interlocking::wire::Signal {
+                to: NodeId::new("m1"),
+                from: NodeId::new("mallory"),
+                kind: "webrtc/offer".into(),
+                payload: Bytes::from_static(b"v=0"),
+            }),
+        )
+        .unwrap();
+    hub_relay
+        .signal(
+            &NodeId::new("m1"),
+            "webrtc/candidate",
+            Bytes::from_static(b"c"),
+        )
+        .await
+        .unwrap();
+    for kind in ["webrtc/offer", "webrtc/candidate"] {
+        let sig = tokio::time::timeout(LIMIT, signals.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((sig.from.as_str(), sig.kind.as_str()), ("hub", kind));
+    }
     let by_node = hub_relay.lookup_node(&NodeId::new("m1")).await.unwrap();
     assert_eq!(by_node.addrs, found.addrs);
     let addr = found.addrs[0].parse().unwrap();
@@ -329,9 +376,13 @@ async fn a_relayed_stream_fails_over_to_direct_when_the_root_dies() {
         .await
         .unwrap();
     let (route_tx, mut routes) = tokio::sync::mpsc::unbounded_channel();
-    h.register_stream(stream.clone(), Need::node(ChannelKind::Command, "m1"), move |u| {
-        let _ = route_tx.send(u.decision.next.clone());
-    })
+    h.register_stream(
+        stream.clone(),
+        Need::node(ChannelKind::Command, "m1"),
+        move |u| {
+            let _ = route_tx.send(u.decision.next.clone());
+        },
+    )
     .await
     .unwrap();
     let relay_path = PathId::new(NodeId::new("m1"), PathKind::Relay);
@@ -348,8 +399,12 @@ async fn a_relayed_stream_fails_over_to_direct_when_the_root_dies() {
     })
     .await
     .expect("the stream is routed over the relay");
-    h.send(&relay_path, data("command:hub/m1", 0, 1, 8)).unwrap();
-    let (path, _) = tokio::time::timeout(LIMIT, inbox.recv()).await.unwrap().unwrap();
+    h.send(&relay_path, data("command:hub/m1", 0, 1, 8))
+        .unwrap();
+    let (path, _) = tokio::time::timeout(LIMIT, inbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(path, PathId::new(NodeId::new("hub"), PathKind::Relay));
 
     root.shutdown().await;
@@ -361,7 +416,10 @@ async fn a_relayed_stream_fails_over_to_direct_when_the_root_dies() {
     .await
     .expect("the stream fails over to the direct path");
     h.send(&quic_path, data("command:hub/m1", 0, 2, 8)).unwrap();
-    let (path, _) = tokio::time::timeout(LIMIT, inbox.recv()).await.unwrap().unwrap();
+    let (path, _) = tokio::time::timeout(LIMIT, inbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(path, PathId::new(NodeId::new("hub"), PathKind::Quic));
     h.shutdown().await;
     m.shutdown().await;

@@ -21,7 +21,9 @@
 //!   and reported up again.
 //!
 //! It also carries the node's rendezvous requests ([`RelayTransport::register`],
-//! [`RelayTransport::lookup_node`], [`RelayTransport::lookup_capability`]).
+//! [`RelayTransport::lookup_node`], [`RelayTransport::lookup_capability`])
+//! and signalling messages ([`RelayTransport::signal`],
+//! [`RelayTransport::signals`]) for WebRTC negotiation later.
 //!
 //! Must not touch: channels, the store, routing decisions.
 
@@ -31,7 +33,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot, watch};
+use bytes::Bytes;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -42,7 +45,7 @@ use super::{
 };
 use crate::vocab::{NodeId, PathId, PathKind};
 use crate::wire::{
-    CodecConfig, Frame, Lookup, LookupReply, ProbeAck, Register, Relay, decode_frame,
+    CodecConfig, Frame, Lookup, LookupReply, ProbeAck, Register, Relay, Signal, decode_frame,
     encode_to_bytes,
 };
 
@@ -120,6 +123,7 @@ struct Inner {
     closed: AtomicBool,
     shutdown: watch::Sender<bool>,
     registration: Mutex<Option<Register>>,
+    signals: broadcast::Sender<Signal>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -165,6 +169,7 @@ impl RelayTransport {
             closed: AtomicBool::new(false),
             shutdown,
             registration: Mutex::new(None),
+            signals: broadcast::channel(256).0,
         });
         tokio::spawn(link_loop(inner.clone(), rx));
         Ok(Arc::new(Self { inner }))
@@ -205,6 +210,30 @@ impl RelayTransport {
             .link
             .send(&self.inner.root.node, Frame::Register(reg))
             .map_err(|e| LookupError::Unreachable(e.to_string()))
+    }
+
+    /// Sends a signalling message to `to` through the root (`kind` e.g.
+    /// `webrtc/offer`; `payload` opaque to the root). The root refuses
+    /// non-admitted destinations with `RelayRefused`, reported as an
+    /// incident on the relay path to `to`.
+    pub async fn signal(&self, to: &NodeId, kind: &str, payload: Bytes) -> Result<(), SendError> {
+        self.inner
+            .ensure_root()
+            .await
+            .map_err(|e| SendError::Encode(e.to_string()))?;
+        let frame = Frame::Signal(Signal {
+            to: to.clone(),
+            from: self.inner.node.clone(),
+            kind: kind.to_string(),
+            payload,
+        });
+        self.inner.link.send(&self.inner.root.node, frame)
+    }
+
+    /// Signalling messages received from peers (`from` as authenticated by
+    /// the root). Slow receivers lose the oldest messages.
+    pub fn signals(&self) -> broadcast::Receiver<Signal> {
+        self.inner.signals.subscribe()
     }
 
     /// Asks the root how to reach `node` (admitted and online).
@@ -394,6 +423,9 @@ async fn link_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<TransportEvent>) {
                 }
             }
             Fact::Frame(Frame::Relay(r)) => on_relay(&inner, r).await,
+            Fact::Frame(Frame::Signal(sig)) => {
+                let _ = inner.signals.send(sig);
+            }
             Fact::Frame(Frame::LookupReply(reply)) => {
                 if let Some(tx) = lock(&inner.pending).remove(&reply.request_id) {
                     let _ = tx.send(reply);
