@@ -65,6 +65,10 @@ pub struct RelayConfig {
     pub probe: ProbeConfig,
     /// How long a rendezvous lookup may take.
     pub lookup_timeout: Duration,
+    /// Dial the root as soon as the transport is bound (retrying with the
+    /// link's backoff until it answers), so that peers can reach this node
+    /// through the root before it sends anything. Default `true`.
+    pub eager: bool,
 }
 
 impl RelayConfig {
@@ -76,6 +80,7 @@ impl RelayConfig {
             root,
             probe: ProbeConfig::default(),
             lookup_timeout: Duration::from_secs(5),
+            eager: true,
         }
     }
 }
@@ -124,6 +129,8 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     registration: Mutex<Option<Register>>,
     signals: broadcast::Sender<Signal>,
+    dial_lock: tokio::sync::Mutex<()>,
+    reached: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -170,8 +177,13 @@ impl RelayTransport {
             shutdown,
             registration: Mutex::new(None),
             signals: broadcast::channel(256).0,
+            dial_lock: tokio::sync::Mutex::new(()),
+            reached: AtomicBool::new(false),
         });
         tokio::spawn(link_loop(inner.clone(), rx));
+        if inner.config.eager {
+            tokio::spawn(dial_root(inner.clone()));
+        }
         Ok(Arc::new(Self { inner }))
     }
 
@@ -262,18 +274,32 @@ impl Inner {
             .await;
     }
 
-    /// Dials the root unless the link is up.
+    /// Makes sure the link to the root is up. One dial at a time: two
+    /// concurrent dials would open duplicate connections that the QUIC
+    /// transport then has to close. Once the root has been reached, the
+    /// link re-dials by itself after a loss; this waits for that (up to the
+    /// lookup timeout) before dialling again.
     async fn ensure_root(&self) -> Result<(), LookupError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(LookupError::Unreachable("relay is shut down".into()));
         }
+        let _one_dial = self.dial_lock.lock().await;
         if self.link.peers().contains(&self.root.node) {
             return Ok(());
+        }
+        if self.reached.load(Ordering::Acquire) {
+            let mut up = self.root_up.subscribe();
+            let back = tokio::time::timeout(self.config.lookup_timeout, up.wait_for(|u| *u)).await;
+            if matches!(back, Ok(Ok(_))) || self.link.peers().contains(&self.root.node) {
+                return Ok(());
+            }
         }
         self.link
             .connect(&self.root)
             .await
-            .map_err(|e| LookupError::Unreachable(e.to_string()))
+            .map_err(|e| LookupError::Unreachable(e.to_string()))?;
+        self.reached.store(true, Ordering::Release);
+        Ok(())
     }
 
     async fn lookup(
@@ -355,6 +381,28 @@ impl Inner {
                 SendError::NoPath { peer, kind, frame }
             }
         })
+    }
+}
+
+/// Dials the root until the link is up once (the link re-dials by itself
+/// after that), backing off as the link's reconnect policy says.
+async fn dial_root(inner: Arc<Inner>) {
+    let mut shutdown = inner.shutdown.subscribe();
+    let backoff = inner.config.quic.reconnect;
+    let mut attempt = 0u32;
+    while !inner.closed.load(Ordering::Acquire) {
+        match inner.ensure_root().await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!(node = %inner.node, attempt, error = %e, "relay: root not reachable yet");
+            }
+        }
+        let delay = backoff.delay(attempt, &mut rand::rng());
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
     }
 }
 
