@@ -419,3 +419,55 @@ async fn a_relayed_stream_fails_over_to_direct_when_the_root_dies() {
     h.shutdown().await;
     m.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_over_the_route_budget_are_refused_back_while_control_flows() {
+    use interlocking::root::{Root, RootConfig};
+    use interlocking::transports::quic::QueueBudget;
+
+    let root = Root::spawn(RootConfig {
+        probe: common::rootkit::fast_probe(),
+        route_budget: QueueBudget {
+            frames: 64,
+            bytes: 4096,
+        },
+        ..RootConfig::default()
+    })
+    .await
+    .unwrap();
+    let a = joined(&root, "a", Role::Hub).await;
+    let b = joined(&root, "b", Role::Member).await;
+    let (ta, mut ra) = relay(&root, a.identity, a.roots);
+    let (tb, mut rb) = relay(&root, b.identity, b.roots);
+    wait_online(&root, "b", true).await;
+    ta.connect(&via_root("b")).await.unwrap();
+    wait_up(&mut ra, &NodeId::new("b")).await;
+    // A frame larger than the whole budget can never be queued: refused
+    // back with OVER_BUDGET, and the path stays up.
+    ta.send(&NodeId::new("b"), data("sync:a/b", 3, 1, 8000))
+        .unwrap();
+    until(&mut ra, LIMIT, |e| {
+        e.path.peer.as_str() == "b"
+            && matches!(&e.fact, Fact::Incident(w) if w.contains(&format!("{:#x}", codes::OVER_BUDGET)))
+    })
+    .await;
+    assert_eq!(ta.peers(), vec![NodeId::new("b")]);
+    // Control still answers and small frames still pass.
+    assert_eq!(
+        ta.lookup_node(&NodeId::new("b"))
+            .await
+            .unwrap()
+            .node
+            .as_str(),
+        "b"
+    );
+    ta.send(&NodeId::new("b"), data("sync:a/b", 3, 2, 100))
+        .unwrap();
+    assert_eq!(
+        recv_data(&mut rb, &NodeId::new("a"), "sync:a/b", 1).await,
+        vec![2]
+    );
+    ta.shutdown().await;
+    tb.shutdown().await;
+    root.shutdown().await;
+}
