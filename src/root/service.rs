@@ -14,6 +14,12 @@
 //! A second port keeps the node endpoint's rule simple (client certificate
 //! always required) instead of relaxing it per ALPN.
 //!
+//! Supervision: the serving task and the join task each run under a small
+//! supervisor with the crate's [`RestartPolicy`]: a panicking task is
+//! restarted with backoff (the event queue survives it); past the restart
+//! intensity the root closes its node endpoint, so nodes see it gone and
+//! fail over, instead of talking to a root that no longer forwards.
+//!
 //! Must not touch: hub semantics (no outbox, no handler execution, no
 //! channel state). The root reads the envelope of relayed inner `Data`
 //! frames for dedupe and nothing else of them.
@@ -32,6 +38,7 @@ use tokio::task::JoinHandle;
 
 use super::admission::{AdmissionBook, AdmissionError, JoinToken, codes, unix_ms};
 use super::dedupe::DedupeTable;
+use crate::actors::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::transports::probe::ProbeConfig;
 use crate::transports::quic::{QueueBudget, QuicConfig, QuicError, QuicTransport};
 use crate::transports::{Fact, PeerAddr, SendError, Transport, TransportEvent};
@@ -74,6 +81,8 @@ pub struct RootConfig {
     pub keep_alive: Duration,
     /// Frame size limit.
     pub codec: CodecConfig,
+    /// Restart policy of the root's tasks.
+    pub restart: RestartPolicy,
 }
 
 impl Default for RootConfig {
@@ -95,6 +104,7 @@ impl Default for RootConfig {
             idle_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(1),
             codec: CodecConfig::default(),
+            restart: RestartPolicy::default(),
         }
     }
 }
@@ -243,9 +253,32 @@ impl Root {
             counters: Counters::default(),
         });
         let (stop, _) = watch::channel(false);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let policy = inner.config.restart;
+        let serving = {
+            let (inner, stop) = (inner.clone(), stop.subscribe());
+            move || serve(inner.clone(), rx.clone(), stop.clone())
+        };
+        let joining = {
+            let (inner, ep, stop) = (inner.clone(), join_ep.clone(), stop.subscribe());
+            move || join_loop(inner.clone(), ep.clone(), stop.clone())
+        };
+        let escalate = |inner: Arc<Inner>| move || async move { inner.quic.shutdown().await };
         let tasks = vec![
-            tokio::spawn(serve(inner.clone(), rx, stop.subscribe())),
-            tokio::spawn(join_loop(inner.clone(), join_ep.clone(), stop.subscribe())),
+            tokio::spawn(supervise(
+                "serve",
+                policy,
+                stop.subscribe(),
+                serving,
+                escalate(inner.clone()),
+            )),
+            tokio::spawn(supervise(
+                "join",
+                policy,
+                stop.subscribe(),
+                joining,
+                escalate(inner.clone()),
+            )),
         ];
         tracing::info!(root = %inner.config.node, addr = %inner.quic.local_addr(), join = ?join_ep.local_addr(), "root: serving");
         Ok(RootHandle {
@@ -396,12 +429,60 @@ fn destination_refusal(inner: &Inner, to: &NodeId) -> Option<(u16, String)> {
     }
 }
 
-/// Reads the node endpoint's events and acts on them.
+/// Runs the task `make` builds, restarting it when it panics, as `policy`
+/// allows; past the restart intensity, closes the node endpoint.
+async fn supervise<F, Fut, E, EFut>(
+    name: &'static str,
+    policy: RestartPolicy,
+    mut stop: watch::Receiver<bool>,
+    mut make: F,
+    escalate: E,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+    E: FnOnce() -> EFut,
+    EFut: std::future::Future<Output = ()>,
+{
+    let mut tracker = RestartTracker::new(policy);
+    loop {
+        match tokio::spawn(make()).await {
+            Err(e) if e.is_panic() => match tracker.on_exit(std::time::Instant::now()) {
+                RestartDecision::Restart { after, attempt } => {
+                    tracing::error!(
+                        task = name,
+                        attempt,
+                        ?after,
+                        "root: task panicked; restarting"
+                    );
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = tokio::time::sleep(after) => {}
+                    }
+                }
+                RestartDecision::Escalate { restarts, within } => {
+                    tracing::error!(
+                        task = name,
+                        restarts,
+                        ?within,
+                        "root: restart intensity exceeded; closing the node endpoint"
+                    );
+                    escalate().await;
+                    return;
+                }
+            },
+            _ => return,
+        }
+    }
+}
+
+/// Reads the node endpoint's events and acts on them. The queue is shared
+/// with the supervisor so a restarted task picks it up where it was.
 async fn serve(
     inner: Arc<Inner>,
-    mut rx: mpsc::Receiver<TransportEvent>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<TransportEvent>>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut rx = rx.lock().await;
     loop {
         let ev = tokio::select! {
             _ = stop.changed() => return,
@@ -645,4 +726,52 @@ fn admit(inner: &Inner, req: JoinRequest) -> Result<JoinGranted, AdmissionError>
         ca: Bytes::from(inner.ca.certificate().to_vec()),
         expires_at_ms: unix_ms(not_after),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU32};
+
+    fn policy(max_restarts: u32) -> RestartPolicy {
+        RestartPolicy {
+            max_restarts,
+            within: Duration::from_secs(60),
+            backoff_initial: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(1),
+        }
+    }
+
+    async fn run(max_restarts: u32, panics: u32) -> (u32, bool) {
+        let runs = Arc::new(AtomicU32::new(0));
+        let escalated = Arc::new(AtomicBool::new(false));
+        let (_stop, rx) = watch::channel(false);
+        let r = runs.clone();
+        let e = escalated.clone();
+        supervise(
+            "test",
+            policy(max_restarts),
+            rx,
+            move || {
+                let r = r.clone();
+                async move {
+                    if r.fetch_add(1, Ordering::SeqCst) < panics {
+                        panic!("injected");
+                    }
+                }
+            },
+            move || async move { e.store(true, Ordering::SeqCst) },
+        )
+        .await;
+        (
+            runs.load(Ordering::SeqCst),
+            escalated.load(Ordering::SeqCst),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_is_restarted_then_escalated() {
+        assert_eq!(run(3, 2).await, (3, false));
+        assert_eq!(run(2, u32::MAX).await, (3, true));
+    }
 }
