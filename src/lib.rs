@@ -17,18 +17,15 @@
 //! | --- | --- | --- |
 //! | [`vocab`] | shared value types: node, stream and path ids, path kinds, channel kinds, traffic classes | any logic or other module |
 //! | [`wire`] | the frame envelope and its versioned, size-limited codec (`docs/wire.md`) | what frames mean |
-//! | [`transports`] | the transport contract and its adapters (memory with seeded faults, QUIC with mutual TLS; relay, WebRTC, sidecar to come): connect, send, close, facts up | channels, store, routing decisions |
-//! | [`trust`] | node certificates, the CA that issues them (rcgen until the root service), mutual-TLS rustls configs, node identity from a verified certificate | sockets, frames, channels, routing |
+//! | [`transports`] | the transport contract and its adapters (memory with seeded faults, QUIC with mutual TLS, relay through the root; WebRTC, sidecar to come): connect, send, close, facts up | channels, store, routing decisions |
+//! | [`trust`] | the certificate authority, node certificates (validity windows, issuance for a node's own key), mutual-TLS configs (TLS 1.3, ALPN `interlocking/1`), the join ALPN's server-only configs, node identity from a verified certificate | sockets, frames, channels, routing |
 //! | [`routing`] | the pure routing core (paths, health, policy, freeze, decisions) and the `RoutingAuthority` actor shell around it (`docs/routing.md`) | sockets, tokio inside the core, channel semantics |
-//! | [`store`] | durability: the `Store` trait over outbox, idempotency records, id counters, dedupe records and cursors; redb (default) and in-memory backends | what the stored bytes mean, channels, tokio |
-//! | [`channels`] | the pure channel cores: sender outbox (window, resend, route change), receiver dedupe and in-order delivery (`docs/channels.md`) | sockets, tokio, the store's layout |
 //! | [`channels`] | channel semantics as pure cores: the sender outbox (credit window, resend, route-change replay), receiver dedupe, in-order delivery (`docs/channels.md`) | sockets, path choice |
 //! | [`store`] | durability behind the [`store::Store`] trait: redb (group-committed outbox, idempotency records, dedupe replies, cursors) and an in-memory store for simulations | channel logic, transports |
-//! | [`trust`] | the certificate authority, node certificates and mutual-TLS configs (TLS 1.3, ALPN `interlocking/1`); node identity from a verified certificate | frames, routing |
+//! | [`root`] | the root service: admission (single-use join tokens, short-lived certificates, revocation), relay forwarding between admitted nodes, rendezvous, dedupe of relayed class-A frames (`docs/root.md`) | hub semantics: outbox, handlers, channel state, routing decisions |
 //! | [`actors`] | the supervision tree: restart policy, generic supervisor, the node that wires routing, transports and channels together and pumps transport events | protocol semantics |
 //!
-//! The root service and the sidecar arrive with their issues and slot into
-//! the same tree.
+//! The sidecar arrives with its issue and slots into the same tree.
 //!
 //! ## A node in a few lines
 //!
@@ -63,6 +60,7 @@
 
 pub mod actors;
 pub mod channels;
+pub mod root;
 pub mod routing;
 pub mod store;
 pub mod transports;

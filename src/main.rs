@@ -2,11 +2,16 @@
 //!
 //! Owns operator-facing commands only; every behaviour it shows comes from
 //! the library. Today: print the default routing policies (what a node does
-//! unless configured otherwise), as a table or as JSON to start a config from.
+//! unless configured otherwise), as a table or as JSON to start a config from;
+//! and issue join tokens from a root's state directory (`docs/root.md` §2).
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
+use interlocking::root::{AdmissionBook, open_ca};
 use interlocking::routing::RoutingConfig;
-use interlocking::vocab::ChannelKind;
+use interlocking::vocab::{ChannelKind, NodeId, Role};
 
 #[derive(Parser)]
 #[command(
@@ -27,11 +32,72 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Issue a single-use join token from a root's state directory (the
+    /// same directory the root runs with; works while the root runs).
+    /// Prints the token, to hand to the joining node.
+    Token {
+        /// The root's state directory (created with a new CA if empty).
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The node id the token admits.
+        #[arg(long)]
+        node: String,
+        /// The role the token admits: hub, member, sidecar, browser.
+        #[arg(long)]
+        role: String,
+        /// How long the token is valid: e.g. 900s, 15m, 2h.
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+    },
+}
+
+/// Parses `90s`, `15m`, `2h` (or bare seconds).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("bad duration unit in {s:?} (use s, m or h)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    match s {
+        "hub" => Ok(Role::Hub),
+        "member" => Ok(Role::Member),
+        "sidecar" => Ok(Role::Sidecar),
+        "browser" => Ok(Role::Browser),
+        "root" => Ok(Role::Root),
+        _ => Err(format!("unknown role {s:?}")),
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Token {
+            state_dir,
+            node,
+            role,
+            ttl,
+        } => {
+            let role = parse_role(&role)?;
+            let ttl = parse_duration(&ttl)?;
+            let ca = open_ca(&state_dir)?;
+            let book = AdmissionBook::open(&state_dir)?;
+            let token = book.issue(
+                ca.fingerprint(),
+                &NodeId::new(node),
+                role,
+                ttl,
+                SystemTime::now(),
+            )?;
+            println!("{token}");
+        }
         Command::Policies { json } => {
             let config = RoutingConfig::default();
             if json {

@@ -2,8 +2,9 @@
 //! facts about the paths they carry.
 //!
 //! Owns the transport contract ([`Transport`], [`TransportEvent`], [`Fact`])
-//! and its implementations: [`memory`] (in-process, seeded faults) today;
-//! QUIC, relay, WebRTC and sidecar adapters implement the same contract.
+//! and its implementations: [`memory`] (in-process, seeded faults),
+//! [`quic`] (direct, mutual TLS) and [`relay`] (through the root); WebRTC
+//! and sidecar adapters will implement the same contract.
 //!
 //! Must not touch: channel semantics (acks, outbox, dedupe, cursors), the
 //! store, or routing decisions. A transport never chooses a path; it reports
@@ -20,6 +21,7 @@
 pub mod memory;
 pub mod probe;
 pub mod quic;
+pub mod relay;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -7,9 +7,15 @@
 //! [`server_name`]) and is read back from the *verified* certificate with
 //! [`node_from_certificate`] — never from a frame.
 //!
-//! Until the root service exists, [`CertificateAuthority`] creates a CA and
-//! node certificates with rcgen for tests and examples; the root service
-//! will issue through this same module.
+//! [`CertificateAuthority`] creates a CA and node certificates with rcgen;
+//! the root service ([`crate::root`]) issues through it: for a key it never
+//! sees ([`CertificateAuthority::issue_for_key`], used by admission) or, out
+//! of band, with a key it generates ([`CertificateAuthority::issue_node`]).
+//! Certificates carry a validity window that TLS checks on every
+//! handshake. The join ALPN ([`JOIN_ALPN`]) uses server-only
+//! authentication: [`join_client_config`] trusts the server whose chain
+//! contains the CA with a given SHA-256 fingerprint (the one in the join
+//! token), and [`join_server_config`] asks for no client certificate.
 //!
 //! Must not touch: sockets, frames, channels, routing. Transports call in
 //! here to build their TLS configuration; nothing here calls a transport.
@@ -21,6 +27,7 @@
 //! built (see `DESIGN.md` §9).
 
 use std::sync::{Arc, Once};
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -35,6 +42,10 @@ use crate::vocab::{NodeId, Role};
 
 /// The ALPN protocol id of this protocol version (`docs/wire.md` §1).
 pub const ALPN: &[u8] = b"interlocking/1";
+
+/// The ALPN of the admission protocol (`docs/root.md` §2): server-only TLS,
+/// one `JoinRequest` answered by `JoinGranted` or `JoinRefused`.
+pub const JOIN_ALPN: &[u8] = b"interlocking-join/1";
 
 /// The prefix of the URI subject alternative name that carries a node id.
 pub const NODE_URI_PREFIX: &str = "interlocking:node/";
@@ -217,6 +228,50 @@ pub struct CertificateAuthority {
     issuer: Issuer<'static, KeyPair>,
 }
 
+/// The SHA-256 of a DER certificate (a CA fingerprint).
+pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Clock skew tolerated on `notBefore` of issued certificates.
+const BACKDATE: Duration = Duration::from_secs(300);
+
+fn node_params(
+    node: &NodeId,
+    role: Role,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<CertificateParams, TrustError> {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, node.as_str());
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, role.to_string());
+    params.subject_alt_names = vec![
+        SanType::URI(node_uri(node).as_str().try_into()?),
+        SanType::DnsName(server_name(node).as_str().try_into()?),
+    ];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = time::OffsetDateTime::from(not_before);
+    params.not_after = time::OffsetDateTime::from(not_after);
+    let mut serial = [0u8; 16];
+    rand::Rng::fill(&mut rand::rng(), &mut serial[..]);
+    serial[0] &= 0x7f;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    Ok(params)
+}
+
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertificateAuthority")
@@ -265,26 +320,29 @@ impl CertificateAuthority {
     }
 
     /// Issues a certificate for `node` in `role`, usable both as TLS server
-    /// and client certificate.
+    /// and client certificate, with a fresh key, valid for ten years (tests
+    /// and out-of-band issuance; admission uses
+    /// [`CertificateAuthority::issue_for_key`] with a short lifetime).
     pub fn issue_node(&self, node: &NodeId, role: Role) -> Result<NodeIdentity, TrustError> {
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, node.as_str());
-        params
-            .distinguished_name
-            .push(DnType::OrganizationalUnitName, role.to_string());
-        params.subject_alt_names = vec![
-            SanType::URI(node_uri(node).as_str().try_into()?),
-            SanType::DnsName(server_name(node).as_str().try_into()?),
-        ];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
+        let now = SystemTime::now();
+        self.issue_node_valid(
+            node,
+            role,
+            now - BACKDATE,
+            now + Duration::from_secs(10 * 365 * 86_400),
+        )
+    }
+
+    /// Like [`CertificateAuthority::issue_node`] with an explicit validity
+    /// window (a window in the past makes an expired certificate).
+    pub fn issue_node_valid(
+        &self,
+        node: &NodeId,
+        role: Role,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<NodeIdentity, TrustError> {
+        let params = node_params(node, role, not_before, not_after)?;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(NodeIdentity {
@@ -292,6 +350,50 @@ impl CertificateAuthority {
             role,
             cert_chain: vec![cert.der().clone(), self.cert.clone()],
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        })
+    }
+
+    /// Issues a certificate naming `node` in `role` for the public key
+    /// `spki_der` (DER SubjectPublicKeyInfo; the private key never leaves
+    /// its owner), valid from a few minutes ago for `lifetime`. Returns the
+    /// certificate and its `notAfter`.
+    pub fn issue_for_key(
+        &self,
+        node: &NodeId,
+        role: Role,
+        spki_der: &[u8],
+        lifetime: Duration,
+    ) -> Result<(CertificateDer<'static>, SystemTime), TrustError> {
+        let key = rcgen::SubjectPublicKeyInfo::from_der(spki_der)?;
+        let now = SystemTime::now();
+        let not_after = now + lifetime;
+        let params = node_params(node, role, now - BACKDATE, not_after)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.der().clone(), not_after))
+    }
+
+    /// The CA's SHA-256 fingerprint (see [`fingerprint`]).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        fingerprint(&self.cert)
+    }
+
+    /// The CA's private key (PKCS#8 DER), for persisting it.
+    pub fn key_der(&self) -> Vec<u8> {
+        self.issuer.key().serialize_der()
+    }
+
+    /// Rebuilds a CA from its certificate and PKCS#8 key (as persisted from
+    /// [`CertificateAuthority::certificate`] and
+    /// [`CertificateAuthority::key_der`]).
+    pub fn from_der(name: &str, cert: &[u8], key_pkcs8: &[u8]) -> Result<Self, TrustError> {
+        ensure_crypto_provider();
+        let key = KeyPair::try_from(key_pkcs8)?;
+        let cert = CertificateDer::from(cert.to_vec());
+        let issuer = Issuer::from_ca_cert_der(&cert, key)?;
+        Ok(Self {
+            name: name.to_string(),
+            cert,
+            issuer,
         })
     }
 }
@@ -331,9 +433,131 @@ pub fn client_config(
     Ok(cfg)
 }
 
+/// A rustls server configuration for the join ALPN: TLS 1.3, server
+/// certificate `identity`, **no client authentication** (the join token
+/// authenticates the client), ALPN [`JOIN_ALPN`] only.
+pub fn join_server_config(identity: &NodeIdentity) -> Result<rustls::ServerConfig, TrustError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())?;
+    cfg.alpn_protocols = vec![JOIN_ALPN.to_vec()];
+    cfg.max_early_data_size = 0;
+    Ok(cfg)
+}
+
+/// A rustls client configuration for joining: TLS 1.3, ALPN [`JOIN_ALPN`],
+/// no client certificate, and a server accepted only if its chain carries
+/// a CA certificate whose SHA-256 is `ca_fingerprint` and the leaf verifies
+/// against that CA (full WebPKI verification, server name included).
+pub fn join_client_config(ca_fingerprint: [u8; 32]) -> Result<rustls::ClientConfig, TrustError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedCaVerifier {
+        fingerprint: ca_fingerprint,
+        provider: provider.clone(),
+    });
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![JOIN_ALPN.to_vec()];
+    cfg.enable_early_data = false;
+    Ok(cfg)
+}
+
+/// Trusts the CA certificate with a pinned fingerprint found in the
+/// server's own chain, then verifies the chain against it with WebPKI.
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    fingerprint: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| fingerprint(c) == self.fingerprint)
+            .ok_or(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ca_round_trips_through_der_and_signs_foreign_keys() {
+        let ca = CertificateAuthority::generate("test-ca").unwrap();
+        let again =
+            CertificateAuthority::from_der("test-ca", ca.certificate(), &ca.key_der()).unwrap();
+        assert_eq!(again.fingerprint(), ca.fingerprint());
+        let key = KeyPair::generate().unwrap();
+        let node = NodeId::new("m1");
+        let (cert, _) = again
+            .issue_for_key(
+                &node,
+                Role::Member,
+                &rcgen::PublicKeyData::subject_public_key_info(&key),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert_eq!(node_from_certificate(&cert).unwrap(), node);
+        join_client_config(ca.fingerprint()).unwrap();
+    }
 
     #[test]
     fn issued_certificate_names_its_node() {

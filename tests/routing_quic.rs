@@ -57,13 +57,13 @@ fn quic_config(ca: &CertificateAuthority, node: &str, role: Role) -> QuicConfig 
 async fn nodes(ca: &CertificateAuthority, faults: &FaultHandle) -> (Node, Node) {
     let hub = NodeBuilder::new("hub", Role::Hub)
         .routing(RoutingConfig::default())
-        .quic(quic_config(ca, "hub", Role::Hub), None)
+        .quic(quic_config(ca, "hub", Role::Hub))
         .spawn()
         .await
         .unwrap();
     let addr = hub.listen_addr(PathKind::Quic).expect("quic listens");
     let member = NodeBuilder::new("m1", Role::Member)
-        .quic(quic_config(ca, "m1", Role::Member), Some(faults.clone()))
+        .quic_with_faults(quic_config(ca, "m1", Role::Member), faults.clone())
         .dial(PathKind::Quic, PeerAddr::at("hub", addr))
         .spawn()
         .await

@@ -6,8 +6,9 @@
 use bytes::{Bytes, BytesMut};
 use interlocking::vocab::{NodeId, Role, StreamId};
 use interlocking::wire::{
-    Ack, Close, CodecConfig, Data, DecodeError, Frame, FrameDecoder, Hello, Probe, ProbeAck,
-    Reject, decode_frame, encode, encode_to_bytes, encoded_len,
+    Ack, Close, CodecConfig, Data, DecodeError, Frame, FrameDecoder, Hello, JoinGranted,
+    JoinRefused, JoinRequest, Lookup, LookupReply, Probe, ProbeAck, Register, Reject, Relay,
+    RelayRefused, Signal, decode_frame, encode, encode_to_bytes, encoded_len,
 };
 use proptest::prelude::*;
 
@@ -60,8 +61,82 @@ fn payload() -> impl Strategy<Value = Bytes> {
     .prop_map(Bytes::from)
 }
 
+/// Lists of strings across the fixarray/array16 boundary (15 elements).
+fn texts() -> impl Strategy<Value = Vec<String>> {
+    prop_oneof![
+        prop::collection::vec(text(), 0..4),
+        prop::collection::vec("[a-z0-9.:]{0,8}", 14..20),
+    ]
+}
+
+/// The relay, rendezvous and admission kinds (codes 8–16).
+fn root_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        (node(), node(), payload()).prop_map(|(to, from, frame)| Frame::Relay(Relay {
+            to,
+            from,
+            frame
+        })),
+        (node(), any::<u16>(), text())
+            .prop_map(|(to, code, reason)| Frame::RelayRefused(RelayRefused { to, code, reason })),
+        (texts(), texts()).prop_map(|(addrs, capabilities)| Frame::Register(Register {
+            addrs,
+            capabilities
+        })),
+        (int(), prop::option::of(node()), prop::option::of(text())).prop_map(
+            |(request_id, node, capability)| Frame::Lookup(Lookup {
+                request_id,
+                node,
+                capability
+            })
+        ),
+        (
+            int(),
+            any::<u16>(),
+            prop::option::of(node()),
+            texts(),
+            texts()
+        )
+            .prop_map(
+                |(request_id, code, node, addrs, capabilities)| Frame::LookupReply(LookupReply {
+                    request_id,
+                    code,
+                    node,
+                    addrs,
+                    capabilities
+                })
+            ),
+        (node(), node(), text(), payload()).prop_map(|(to, from, kind, payload)| Frame::Signal(
+            Signal {
+                to,
+                from,
+                kind,
+                payload
+            }
+        )),
+        (text(), node(), role(), payload()).prop_map(|(token, node, role, public_key)| {
+            Frame::JoinRequest(JoinRequest {
+                token,
+                node,
+                role,
+                public_key,
+            })
+        }),
+        (payload(), payload(), int()).prop_map(|(cert, ca, expires_at_ms)| Frame::JoinGranted(
+            JoinGranted {
+                cert,
+                ca,
+                expires_at_ms
+            }
+        )),
+        (any::<u16>(), text())
+            .prop_map(|(code, reason)| Frame::JoinRefused(JoinRefused { code, reason })),
+    ]
+}
+
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
+        root_frame(),
         (node(), role(), int(), prop::option::of(text())).prop_map(
             |(node, role, features, token)| {
                 Frame::Hello(Hello {

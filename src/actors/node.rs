@@ -57,6 +57,7 @@ use crate::transports::memory::MemoryNetwork;
 use crate::transports::probe::ProbeConfig;
 use crate::transports::quic::faults::FaultHandle;
 use crate::transports::quic::{QuicConfig, QuicTransport};
+use crate::transports::relay::{RelayConfig, RelayTransport};
 use crate::transports::{EventSink, Fact, PeerAddr, Transport, TransportEvent};
 use crate::vocab::{NodeId, PathId, PathKind, Role, StreamId};
 use crate::wire::{Frame, Reject};
@@ -344,9 +345,18 @@ impl NodeBuilder {
     }
 
     /// Adds the QUIC transport. The first bind's address is kept, so a
-    /// restarted transport listens where peers already dial. `faults`
-    /// puts a fault-injecting socket beneath quinn (tests, chaos).
-    pub fn quic(self, config: QuicConfig, faults: Option<FaultHandle>) -> Self {
+    /// restarted transport listens where peers already dial.
+    pub fn quic(self, config: QuicConfig) -> Self {
+        self.quic_inner(config, None)
+    }
+
+    /// Adds the QUIC transport over a fault-injecting socket: `faults`
+    /// blackholes or drops its datagrams (tests, chaos runs).
+    pub fn quic_with_faults(self, config: QuicConfig, faults: FaultHandle) -> Self {
+        self.quic_inner(config, Some(faults))
+    }
+
+    fn quic_inner(self, config: QuicConfig, faults: Option<FaultHandle>) -> Self {
         let bound: Arc<Mutex<Option<std::net::SocketAddr>>> = Arc::default();
         self.transport(PathKind::Quic, move |sink| {
             let mut config = config.clone();
@@ -362,6 +372,16 @@ impl NodeBuilder {
                 t as Arc<dyn Transport>
             });
             async move { result.map_err(|e| e.to_string()) }
+        })
+    }
+
+    /// Adds a relay transport (through the root) bound with `config`.
+    pub fn relay(self, config: RelayConfig) -> Self {
+        self.transport(PathKind::Relay, move |sink| {
+            let bound = RelayTransport::bind(config.clone(), sink)
+                .map(|t| t as Arc<dyn Transport>)
+                .map_err(|e| e.to_string());
+            async move { bound }
         })
     }
 

@@ -24,6 +24,8 @@
 //!   need to know which stream is which class: every stream is a plain
 //!   concatenation of frames.
 //! * `Probe`/`ProbeAck` travel as QUIC datagrams, one encoded frame each.
+//! * `Relay` frames travel on the route class's stream, so relayed traffic
+//!   is held to the route budget and never delays control frames.
 //! * If both sides dial at once, the connection dialled by the lower node
 //!   id survives; the other is closed with [`codes::DUPLICATE_CONNECTION`].
 
@@ -1105,6 +1107,9 @@ impl Transport for QuicTransport {
     fn send(&self, peer: &NodeId, frame: Frame) -> Result<(), SendError> {
         let class = match &frame {
             Frame::Data(d) => TrafficClass::from_code(d.class).unwrap_or(TrafficClass::Integration),
+            // Relayed traffic has its own class and budget, below control:
+            // a full relay queue backpressures the relay, never control.
+            Frame::Relay(_) => TrafficClass::Route,
             _ => TrafficClass::Control,
         };
         self.inner.enqueue(peer, class, frame)

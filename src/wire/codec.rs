@@ -49,7 +49,8 @@ use serde::Serialize;
 use thiserror::Error;
 
 use super::frame::{
-    Ack, Close, Data, Frame, FrameKind, Hello, PROTOCOL_VERSION, Probe, ProbeAck, Reject,
+    Ack, Close, Data, Frame, FrameKind, Hello, JoinGranted, JoinRefused, JoinRequest, Lookup,
+    LookupReply, PROTOCOL_VERSION, Probe, ProbeAck, Register, Reject, Relay, RelayRefused, Signal,
 };
 use crate::vocab::{Role, StreamId};
 
@@ -317,6 +318,15 @@ pub fn encode(frame: &Frame, buf: &mut BytesMut, cfg: &CodecConfig) -> Result<()
             Frame::Ack(f) => write_body(&mut w, f),
             Frame::Reject(f) => write_body(&mut w, f),
             Frame::Close(f) => write_body(&mut w, f),
+            Frame::Relay(f) => write_body(&mut w, f),
+            Frame::RelayRefused(f) => write_body(&mut w, f),
+            Frame::Register(f) => write_body(&mut w, f),
+            Frame::Lookup(f) => write_body(&mut w, f),
+            Frame::LookupReply(f) => write_body(&mut w, f),
+            Frame::Signal(f) => write_body(&mut w, f),
+            Frame::JoinRequest(f) => write_body(&mut w, f),
+            Frame::JoinGranted(f) => write_body(&mut w, f),
+            Frame::JoinRefused(f) => write_body(&mut w, f),
         }
     };
     if let Err(e) = written {
@@ -371,6 +381,41 @@ pub fn encoded_len(frame: &Frame) -> usize {
                 + str_len(&r.reason)
         }
         Frame::Close(c) => 1 + uint_len(u64::from(c.code)) + str_len(&c.reason),
+        Frame::Relay(r) => {
+            1 + str_len(r.to.as_str()) + str_len(r.from.as_str()) + bin_len(r.frame.len())
+        }
+        Frame::RelayRefused(r) => {
+            1 + str_len(r.to.as_str()) + uint_len(u64::from(r.code)) + str_len(&r.reason)
+        }
+        Frame::Register(r) => 1 + strs_len(&r.addrs) + strs_len(&r.capabilities),
+        Frame::Lookup(l) => {
+            1 + uint_len(l.request_id)
+                + l.node.as_ref().map_or(1, |n| str_len(n.as_str()))
+                + l.capability.as_deref().map_or(1, str_len)
+        }
+        Frame::LookupReply(r) => {
+            1 + uint_len(r.request_id)
+                + uint_len(u64::from(r.code))
+                + r.node.as_ref().map_or(1, |n| str_len(n.as_str()))
+                + strs_len(&r.addrs)
+                + strs_len(&r.capabilities)
+        }
+        Frame::Signal(s) => {
+            1 + str_len(s.to.as_str())
+                + str_len(s.from.as_str())
+                + str_len(&s.kind)
+                + bin_len(s.payload.len())
+        }
+        Frame::JoinRequest(j) => {
+            1 + str_len(&j.token)
+                + str_len(j.node.as_str())
+                + str_len(role_name(j.role))
+                + bin_len(j.public_key.len())
+        }
+        Frame::JoinGranted(j) => {
+            1 + bin_len(j.cert.len()) + bin_len(j.ca.len()) + uint_len(j.expires_at_ms)
+        }
+        Frame::JoinRefused(j) => 1 + uint_len(u64::from(j.code)) + str_len(&j.reason),
     };
     HEADER_LEN + body
 }
@@ -411,6 +456,16 @@ fn str_len(s: &str) -> usize {
         0x100..=0xffff => 3,
         _ => 5,
     }
+}
+
+/// An array of strings: its header and every element.
+fn strs_len(v: &[String]) -> usize {
+    let header = match v.len() {
+        0..=15 => 1,
+        16..=0xffff => 3,
+        _ => 5,
+    };
+    header + v.iter().map(|s| str_len(s)).sum::<usize>()
 }
 
 fn bin_len(n: usize) -> usize {
@@ -591,6 +646,8 @@ enum Field {
     OptStr,
     /// `nil` or an integer.
     OptInt,
+    /// An array (any array header) of `str`.
+    StrArr,
 }
 
 /// The field types of each kind's body, in declaration order.
@@ -603,6 +660,15 @@ fn schema(kind: FrameKind) -> &'static [Field] {
         FrameKind::Ack => &[Str, Int, Int],
         FrameKind::Reject => &[OptStr, OptInt, Int, Str],
         FrameKind::Close => &[Int, Str],
+        FrameKind::Relay => &[Str, Str, Bin],
+        FrameKind::RelayRefused => &[Str, Int, Str],
+        FrameKind::Register => &[StrArr, StrArr],
+        FrameKind::Lookup => &[Int, OptStr, OptStr],
+        FrameKind::LookupReply => &[Int, Int, OptStr, StrArr, StrArr],
+        FrameKind::Signal => &[Str, Str, Str, Bin],
+        FrameKind::JoinRequest => &[Str, Str, Str, Bin],
+        FrameKind::JoinGranted => &[Bin, Bin, Int],
+        FrameKind::JoinRefused => &[Int, Str],
     }
 }
 
@@ -657,11 +723,27 @@ impl<'a> Scan<'a> {
             (Field::Bin, 0xc4) => self.len(1).and_then(|n| self.take(n).map(drop)),
             (Field::Bin, 0xc5) => self.len(2).and_then(|n| self.take(n).map(drop)),
             (Field::Bin, 0xc6) => self.len(4).and_then(|n| self.take(n).map(drop)),
+            // Every element consumes at least one byte, so a huge claimed
+            // count fails as soon as the body runs out.
+            (Field::StrArr, 0x90..=0x9f) => self.strs(index, usize::from(m & 0x0f)),
+            (Field::StrArr, 0xdc) => self.len(2).and_then(|n| self.strs(index, n)),
+            (Field::StrArr, 0xdd) => self.len(4).and_then(|n| self.strs(index, n)),
             _ => Err(format!(
                 "field {index} at offset {at}: marker 0x{m:02x} is not a valid {field:?}"
             )),
         };
         ok.map_err(|e| format!("field {index}: {e}"))
+    }
+}
+
+impl Scan<'_> {
+    /// Checks and skips `n` `str` values (the elements of a `StrArr`).
+    fn strs(&mut self, index: usize, n: usize) -> Result<(), String> {
+        for i in 0..n {
+            self.field(index, Field::Str)
+                .map_err(|e| format!("element {i}: {e}"))?;
+        }
+        Ok(())
     }
 }
 
@@ -730,6 +812,15 @@ fn decode_body<'a>(
         FrameKind::Ack => de::<Ack>(body).map(Frame::Ack),
         FrameKind::Reject => de::<Reject>(body).map(Frame::Reject),
         FrameKind::Close => de::<Close>(body).map(Frame::Close),
+        FrameKind::Relay => de::<Relay>(body).map(Frame::Relay),
+        FrameKind::RelayRefused => de::<RelayRefused>(body).map(Frame::RelayRefused),
+        FrameKind::Register => de::<Register>(body).map(Frame::Register),
+        FrameKind::Lookup => de::<Lookup>(body).map(Frame::Lookup),
+        FrameKind::LookupReply => de::<LookupReply>(body).map(Frame::LookupReply),
+        FrameKind::Signal => de::<Signal>(body).map(Frame::Signal),
+        FrameKind::JoinRequest => de::<JoinRequest>(body).map(Frame::JoinRequest),
+        FrameKind::JoinGranted => de::<JoinGranted>(body).map(Frame::JoinGranted),
+        FrameKind::JoinRefused => de::<JoinRefused>(body).map(Frame::JoinRefused),
     };
     frame.map_err(malformed)
 }
@@ -830,6 +921,36 @@ mod tests {
                 }),
                 "00000005 01 07 92 00 a0",
             ),
+            (
+                Frame::Relay(Relay {
+                    to: NodeId::new("b"),
+                    from: NodeId::new("a"),
+                    frame: Bytes::from_static(&[0, 1]),
+                }),
+                "0000000b 01 08 93 a1 62 a1 61 c4 02 0001",
+            ),
+            (
+                Frame::Register(Register {
+                    addrs: vec!["h:1".into()],
+                    capabilities: vec![],
+                }),
+                "00000009 01 0a 92 91 a3 683a31 90",
+            ),
+            (
+                Frame::Lookup(Lookup {
+                    request_id: 1,
+                    node: None,
+                    capability: Some("cam".into()),
+                }),
+                "00000009 01 0b 93 01 c0 a3 63616d",
+            ),
+            (
+                Frame::JoinRefused(JoinRefused {
+                    code: 0x21a,
+                    reason: String::new(),
+                }),
+                "00000007 01 10 92 cd 021a a0",
+            ),
         ]
     }
 
@@ -870,8 +991,8 @@ mod tests {
             Err(DecodeError::UnsupportedVersion { version: 2 })
         );
         assert_eq!(
-            decode_frame(&hex("00000005 01 08"), &c),
-            Err(DecodeError::UnknownKind { kind: 8 })
+            decode_frame(&hex("00000005 01 11"), &c),
+            Err(DecodeError::UnknownKind { kind: 17 })
         );
         for text in ["00000004 01 02 91 01", "00000006 01 02 92 01 02 00"] {
             assert!(matches!(
@@ -1041,7 +1162,7 @@ mod tests {
 
     #[test]
     fn unknown_kind() {
-        for k in [0u8, 8, 0xff] {
+        for k in [0u8, 17, 0xff] {
             let mut b = enc(&probe());
             b[5] = k;
             let e = decode_frame(&b, &cfg()).unwrap_err();
@@ -1102,6 +1223,10 @@ mod tests {
         assert_malformed(K::Reject, &[0x94, 0xc0, 0xc0, 0xce, 0, 1, 0, 0, 0xa0]); // code > u16
         assert_malformed(K::Close, &[0xdd, 0xff, 0xff, 0xff, 0xff]); // huge array
         assert_malformed(K::Ack, &[0xdb, 0xff, 0xff, 0xff, 0xff]); // not an array
+        assert_malformed(K::Register, &[0x92, 0x91, 0x01, 0x90]); // int in a [str]
+        assert_malformed(K::Register, &[0x92, 0xa1, b'x', 0x90]); // str for a [str]
+        assert_malformed(K::Register, &[0x92, 0xdd, 0xff, 0xff, 0xff, 0xff, 0x90]); // huge list
+        assert_malformed(K::Relay, &[0x93, 0xa1, b'b', 0xa1, b'a', 0xa1, b'x']); // frame as str
     }
 
     #[test]

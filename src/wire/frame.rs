@@ -31,11 +31,29 @@ pub enum FrameKind {
     Reject = 6,
     /// [`Close`]: the sender is closing the connection or path.
     Close = 7,
+    /// [`Relay`]: an encoded inner frame forwarded through the root.
+    Relay = 8,
+    /// [`RelayRefused`]: the root will not forward to a destination.
+    RelayRefused = 9,
+    /// [`Register`]: rendezvous — the sender's direct addresses and capabilities.
+    Register = 10,
+    /// [`Lookup`]: rendezvous — how to reach a node or a capability.
+    Lookup = 11,
+    /// [`LookupReply`]: rendezvous — the answer to a [`Lookup`].
+    LookupReply = 12,
+    /// [`Signal`]: rendezvous — an opaque signalling message (e.g. WebRTC).
+    Signal = 13,
+    /// [`JoinRequest`]: admission — a join token and a public key.
+    JoinRequest = 14,
+    /// [`JoinGranted`]: admission — the issued certificate.
+    JoinGranted = 15,
+    /// [`JoinRefused`]: admission — a typed refusal.
+    JoinRefused = 16,
 }
 
 impl FrameKind {
     /// Every kind, in code order.
-    pub const ALL: [FrameKind; 7] = [
+    pub const ALL: [FrameKind; 16] = [
         FrameKind::Hello,
         FrameKind::Probe,
         FrameKind::ProbeAck,
@@ -43,6 +61,15 @@ impl FrameKind {
         FrameKind::Ack,
         FrameKind::Reject,
         FrameKind::Close,
+        FrameKind::Relay,
+        FrameKind::RelayRefused,
+        FrameKind::Register,
+        FrameKind::Lookup,
+        FrameKind::LookupReply,
+        FrameKind::Signal,
+        FrameKind::JoinRequest,
+        FrameKind::JoinGranted,
+        FrameKind::JoinRefused,
     ];
 
     /// The kind for a wire code, if known.
@@ -135,6 +162,125 @@ pub struct Close {
     pub reason: String,
 }
 
+/// A frame forwarded through the root (`docs/root.md` §3).
+///
+/// The sender sets `to`; the root overwrites `from` with the identity of
+/// the sender's verified certificate before forwarding, so a receiver can
+/// trust `from` as far as it trusts the root. `frame` is one complete
+/// encoded frame (prefix included) that the root does not interpret, apart
+/// from reading the envelope of an inner `Data` frame for dedupe.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relay {
+    /// The destination node.
+    pub to: NodeId,
+    /// The origin node (set by the root).
+    pub from: NodeId,
+    /// One encoded inner frame.
+    pub frame: Bytes,
+}
+
+/// The root refuses to forward to `to` (not admitted, offline, revoked,
+/// over budget); `code` is one of `docs/wire.md` §7.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayRefused {
+    /// The destination that was refused.
+    pub to: NodeId,
+    /// The reason code.
+    pub code: u16,
+    /// A human-readable explanation.
+    pub reason: String,
+}
+
+/// Rendezvous: the sender registers the direct addresses it can be dialled
+/// at (`host:port` strings) and the capabilities it serves, replacing any
+/// earlier registration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    /// Direct addresses, e.g. `"192.0.2.7:4433"`.
+    pub addrs: Vec<String>,
+    /// Capability names served by the sender.
+    pub capabilities: Vec<String>,
+}
+
+/// Rendezvous: asks the root how to reach `node`, or which online node
+/// serves `capability` (exactly one of the two is set).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lookup {
+    /// Chosen by the asker to match the reply.
+    pub request_id: u64,
+    /// The node asked about.
+    pub node: Option<NodeId>,
+    /// The capability asked about.
+    pub capability: Option<String>,
+}
+
+/// Rendezvous: the answer to a [`Lookup`]. `code` 0 means found (`node`,
+/// `addrs` and `capabilities` describe an admitted, online node); any other
+/// code is a refusal from `docs/wire.md` §7 and the other fields are empty.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupReply {
+    /// The [`Lookup`]'s `request_id`.
+    pub request_id: u64,
+    /// 0 when found, else a refusal code.
+    pub code: u16,
+    /// The node found.
+    pub node: Option<NodeId>,
+    /// Its registered direct addresses.
+    pub addrs: Vec<String>,
+    /// Its registered capabilities.
+    pub capabilities: Vec<String>,
+}
+
+/// Rendezvous: an opaque signalling message between two admitted nodes,
+/// forwarded by the root like [`Relay`] (`from` set by the root). `kind`
+/// names the signalling protocol message, e.g. `"webrtc/offer"`,
+/// `"webrtc/answer"`, `"webrtc/candidate"`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signal {
+    /// The destination node.
+    pub to: NodeId,
+    /// The origin node (set by the root).
+    pub from: NodeId,
+    /// The signalling message kind.
+    pub kind: String,
+    /// The signalling payload (opaque to the root).
+    pub payload: Bytes,
+}
+
+/// Admission: sent by a joining node on the join ALPN. `public_key` is the
+/// DER SubjectPublicKeyInfo of the key the certificate is to bind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The join token's string form.
+    pub token: String,
+    /// The node id the token was issued for.
+    pub node: NodeId,
+    /// The role the token was issued for.
+    pub role: Role,
+    /// DER SubjectPublicKeyInfo.
+    pub public_key: Bytes,
+}
+
+/// Admission: the node certificate issued for a [`JoinRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinGranted {
+    /// The node certificate (DER).
+    pub cert: Bytes,
+    /// The root CA certificate (DER).
+    pub ca: Bytes,
+    /// When the certificate expires, milliseconds since the Unix epoch.
+    pub expires_at_ms: u64,
+}
+
+/// Admission: the [`JoinRequest`] was refused; `code` from `docs/wire.md` §7.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRefused {
+    /// The reason code.
+    pub code: u16,
+    /// A human-readable explanation.
+    pub reason: String,
+}
+
 /// Every frame that can be on the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -153,6 +299,24 @@ pub enum Frame {
     Reject(Reject),
     /// See [`Close`].
     Close(Close),
+    /// See [`Relay`].
+    Relay(Relay),
+    /// See [`RelayRefused`].
+    RelayRefused(RelayRefused),
+    /// See [`Register`].
+    Register(Register),
+    /// See [`Lookup`].
+    Lookup(Lookup),
+    /// See [`LookupReply`].
+    LookupReply(LookupReply),
+    /// See [`Signal`].
+    Signal(Signal),
+    /// See [`JoinRequest`].
+    JoinRequest(JoinRequest),
+    /// See [`JoinGranted`].
+    JoinGranted(JoinGranted),
+    /// See [`JoinRefused`].
+    JoinRefused(JoinRefused),
 }
 
 impl Frame {
@@ -166,6 +330,15 @@ impl Frame {
             Frame::Ack(_) => FrameKind::Ack,
             Frame::Reject(_) => FrameKind::Reject,
             Frame::Close(_) => FrameKind::Close,
+            Frame::Relay(_) => FrameKind::Relay,
+            Frame::RelayRefused(_) => FrameKind::RelayRefused,
+            Frame::Register(_) => FrameKind::Register,
+            Frame::Lookup(_) => FrameKind::Lookup,
+            Frame::LookupReply(_) => FrameKind::LookupReply,
+            Frame::Signal(_) => FrameKind::Signal,
+            Frame::JoinRequest(_) => FrameKind::JoinRequest,
+            Frame::JoinGranted(_) => FrameKind::JoinGranted,
+            Frame::JoinRefused(_) => FrameKind::JoinRefused,
         }
     }
 }

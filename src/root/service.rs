@@ -1,0 +1,777 @@
+//! The root service: admission endpoint, relay forwarding, rendezvous
+//! registry and relay dedupe, as tasks around one QUIC transport.
+//!
+//! Owns the root's sockets and its runtime tables (who is online, what they
+//! registered, recently forwarded class-A keys). Two endpoints:
+//! * the **node endpoint** (`local_addr`): the ordinary QUIC transport with
+//!   mutual TLS (ALPN `interlocking/1`) against the root CA; a revoked
+//!   node's connection is closed with [`codes::REVOKED`] as soon as it is
+//!   up, and every frame it sends before that is ignored;
+//! * the **join endpoint** (`join_addr`): a second QUIC endpoint with
+//!   server-only TLS on ALPN `interlocking-join/1`, one bidirectional
+//!   stream per join: `JoinRequest` in, `JoinGranted` or `JoinRefused` out.
+//!
+//! A second port keeps the node endpoint's rule simple (client certificate
+//! always required) instead of relaxing it per ALPN.
+//!
+//! Supervision: the serving task and the join task each run under a small
+//! supervisor with the crate's [`RestartPolicy`]: a panicking task is
+//! restarted with backoff (the event queue survives it); past the restart
+//! intensity the root closes its node endpoint, so nodes see it gone and
+//! fail over, instead of talking to a root that no longer forwards.
+//!
+//! Must not touch: hub semantics (no outbox, no handler execution, no
+//! channel state). The root reads the envelope of relayed inner `Data`
+//! frames for dedupe and nothing else of them.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use quinn::crypto::rustls::QuicServerConfig;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::admission::{AdmissionBook, AdmissionError, JoinToken, codes, unix_ms};
+use super::dedupe::DedupeTable;
+use crate::actors::restart::{RestartDecision, RestartPolicy, RestartTracker};
+use crate::transports::probe::ProbeConfig;
+use crate::transports::quic::{QueueBudget, QuicConfig, QuicError, QuicTransport};
+use crate::transports::{Fact, PeerAddr, SendError, Transport, TransportEvent};
+use crate::trust::{self, CertificateAuthority, TrustError, TrustRoots};
+use crate::vocab::{NodeId, Role, TrafficClass};
+use crate::wire::{
+    CodecConfig, Frame, FrameDecoder, JoinGranted, JoinRefused, JoinRequest, Lookup, LookupReply,
+    Relay, RelayRefused, Signal, decode_frame, read_frame, write_frame,
+};
+
+/// Configuration of a [`Root`].
+#[derive(Clone, Debug)]
+pub struct RootConfig {
+    /// The root's node id (its certificate names it; nodes dial it by it).
+    pub node: NodeId,
+    /// Where the node endpoint (mutual TLS) listens.
+    pub listen: SocketAddr,
+    /// Where the join endpoint (server-only TLS) listens.
+    pub join_listen: SocketAddr,
+    /// Where the CA, tokens and revocations persist (`None`: memory only,
+    /// a fresh CA per start).
+    pub state_dir: Option<PathBuf>,
+    /// Lifetime of certificates issued at admission (default 24 h).
+    pub cert_lifetime: Duration,
+    /// Default lifetime of join tokens (default 15 min).
+    pub token_ttl: Duration,
+    /// Most `(stream, message_id)` keys the relay dedupe table keeps.
+    pub dedupe_capacity: usize,
+    /// How long a relayed class-A key is remembered (default 30 s).
+    pub dedupe_ttl: Duration,
+    /// Per-destination budget of the route class (default 4096 frames /
+    /// 64 MiB, `DESIGN.md` §5); a frame over it is refused back to its
+    /// sender with [`codes::OVER_BUDGET`].
+    pub route_budget: QueueBudget,
+    /// Liveness probing of node connections.
+    pub probe: ProbeConfig,
+    /// QUIC idle timeout of node connections.
+    pub idle_timeout: Duration,
+    /// QUIC keep-alive interval.
+    pub keep_alive: Duration,
+    /// Frame size limit.
+    pub codec: CodecConfig,
+    /// Restart policy of the root's tasks.
+    pub restart: RestartPolicy,
+}
+
+impl Default for RootConfig {
+    fn default() -> Self {
+        Self {
+            node: NodeId::new("root"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            join_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            state_dir: None,
+            cert_lifetime: Duration::from_secs(24 * 3600),
+            token_ttl: Duration::from_secs(15 * 60),
+            dedupe_capacity: 65_536,
+            dedupe_ttl: Duration::from_secs(30),
+            route_budget: QueueBudget {
+                frames: 4096,
+                bytes: 64 * 1024 * 1024,
+            },
+            probe: ProbeConfig::default(),
+            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(1),
+            codec: CodecConfig::default(),
+            restart: RestartPolicy::default(),
+        }
+    }
+}
+
+/// Why the root could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RootError {
+    /// The admission book or CA could not be loaded or stored.
+    #[error(transparent)]
+    Admission(#[from] AdmissionError),
+    /// Certificates or TLS configuration failed.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// The node endpoint could not be bound.
+    #[error(transparent)]
+    Quic(#[from] QuicError),
+    /// The join endpoint could not be bound, or state could not be read.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Counters of the root's work (monotonic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RootCounters {
+    /// Join requests granted.
+    pub joins_granted: u64,
+    /// Join requests refused.
+    pub joins_refused: u64,
+    /// Frames forwarded (relay and signal).
+    pub relayed: u64,
+    /// Frames refused back to their sender.
+    pub relay_refused: u64,
+    /// Relayed class-A data frames dropped as duplicates.
+    pub deduped: u64,
+    /// Connections closed because the node is revoked.
+    pub revoked_closed: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    joins_granted: AtomicU64,
+    joins_refused: AtomicU64,
+    relayed: AtomicU64,
+    relay_refused: AtomicU64,
+    deduped: AtomicU64,
+    revoked_closed: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What a node registered for rendezvous.
+#[derive(Clone, Debug, Default)]
+struct Registration {
+    addrs: Vec<String>,
+    capabilities: Vec<String>,
+}
+
+struct Inner {
+    config: RootConfig,
+    ca: Arc<CertificateAuthority>,
+    book: AdmissionBook,
+    quic: Arc<QuicTransport>,
+    online: Mutex<HashSet<NodeId>>,
+    known: Mutex<HashSet<NodeId>>,
+    registry: Mutex<HashMap<NodeId, Registration>>,
+    dedupe: Mutex<DedupeTable>,
+    counters: Counters,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Loads the root CA from `dir` (`ca.der`, `ca.key.der`), creating and
+/// storing a new one if there is none. Shared by the root and the
+/// `interlocking token` command.
+pub fn open_ca(dir: &Path) -> Result<CertificateAuthority, RootError> {
+    const NAME: &str = "interlocking root CA";
+    std::fs::create_dir_all(dir)?;
+    let cert_path = dir.join("ca.der");
+    let key_path = dir.join("ca.key.der");
+    if cert_path.exists() && key_path.exists() {
+        let cert = std::fs::read(&cert_path)?;
+        let key = std::fs::read(&key_path)?;
+        return Ok(CertificateAuthority::from_der(NAME, &cert, &key)?);
+    }
+    let ca = CertificateAuthority::generate(NAME)?;
+    let tmp = dir.join(".ca.key.der.tmp");
+    std::fs::write(&tmp, ca.key_der())?;
+    std::fs::rename(&tmp, &key_path)?;
+    let tmp = dir.join(".ca.der.tmp");
+    std::fs::write(&tmp, ca.certificate().as_ref())?;
+    std::fs::rename(&tmp, &cert_path)?;
+    Ok(ca)
+}
+
+/// The root service. See the module docs.
+#[derive(Debug)]
+pub struct Root;
+
+impl Root {
+    /// Loads or creates the CA and admission book, binds both endpoints and
+    /// starts serving. Must be called inside a tokio runtime.
+    pub async fn spawn(config: RootConfig) -> Result<RootHandle, RootError> {
+        trust::ensure_crypto_provider();
+        let (ca, book) = match &config.state_dir {
+            Some(dir) => (open_ca(dir)?, AdmissionBook::open(dir)?),
+            None => (
+                CertificateAuthority::generate("interlocking root CA")?,
+                AdmissionBook::in_memory(),
+            ),
+        };
+        let identity = ca.issue_node(&config.node, Role::Root)?;
+        let mut quic_cfg = QuicConfig::new(identity.clone(), ca.roots());
+        quic_cfg.listen = config.listen;
+        quic_cfg.probe = config.probe;
+        quic_cfg.idle_timeout = config.idle_timeout;
+        quic_cfg.keep_alive = config.keep_alive;
+        quic_cfg.codec = config.codec;
+        quic_cfg.queue = config.route_budget;
+        quic_cfg.reconnect.max_attempts = Some(0);
+        let (tx, rx) = mpsc::channel(8192);
+        let quic = QuicTransport::bind(quic_cfg, tx)?;
+
+        let join_tls = trust::join_server_config(&identity)?;
+        let join_quic =
+            QuicServerConfig::try_from(join_tls).map_err(|e| QuicError::Crypto(e.to_string()))?;
+        let join_ep = quinn::Endpoint::server(
+            quinn::ServerConfig::with_crypto(Arc::new(join_quic)),
+            config.join_listen,
+        )?;
+
+        let inner = Arc::new(Inner {
+            dedupe: Mutex::new(DedupeTable::new(config.dedupe_capacity, config.dedupe_ttl)),
+            config,
+            ca: Arc::new(ca),
+            book,
+            quic,
+            online: Mutex::new(HashSet::new()),
+            known: Mutex::new(HashSet::new()),
+            registry: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        });
+        let (stop, _) = watch::channel(false);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let policy = inner.config.restart;
+        let serving = {
+            let (inner, stop) = (inner.clone(), stop.subscribe());
+            move || serve(inner.clone(), rx.clone(), stop.clone())
+        };
+        let joining = {
+            let (inner, ep, stop) = (inner.clone(), join_ep.clone(), stop.subscribe());
+            move || join_loop(inner.clone(), ep.clone(), stop.clone())
+        };
+        let escalate = |inner: Arc<Inner>| move || async move { inner.quic.shutdown().await };
+        let tasks = vec![
+            tokio::spawn(supervise(
+                "serve",
+                policy,
+                stop.subscribe(),
+                serving,
+                escalate(inner.clone()),
+            )),
+            tokio::spawn(supervise(
+                "join",
+                policy,
+                stop.subscribe(),
+                joining,
+                escalate(inner.clone()),
+            )),
+        ];
+        tracing::info!(root = %inner.config.node, addr = %inner.quic.local_addr(), join = ?join_ep.local_addr(), "root: serving");
+        Ok(RootHandle {
+            inner,
+            join_ep,
+            stop,
+            tasks: Mutex::new(tasks),
+        })
+    }
+}
+
+/// A running root. Dropping it does not stop it; call
+/// [`RootHandle::shutdown`].
+pub struct RootHandle {
+    inner: Arc<Inner>,
+    join_ep: quinn::Endpoint,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for RootHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RootHandle")
+            .field("node", &self.inner.config.node)
+            .field("addr", &self.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RootHandle {
+    /// The root's node id.
+    pub fn node(&self) -> &NodeId {
+        &self.inner.config.node
+    }
+
+    /// The node endpoint's address (mutual TLS).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.quic.local_addr()
+    }
+
+    /// The node endpoint as a dialable peer (for the relay transport).
+    pub fn peer_addr(&self) -> PeerAddr {
+        PeerAddr::at(self.inner.config.node.clone(), self.local_addr())
+    }
+
+    /// The join endpoint's address (server-only TLS, `interlocking-join/1`).
+    pub fn join_addr(&self) -> SocketAddr {
+        self.join_ep
+            .local_addr()
+            .unwrap_or(self.inner.config.join_listen)
+    }
+
+    /// The roots a node needs to trust the root and its peers.
+    pub fn trust_roots(&self) -> TrustRoots {
+        self.inner.ca.roots()
+    }
+
+    /// The root CA (for out-of-band issuance by operators and tests).
+    pub fn certificate_authority(&self) -> Arc<CertificateAuthority> {
+        self.inner.ca.clone()
+    }
+
+    /// Issues a single-use join token for `node` in `role`, valid for `ttl`
+    /// (default [`RootConfig::token_ttl`]). Its string form is what an
+    /// operator hands to the node.
+    pub fn issue_token(
+        &self,
+        node: &NodeId,
+        role: Role,
+        ttl: Option<Duration>,
+    ) -> Result<JoinToken, AdmissionError> {
+        self.inner.book.issue(
+            self.inner.ca.fingerprint(),
+            node,
+            role,
+            ttl.unwrap_or(self.inner.config.token_ttl),
+            SystemTime::now(),
+        )
+    }
+
+    /// Revokes `node`: its connection is closed with [`codes::REVOKED`],
+    /// new connections are closed as soon as they are up, relays to and
+    /// from it are refused, and its tokens no longer redeem.
+    pub async fn revoke(&self, node: &NodeId) -> Result<(), AdmissionError> {
+        self.inner.book.revoke(node)?;
+        lock(&self.inner.registry).remove(node);
+        if lock(&self.inner.online).remove(node) {
+            bump(&self.inner.counters.revoked_closed);
+            self.inner
+                .quic
+                .close(node, u32::from(codes::REVOKED), "revoked")
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Whether `node` is revoked.
+    pub fn is_revoked(&self, node: &NodeId) -> bool {
+        self.inner.book.is_revoked(node)
+    }
+
+    /// Nodes connected now, sorted.
+    pub fn online(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = lock(&self.inner.online).iter().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> RootCounters {
+        let c = &self.inner.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RootCounters {
+            joins_granted: g(&c.joins_granted),
+            joins_refused: g(&c.joins_refused),
+            relayed: g(&c.relayed),
+            relay_refused: g(&c.relay_refused),
+            deduped: g(&c.deduped),
+            revoked_closed: g(&c.revoked_closed),
+        }
+    }
+
+    /// Closes both endpoints and every connection and stops the tasks.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        self.join_ep
+            .close(quinn::VarInt::from(0x200u16), b"shutdown");
+        self.inner.quic.shutdown().await;
+        let tasks: Vec<JoinHandle<()>> = lock(&self.tasks).drain(..).collect();
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+    }
+}
+
+/// Why a destination cannot be reached through the root, if it cannot.
+fn destination_refusal(inner: &Inner, to: &NodeId) -> Option<(u16, String)> {
+    if inner.book.is_revoked(to) {
+        return Some((codes::REVOKED, format!("{to} is revoked")));
+    }
+    if lock(&inner.online).contains(to) {
+        return None;
+    }
+    if lock(&inner.known).contains(to) {
+        Some((codes::OFFLINE, format!("{to} is not connected to the root")))
+    } else {
+        Some((codes::NOT_ADMITTED, format!("{to} is not an admitted node")))
+    }
+}
+
+/// Runs the task `make` builds, restarting it when it panics, as `policy`
+/// allows; past the restart intensity, closes the node endpoint.
+async fn supervise<F, Fut, E, EFut>(
+    name: &'static str,
+    policy: RestartPolicy,
+    mut stop: watch::Receiver<bool>,
+    mut make: F,
+    escalate: E,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+    E: FnOnce() -> EFut,
+    EFut: std::future::Future<Output = ()>,
+{
+    let mut tracker = RestartTracker::new(policy);
+    loop {
+        match tokio::spawn(make()).await {
+            Err(e) if e.is_panic() => match tracker.on_exit(std::time::Instant::now()) {
+                RestartDecision::Restart { after, attempt } => {
+                    tracing::error!(
+                        task = name,
+                        attempt,
+                        ?after,
+                        "root: task panicked; restarting"
+                    );
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = tokio::time::sleep(after) => {}
+                    }
+                }
+                RestartDecision::Escalate { restarts, within } => {
+                    tracing::error!(
+                        task = name,
+                        restarts,
+                        ?within,
+                        "root: restart intensity exceeded; closing the node endpoint"
+                    );
+                    escalate().await;
+                    return;
+                }
+            },
+            _ => return,
+        }
+    }
+}
+
+/// Reads the node endpoint's events and acts on them. The queue is shared
+/// with the supervisor so a restarted task picks it up where it was.
+async fn serve(
+    inner: Arc<Inner>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<TransportEvent>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut rx = rx.lock().await;
+    loop {
+        let ev = tokio::select! {
+            _ = stop.changed() => return,
+            ev = rx.recv() => match ev { Some(ev) => ev, None => return },
+        };
+        let peer = ev.path.peer;
+        match ev.fact {
+            Fact::Up => {
+                if inner.book.is_revoked(&peer) {
+                    bump(&inner.counters.revoked_closed);
+                    tracing::warn!(node = %peer, code = codes::REVOKED, "root: revoked node refused");
+                    inner
+                        .quic
+                        .close(&peer, u32::from(codes::REVOKED), "revoked")
+                        .await;
+                    continue;
+                }
+                lock(&inner.known).insert(peer.clone());
+                lock(&inner.online).insert(peer);
+            }
+            Fact::Down(_) => {
+                lock(&inner.online).remove(&peer);
+                lock(&inner.registry).remove(&peer);
+            }
+            Fact::Frame(frame) => on_frame(&inner, peer, frame).await,
+            _ => {}
+        }
+    }
+}
+
+/// Sends a refusal back to `peer` (control class: never behind relays).
+fn refuse(inner: &Inner, peer: &NodeId, to: NodeId, code: u16, reason: String) {
+    bump(&inner.counters.relay_refused);
+    tracing::debug!(from = %peer, to = %to, code, reason = %reason, "root: relay refused");
+    let _ = inner
+        .quic
+        .send(peer, Frame::RelayRefused(RelayRefused { to, code, reason }));
+}
+
+/// Whether an encoded inner frame is a class-A data frame already
+/// forwarded (reads the envelope only).
+fn is_duplicate(inner: &Inner, frame: &Bytes) -> bool {
+    match decode_frame(frame, &inner.config.codec) {
+        Ok(Frame::Data(d)) if d.class == TrafficClass::Control.code() => {
+            !lock(&inner.dedupe).first_seen((d.stream, d.message_id), std::time::Instant::now())
+        }
+        _ => false,
+    }
+}
+
+/// Forwards `frame` to `to`, or refuses it back to `from`.
+fn forward(inner: &Inner, from: &NodeId, to: NodeId, frame: Frame) {
+    match inner.quic.send(&to, frame) {
+        Ok(()) => bump(&inner.counters.relayed),
+        Err(SendError::Full { .. }) => refuse(
+            inner,
+            from,
+            to,
+            codes::OVER_BUDGET,
+            "route budget exhausted".into(),
+        ),
+        Err(e) => refuse(inner, from, to, codes::OFFLINE, e.to_string()),
+    }
+}
+
+async fn on_frame(inner: &Arc<Inner>, peer: NodeId, frame: Frame) {
+    if !lock(&inner.online).contains(&peer) {
+        // Revoked (being closed) or not yet up: nothing it says counts.
+        return;
+    }
+    match frame {
+        Frame::Relay(Relay { to, frame, .. }) => {
+            if let Some((code, reason)) = destination_refusal(inner, &to) {
+                return refuse(inner, &peer, to, code, reason);
+            }
+            if is_duplicate(inner, &frame) {
+                bump(&inner.counters.deduped);
+                return;
+            }
+            let out = Frame::Relay(Relay {
+                to: to.clone(),
+                from: peer.clone(),
+                frame,
+            });
+            forward(inner, &peer, to, out);
+        }
+        Frame::Signal(Signal {
+            to, kind, payload, ..
+        }) => {
+            if let Some((code, reason)) = destination_refusal(inner, &to) {
+                return refuse(inner, &peer, to, code, reason);
+            }
+            let out = Frame::Signal(Signal {
+                to: to.clone(),
+                from: peer.clone(),
+                kind,
+                payload,
+            });
+            forward(inner, &peer, to, out);
+        }
+        Frame::Register(r) => {
+            lock(&inner.registry).insert(
+                peer,
+                Registration {
+                    addrs: r.addrs,
+                    capabilities: r.capabilities,
+                },
+            );
+        }
+        Frame::Lookup(l) => {
+            let reply = lookup(inner, l);
+            let _ = inner.quic.send(&peer, Frame::LookupReply(reply));
+        }
+        _ => {}
+    }
+}
+
+fn lookup(inner: &Inner, l: Lookup) -> LookupReply {
+    let refused = |code| LookupReply {
+        request_id: l.request_id,
+        code,
+        node: None,
+        addrs: Vec::new(),
+        capabilities: Vec::new(),
+    };
+    let found = |node: NodeId, r: Registration| LookupReply {
+        request_id: l.request_id,
+        code: 0,
+        node: Some(node),
+        addrs: r.addrs,
+        capabilities: r.capabilities,
+    };
+    if let Some(node) = &l.node {
+        return match destination_refusal(inner, node) {
+            Some((code, _)) => refused(code),
+            None => {
+                let r = lock(&inner.registry).get(node).cloned().unwrap_or_default();
+                found(node.clone(), r)
+            }
+        };
+    }
+    if let Some(cap) = &l.capability {
+        let registry = lock(&inner.registry);
+        let mut serving: Vec<(&NodeId, &Registration)> = registry
+            .iter()
+            .filter(|(n, r)| r.capabilities.contains(cap) && !inner.book.is_revoked(n))
+            .collect();
+        serving.sort_by(|a, b| a.0.cmp(b.0));
+        return match serving.first() {
+            Some((n, r)) => found((*n).clone(), (*r).clone()),
+            None => refused(codes::NO_CAPABILITY),
+        };
+    }
+    refused(codes::BAD_REQUEST)
+}
+
+/// Accepts join connections until shutdown.
+async fn join_loop(inner: Arc<Inner>, ep: quinn::Endpoint, mut stop: watch::Receiver<bool>) {
+    loop {
+        let incoming = tokio::select! {
+            _ = stop.changed() => return,
+            i = ep.accept() => i,
+        };
+        let Some(incoming) = incoming else { return };
+        tokio::spawn(handle_join(inner.clone(), incoming));
+    }
+}
+
+/// Serves one join connection: one request, one answer.
+async fn handle_join(inner: Arc<Inner>, incoming: quinn::Incoming) {
+    let limit = Duration::from_secs(10);
+    let Ok(Ok(conn)) = tokio::time::timeout(limit, async { incoming.accept()?.await }).await else {
+        return;
+    };
+    let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(limit, conn.accept_bi()).await else {
+        return;
+    };
+    let mut buf = BytesMut::new();
+    let mut decoder = FrameDecoder::new(inner.config.codec);
+    let request = tokio::time::timeout(limit, read_frame(&mut recv, &mut buf, &mut decoder)).await;
+    let answer = match request {
+        Ok(Ok(Some(Frame::JoinRequest(req)))) => admit(&inner, req),
+        _ => Err(AdmissionError::BadRequest(
+            "expected one JoinRequest".into(),
+        )),
+    };
+    let frame = match answer {
+        Ok(granted) => {
+            bump(&inner.counters.joins_granted);
+            Frame::JoinGranted(granted)
+        }
+        Err(e) => {
+            bump(&inner.counters.joins_refused);
+            tracing::warn!(code = e.code(), refused = %e, remote = %conn.remote_address(), "root: join refused");
+            // For typed refusals the reason carries the value the joiner
+            // cannot know (`docs/root.md` §2).
+            let reason = match &e {
+                AdmissionError::Revoked(n) => n.to_string(),
+                AdmissionError::NodeMismatch { expected, .. } => expected.to_string(),
+                AdmissionError::RoleMismatch { expected, .. } => expected.to_string(),
+                other => other.to_string(),
+            };
+            Frame::JoinRefused(JoinRefused {
+                code: e.code(),
+                reason,
+            })
+        }
+    };
+    if write_frame(&mut send, &frame, &inner.config.codec)
+        .await
+        .is_ok()
+    {
+        let _ = send.finish();
+    }
+    // The joiner closes once it has read the answer.
+    let _ = tokio::time::timeout(limit, conn.closed()).await;
+}
+
+/// Checks a join request and issues the node's certificate.
+fn admit(inner: &Inner, req: JoinRequest) -> Result<JoinGranted, AdmissionError> {
+    let token: JoinToken = req.token.parse()?;
+    if token.ca_fingerprint != inner.ca.fingerprint() {
+        return Err(AdmissionError::Unknown);
+    }
+    inner
+        .book
+        .redeem(&token, &req.node, req.role, SystemTime::now())?;
+    let (cert, not_after) = inner
+        .ca
+        .issue_for_key(
+            &req.node,
+            req.role,
+            &req.public_key,
+            inner.config.cert_lifetime,
+        )
+        .map_err(|e| AdmissionError::BadRequest(e.to_string()))?;
+    lock(&inner.known).insert(req.node.clone());
+    tracing::info!(node = %req.node, role = %req.role, "root: node admitted");
+    Ok(JoinGranted {
+        cert: Bytes::from(cert.to_vec()),
+        ca: Bytes::from(inner.ca.certificate().to_vec()),
+        expires_at_ms: unix_ms(not_after),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU32};
+
+    fn policy(max_restarts: u32) -> RestartPolicy {
+        RestartPolicy {
+            max_restarts,
+            within: Duration::from_secs(60),
+            backoff_initial: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(1),
+        }
+    }
+
+    async fn run(max_restarts: u32, panics: u32) -> (u32, bool) {
+        let runs = Arc::new(AtomicU32::new(0));
+        let escalated = Arc::new(AtomicBool::new(false));
+        let (_stop, rx) = watch::channel(false);
+        let r = runs.clone();
+        let e = escalated.clone();
+        supervise(
+            "test",
+            policy(max_restarts),
+            rx,
+            move || {
+                let r = r.clone();
+                async move {
+                    if r.fetch_add(1, Ordering::SeqCst) < panics {
+                        panic!("injected");
+                    }
+                }
+            },
+            move || async move { e.store(true, Ordering::SeqCst) },
+        )
+        .await;
+        (
+            runs.load(Ordering::SeqCst),
+            escalated.load(Ordering::SeqCst),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_is_restarted_then_escalated() {
+        assert_eq!(run(3, 2).await, (3, false));
+        assert_eq!(run(2, u32::MAX).await, (3, true));
+    }
+}
