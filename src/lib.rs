@@ -23,9 +23,11 @@
 //! | [`channels`] | channel semantics as pure cores: the sender outbox (credit window, resend, route-change replay), receiver dedupe, in-order delivery (`docs/channels.md`) | sockets, path choice |
 //! | [`store`] | durability behind the [`store::Store`] trait: redb (group-committed outbox, idempotency records, dedupe replies, cursors) and an in-memory store for simulations | channel logic, transports |
 //! | [`root`] | the root service: admission (single-use join tokens, short-lived certificates, revocation), relay forwarding between admitted nodes, rendezvous, dedupe of relayed class-A frames (`docs/root.md`) | hub semantics: outbox, handlers, channel state, routing decisions |
+//! | [`topology`] | ready-made topologies (hub–root–member) for examples, tests and the binary | behaviour of its own |
 //! | [`actors`] | the supervision tree: restart policy, generic supervisor, the node that wires routing, transports and channels together and pumps transport events | protocol semantics |
 //!
-//! The sidecar arrives with its issue and slots into the same tree.
+//! WebRTC and the sidecar arrive with their issues and slot into the same
+//! tree.
 //!
 //! ## A node in a few lines
 //!
@@ -63,6 +65,7 @@ pub mod channels;
 pub mod root;
 pub mod routing;
 pub mod store;
+pub mod topology;
 pub mod transports;
 pub mod trust;
 pub mod vocab;
