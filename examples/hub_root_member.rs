@@ -28,6 +28,11 @@ fn arg(args: &[String], name: &str) -> Option<u64> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // `RUST_LOG=interlocking=debug` shows what each layer decided and refused.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<String> = std::env::args().collect();
     let chaos = args.iter().any(|a| a == "--chaos");
     let mut opts = Options::new(arg(&args, "--seed").unwrap_or(2026));

@@ -126,7 +126,7 @@ async fn relay_to_a_node_that_is_not_admitted_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn root_drops_a_retried_class_a_frame() {
+async fn root_drops_a_retried_class_a_frame_and_replays_its_reply() {
     let root = root().await;
     let a = joined(&root, "a", Role::Hub).await;
     let b = joined(&root, "b", Role::Member).await;
@@ -171,6 +171,49 @@ async fn root_drops_a_retried_class_a_frame() {
         vec![9, 9]
     );
     assert_eq!(root.counters().deduped, 1);
+
+    // b's reply to 7 carries the same stream and message id the other way:
+    // it is forwarded, not mistaken for a duplicate of the command...
+    let reply = Frame::Data(Data {
+        stream: StreamId::new("command:a/b"),
+        seq: 1,
+        message_id: 7,
+        class: 0,
+        payload: Bytes::from_static(b"valve open"),
+    });
+    tb.send(&NodeId::new("a"), reply.clone()).unwrap();
+    let (ev, _) = until(
+        &mut ra,
+        LIMIT,
+        |e| matches!(&e.fact, Fact::Frame(Frame::Data(d)) if d.message_id == 7),
+    )
+    .await;
+    assert!(matches!(ev.fact, Fact::Frame(f) if f == reply));
+    // ...and a later retry of 7 is answered by the root from that reply,
+    // without reaching b again.
+    let relayed = root.counters().relayed;
+    ta.send(&b_id, command(7, 1)).unwrap();
+    let (ev, _) = until(
+        &mut ra,
+        LIMIT,
+        |e| matches!(&e.fact, Fact::Frame(Frame::Data(d)) if d.message_id == 7),
+    )
+    .await;
+    assert!(
+        matches!(ev.fact, Fact::Frame(f) if f == reply),
+        "replayed reply"
+    );
+    assert_eq!(root.counters().deduped, 2);
+    ta.send(&b_id, command(10, 3)).unwrap();
+    let (ev, _) = until(&mut rb, LIMIT, |e| {
+        matches!(e.fact, Fact::Frame(Frame::Data(_)))
+    })
+    .await;
+    assert!(
+        matches!(ev.fact, Fact::Frame(Frame::Data(d)) if d.message_id == 10),
+        "b saw no second copy of 7"
+    );
+    assert!(root.counters().relayed >= relayed + 2);
     ta.shutdown().await;
     tb.shutdown().await;
     root.shutdown().await;

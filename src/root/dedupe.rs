@@ -1,60 +1,122 @@
-//! Root-side dedupe of relayed class-A frames: a bounded table keyed by
-//! `(stream_id, message_id)` with a time to live.
+//! Root-side dedupe and replay of relayed class-A frames: a bounded,
+//! time-limited table keyed by direction, stream and message id.
 //!
-//! Owns only "have I forwarded this key recently". Pure: the caller passes
-//! `now`, so retention is testable without sleeping. Retention (also in
-//! `docs/root.md` §5): a key is remembered for `ttl` after it was first
-//! forwarded, and at most `capacity` keys are kept; when full, the oldest
-//! key is forgotten first. A retry arriving after its key was forgotten is
-//! forwarded again — the receiver's own dedupe (channels) remains the
-//! authority; this table only saves the second trip through the root.
+//! Owns only "have I forwarded this frame recently, and what came back for
+//! it". Pure: the caller passes `now`, so retention is testable without
+//! sleeping. Retention (also in `docs/root.md` §5):
+//! - a key `(from, to, stream, message_id)` is remembered for `ttl` after
+//!   it was first forwarded; at most `capacity` keys are kept, the oldest
+//!   forgotten first;
+//! - the first frame that comes back the other way with the same stream
+//!   and message id (the receiver's reply) is cached with the key;
+//! - a retry of a key whose reply is cached is answered from the cache and
+//!   not forwarded; a retry of a key still unanswered is dropped while it
+//!   is younger than `hold` (the original is in flight) and forwarded again
+//!   after that, so a frame lost beyond the root is recovered by the
+//!   sender's next retry rather than after the whole `ttl`.
+//!
+//! The receiving channel's own dedupe stays the authority for
+//! exactly-once; this table saves trips through the root.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::vocab::StreamId;
+use bytes::Bytes;
 
-/// The dedupe key of a relayed data frame.
-pub type DedupeKey = (StreamId, u64);
+use crate::vocab::{NodeId, StreamId};
 
-/// A bounded, time-limited set of recently forwarded keys.
+/// The dedupe key of a relayed data frame: direction, stream, message id.
+pub type DedupeKey = (NodeId, NodeId, StreamId, u64);
+
+/// What to do with a relayed class-A data frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forward it.
+    Forward,
+    /// Drop it: a retry of a frame still in flight.
+    Drop,
+    /// Do not forward; send this cached reply back to the sender.
+    Replay(Bytes),
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// When the key was last forwarded.
+    forwarded_at: Instant,
+    /// The encoded reply that came back for it, if any.
+    reply: Option<Bytes>,
+}
+
+/// A bounded, time-limited table of recently forwarded keys and replies.
 #[derive(Debug)]
 pub struct DedupeTable {
     capacity: usize,
     ttl: Duration,
-    seen: HashMap<DedupeKey, Instant>,
+    hold: Duration,
+    seen: HashMap<DedupeKey, Entry>,
+    /// Keys in first-forwarded order, for expiry and eviction.
     order: VecDeque<(DedupeKey, Instant)>,
 }
 
 impl DedupeTable {
-    /// A table remembering at most `capacity` keys for `ttl` each.
-    pub fn new(capacity: usize, ttl: Duration) -> Self {
+    /// A table remembering at most `capacity` keys for `ttl` each, dropping
+    /// retries of unanswered keys for `hold` after they were forwarded.
+    pub fn new(capacity: usize, ttl: Duration, hold: Duration) -> Self {
         Self {
             capacity: capacity.max(1),
             ttl,
+            hold,
             seen: HashMap::new(),
             order: VecDeque::new(),
         }
     }
 
-    /// Records `key` at `now`. Returns `true` the first time (forward it),
-    /// `false` for a duplicate still within retention (drop it).
-    pub fn first_seen(&mut self, key: DedupeKey, now: Instant) -> bool {
+    /// Decides about a data frame from `from` to `to` (its encoded bytes are
+    /// `frame`) at `now`.
+    pub fn on_frame(
+        &mut self,
+        from: &NodeId,
+        to: &NodeId,
+        stream: &StreamId,
+        message_id: u64,
+        frame: &Bytes,
+        now: Instant,
+    ) -> Verdict {
         self.expire(now);
-        if self.seen.contains_key(&key) {
-            return false;
+        let key = (from.clone(), to.clone(), stream.clone(), message_id);
+        if let Some(entry) = self.seen.get_mut(&key) {
+            if let Some(reply) = &entry.reply {
+                return Verdict::Replay(reply.clone());
+            }
+            if now.saturating_duration_since(entry.forwarded_at) < self.hold {
+                return Verdict::Drop;
+            }
+            entry.forwarded_at = now;
+            return Verdict::Forward;
+        }
+        let reverse = (to.clone(), from.clone(), stream.clone(), message_id);
+        if let Some(entry) = self.seen.get_mut(&reverse) {
+            // The answer to a forwarded frame: remember it for retries.
+            entry.reply.get_or_insert_with(|| frame.clone());
+            return Verdict::Forward;
         }
         while self.order.len() >= self.capacity {
             if let Some((old, _)) = self.order.pop_front() {
                 self.seen.remove(&old);
             }
         }
-        self.seen.insert(key.clone(), now);
+        self.seen.insert(
+            key.clone(),
+            Entry {
+                forwarded_at: now,
+                reply: None,
+            },
+        );
         self.order.push_back((key, now));
-        true
+        Verdict::Forward
     }
 
-    /// Forgets keys older than the TTL.
+    /// Forgets keys first forwarded longer than the TTL ago.
     fn expire(&mut self, now: Instant) {
         while let Some((_, at)) = self.order.front() {
             if now.saturating_duration_since(*at) < self.ttl {
@@ -81,30 +143,115 @@ impl DedupeTable {
 mod tests {
     use super::*;
 
-    fn key(s: &str, id: u64) -> DedupeKey {
-        (StreamId::new(s), id)
+    fn n(s: &str) -> NodeId {
+        NodeId::new(s)
+    }
+
+    fn table() -> DedupeTable {
+        DedupeTable::new(10, Duration::from_secs(30), Duration::from_secs(2))
     }
 
     #[test]
-    fn duplicates_within_ttl_are_dropped_then_forgotten() {
+    fn a_reply_is_forwarded_and_answers_later_retries() {
         let t0 = Instant::now();
-        let mut t = DedupeTable::new(10, Duration::from_secs(5));
-        assert!(t.first_seen(key("s", 1), t0));
-        assert!(!t.first_seen(key("s", 1), t0 + Duration::from_secs(4)));
-        assert!(t.first_seen(key("s", 2), t0));
-        assert!(t.first_seen(key("other", 1), t0));
-        assert!(t.first_seen(key("s", 1), t0 + Duration::from_secs(5)));
+        let mut t = table();
+        let s = StreamId::new("command:m/h");
+        let cmd = Bytes::from_static(b"cmd");
+        let reply = Bytes::from_static(b"reply");
+        assert_eq!(
+            t.on_frame(&n("m"), &n("h"), &s, 1, &cmd, t0),
+            Verdict::Forward
+        );
+        // The reply travels the other way with the same stream and id.
+        assert_eq!(
+            t.on_frame(&n("h"), &n("m"), &s, 1, &reply, t0),
+            Verdict::Forward
+        );
+        // A retry of the command is answered from the cache.
+        assert_eq!(
+            t.on_frame(&n("m"), &n("h"), &s, 1, &cmd, t0 + Duration::from_secs(1)),
+            Verdict::Replay(reply)
+        );
     }
 
     #[test]
-    fn capacity_bounds_the_table_oldest_first() {
+    fn an_unanswered_retry_is_held_then_forwarded_again() {
         let t0 = Instant::now();
-        let mut t = DedupeTable::new(3, Duration::from_secs(60));
+        let mut t = table();
+        let s = StreamId::new("command:m/h");
+        let cmd = Bytes::from_static(b"cmd");
+        assert_eq!(
+            t.on_frame(&n("m"), &n("h"), &s, 1, &cmd, t0),
+            Verdict::Forward
+        );
+        let soon = t0 + Duration::from_secs(1);
+        assert_eq!(
+            t.on_frame(&n("m"), &n("h"), &s, 1, &cmd, soon),
+            Verdict::Drop
+        );
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(
+            t.on_frame(&n("m"), &n("h"), &s, 1, &cmd, later),
+            Verdict::Forward
+        );
+        // The hold restarts from the re-forward.
+        assert_eq!(
+            t.on_frame(
+                &n("m"),
+                &n("h"),
+                &s,
+                1,
+                &cmd,
+                later + Duration::from_millis(500)
+            ),
+            Verdict::Drop
+        );
+    }
+
+    #[test]
+    fn keys_expire_after_the_ttl_and_capacity_evicts_oldest_first() {
+        let t0 = Instant::now();
+        let mut t = DedupeTable::new(3, Duration::from_secs(5), Duration::from_secs(5));
+        let s = StreamId::new("s");
+        let b = Bytes::new();
         for i in 0..5 {
-            assert!(t.first_seen(key("s", i), t0));
+            assert_eq!(
+                t.on_frame(&n("a"), &n("b"), &s, i, &b, t0),
+                Verdict::Forward
+            );
         }
         assert_eq!(t.len(), 3);
-        assert!(t.first_seen(key("s", 0), t0), "oldest was evicted");
-        assert!(!t.first_seen(key("s", 4), t0), "newest is kept");
+        assert_eq!(t.on_frame(&n("a"), &n("b"), &s, 4, &b, t0), Verdict::Drop);
+        assert_eq!(
+            t.on_frame(&n("a"), &n("b"), &s, 0, &b, t0),
+            Verdict::Forward,
+            "evicted"
+        );
+        let late = t0 + Duration::from_secs(5);
+        assert_eq!(
+            t.on_frame(&n("a"), &n("b"), &s, 4, &b, late),
+            Verdict::Forward,
+            "expired"
+        );
+    }
+
+    #[test]
+    fn other_streams_and_directions_are_independent() {
+        let t0 = Instant::now();
+        let mut t = table();
+        let b = Bytes::new();
+        let (s1, s2) = (StreamId::new("s1"), StreamId::new("s2"));
+        assert_eq!(
+            t.on_frame(&n("a"), &n("b"), &s1, 1, &b, t0),
+            Verdict::Forward
+        );
+        assert_eq!(
+            t.on_frame(&n("a"), &n("b"), &s2, 1, &b, t0),
+            Verdict::Forward
+        );
+        assert_eq!(
+            t.on_frame(&n("a"), &n("c"), &s1, 1, &b, t0),
+            Verdict::Forward
+        );
     }
 }

@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::admission::{AdmissionBook, AdmissionError, JoinToken, codes, unix_ms};
-use super::dedupe::DedupeTable;
+use super::dedupe::{DedupeTable, Verdict};
 use crate::actors::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::transports::probe::ProbeConfig;
 use crate::transports::quic::{QueueBudget, QuicConfig, QuicError, QuicTransport};
@@ -65,10 +65,13 @@ pub struct RootConfig {
     pub cert_lifetime: Duration,
     /// Default lifetime of join tokens (default 15 min).
     pub token_ttl: Duration,
-    /// Most `(stream, message_id)` keys the relay dedupe table keeps.
+    /// Most `(from, to, stream, message_id)` keys the relay dedupe table keeps.
     pub dedupe_capacity: usize,
     /// How long a relayed class-A key is remembered (default 30 s).
     pub dedupe_ttl: Duration,
+    /// How long a retry of a relayed frame that has no reply yet is dropped
+    /// (the original is in flight) before it is forwarded again.
+    pub dedupe_hold: Duration,
     /// Per-destination budget of the route class (default 4096 frames /
     /// 64 MiB, `DESIGN.md` §5); a frame over it is refused back to its
     /// sender with [`codes::OVER_BUDGET`].
@@ -96,6 +99,7 @@ impl Default for RootConfig {
             token_ttl: Duration::from_secs(15 * 60),
             dedupe_capacity: 65_536,
             dedupe_ttl: Duration::from_secs(30),
+            dedupe_hold: Duration::from_secs(2),
             route_budget: QueueBudget {
                 frames: 4096,
                 bytes: 64 * 1024 * 1024,
@@ -242,7 +246,11 @@ impl Root {
         )?;
 
         let inner = Arc::new(Inner {
-            dedupe: Mutex::new(DedupeTable::new(config.dedupe_capacity, config.dedupe_ttl)),
+            dedupe: Mutex::new(DedupeTable::new(
+                config.dedupe_capacity,
+                config.dedupe_ttl,
+                config.dedupe_hold,
+            )),
             config,
             ca: Arc::new(ca),
             book,
@@ -522,14 +530,20 @@ fn refuse(inner: &Inner, peer: &NodeId, to: NodeId, code: u16, reason: String) {
         .send(peer, Frame::RelayRefused(RelayRefused { to, code, reason }));
 }
 
-/// Whether an encoded inner frame is a class-A data frame already
-/// forwarded (reads the envelope only).
-fn is_duplicate(inner: &Inner, frame: &Bytes) -> bool {
+/// The dedupe verdict on an encoded inner frame from `from` to `to`: only
+/// class-A (control-class) data frames are looked at, by their envelope.
+fn dedupe(inner: &Inner, from: &NodeId, to: &NodeId, frame: &Bytes) -> Verdict {
     match decode_frame(frame, &inner.config.codec) {
-        Ok(Frame::Data(d)) if d.class == TrafficClass::Control.code() => {
-            !lock(&inner.dedupe).first_seen((d.stream, d.message_id), std::time::Instant::now())
-        }
-        _ => false,
+        Ok(Frame::Data(d)) if d.class == TrafficClass::Control.code() => lock(&inner.dedupe)
+            .on_frame(
+                from,
+                to,
+                &d.stream,
+                d.message_id,
+                frame,
+                std::time::Instant::now(),
+            ),
+        _ => Verdict::Forward,
     }
 }
 
@@ -558,9 +572,22 @@ async fn on_frame(inner: &Arc<Inner>, peer: NodeId, frame: Frame) {
             if let Some((code, reason)) = destination_refusal(inner, &to) {
                 return refuse(inner, &peer, to, code, reason);
             }
-            if is_duplicate(inner, &frame) {
-                bump(&inner.counters.deduped);
-                return;
+            match dedupe(inner, &peer, &to, &frame) {
+                Verdict::Forward => {}
+                Verdict::Drop => {
+                    bump(&inner.counters.deduped);
+                    return;
+                }
+                Verdict::Replay(reply) => {
+                    // Answer the retry with the reply the destination gave.
+                    bump(&inner.counters.deduped);
+                    let back = Frame::Relay(Relay {
+                        to: peer.clone(),
+                        from: to.clone(),
+                        frame: reply,
+                    });
+                    return forward(inner, &peer, peer.clone(), back);
+                }
             }
             let out = Frame::Relay(Relay {
                 to: to.clone(),
