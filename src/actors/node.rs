@@ -732,6 +732,12 @@ impl Node {
         ractor::registry::where_is(format!("{}{name}", self.prefix))
     }
 
+    /// The registered (process-wide) name of the actor called `name` within
+    /// this node's tree; [`Node::actor`] finds it again by `name`.
+    pub(crate) fn scoped_name(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
     /// The routing authority running now (a restart replaces it).
     pub fn routing_authority(&self) -> Option<ActorRef<RoutingMsg>> {
         self.shared.routing()
