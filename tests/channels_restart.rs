@@ -295,8 +295,13 @@ async fn killed_sender_restores_from_the_store_and_applies_every_accepted_comman
         accepted.insert(k);
     }
 
-    // Kill it once more while everything is still stuck, then heal.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Long enough for missed probes to fail the only path: the stream has
+    // no route while entries are in flight (the sender must then idle, not
+    // spin on its retransmit timer — the spin starved the paused clock and
+    // hung the first attempt at this test). Kill it once more, then heal.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let explained = s.member.explain(&s.stream).await.unwrap();
+    assert_eq!(explained.and_then(|e| e.path), None, "no route while cut");
     kill_and_await_restart(&s.member, &name).await;
     s.net.heal(PathKind::Quic, &m1, &hub);
 
@@ -325,7 +330,10 @@ async fn killed_sender_restores_from_the_store_and_applies_every_accepted_comman
     s.hub.shutdown().await;
 }
 
-#[tokio::test(start_paused = true)]
+// Real time: in paused time tokio does not auto-advance while a blocking
+// task runs, so the supervisor's restart backoff could never elapse during
+// the held append and the race this test is about could not happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sender_killed_during_a_group_commit_restores_the_orphaned_append() {
     let held = HeldStore::default();
     let store: Arc<dyn Store> = Arc::new(held.clone());
@@ -347,8 +355,10 @@ async fn sender_killed_during_a_group_commit_restores_the_orphaned_append() {
     }
     assert!(held.entered.load(Ordering::SeqCst), "append entered");
     let release = held.release.clone();
+    // Released well after the supervisor's restart backoff (50 ms): a
+    // restarted actor that did not wait would have restored without it.
     let releaser = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(500));
         release.store(true, Ordering::SeqCst);
     });
     kill_and_await_restart(&s.member, &name).await;
@@ -363,7 +373,12 @@ async fn sender_killed_during_a_group_commit_restores_the_orphaned_append() {
     // waited for the append): command 2 is applied, and the stream has no
     // sequence gap, so command 3 is applied after it.
     let r = s.sender.send(3, SendOptions::class_a()).await.unwrap();
-    assert_eq!(timeout(BOUND, r.reply()).await.expect("no stall"), Ok(6));
+    assert_eq!(
+        timeout(Duration::from_secs(20), r.reply())
+            .await
+            .expect("no stall: a sequence gap would hold every later command"),
+        Ok(6)
+    );
     drained(&s).await;
     let applied = s.ledger.snapshot();
     assert_eq!(applied, BTreeMap::from([(1, 1), (2, 1), (3, 1)]));
