@@ -727,7 +727,8 @@ impl Node {
     }
 
     /// An actor of this node's tree by its name within the node:
-    /// `routing`, `transports`, `channels`, `transport/quic`, …
+    /// `routing`, `transports`, `channels`, `transport/quic`,
+    /// `command-sender/<stream>`, `command-server/<stream>`, …
     pub fn actor(&self, name: &str) -> Option<ractor::ActorCell> {
         ractor::registry::where_is(format!("{}{name}", self.prefix))
     }
