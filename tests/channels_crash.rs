@@ -63,6 +63,23 @@ fn probe() -> ProbeConfig {
     }
 }
 
+/// Concurrent sends per wave in the child.
+const WAVE: usize = 8;
+
+/// Runs the futures concurrently (each on its own task); results in order.
+async fn futures_join_all<F, T>(futures: impl Iterator<Item = F>) -> Vec<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
 /// The child process: the member node and its sender.
 #[test]
 fn child_sender() {
@@ -89,6 +106,13 @@ async fn child_main() {
     let last: u64 = var("CRASH_LAST").parse().unwrap();
 
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&db).unwrap());
+    // Keys a killed predecessor stored, to report re-sends deduplicated.
+    let stored_keys: std::collections::HashSet<String> = store
+        .pending_outbox()
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.operation_key)
+        .collect();
     let mut quic = QuicConfig::new(identity, roots);
     quic.probe = probe();
     let member = NodeBuilder::new("m1", Role::Member)
@@ -111,21 +135,46 @@ async fn child_main() {
     )
     .await
     .unwrap();
+    // Entries a killed predecessor stored are restored by the actor itself.
+    let restored = sender
+        .stats()
+        .pending
+        .load(std::sync::atomic::Ordering::Relaxed);
+    println!("restored {restored}");
+    // Waves of concurrent sends (one group commit each), printed in k
+    // order: a kill can land with stored but unprinted commands.
     let mut receipts = Vec::new();
-    for k in first..=last {
-        let opts = SendOptions::class_a().operation_key(format!("cmd-{k}"));
-        let r = sender
-            .send(k, opts)
-            .await
-            .unwrap_or_else(|e| panic!("send {k}: {e}"));
-        println!("accepted {k}");
-        receipts.push((k, r));
+    let mut k = first;
+    while k <= last {
+        let wave: Vec<u64> = (k..=last).take(WAVE).collect();
+        let sends = wave.iter().map(|&k| {
+            let sender = sender.clone();
+            async move {
+                let opts = SendOptions::class_a().operation_key(format!("cmd-{k}"));
+                (k, sender.send(k, opts).await)
+            }
+        });
+        let results = futures_join_all(sends).await;
+        // A caller slow to record acceptance: a kill landing here leaves
+        // stored commands the parent never saw accepted.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        for (k, r) in results {
+            let r = r.unwrap_or_else(|e| panic!("send {k}: {e}"));
+            println!("accepted {k}");
+            if stored_keys.contains(&format!("cmd-{k}")) {
+                // Stored before the kill, never printed: the key found the
+                // restored entry instead of storing it again.
+                println!("deduplicated {k}");
+            }
+            receipts.push((k, r));
+        }
+        k += wave.len() as u64;
     }
     for (k, r) in receipts {
         match tokio::time::timeout(Duration::from_secs(30), r.reply()).await {
             Ok(Ok(v)) => assert_eq!(v, k * 2, "reply of {k}"),
             // Stored by a killed predecessor and settled since.
-            Ok(Err(CommandError::Duplicate { .. })) => {}
+            Ok(Err(CommandError::Duplicate { .. })) => println!("duplicate {k}"),
             Ok(Err(e)) => panic!("reply of {k}: {e}"),
             Err(_) => panic!("no reply for {k} within 30 s"),
         }
@@ -160,6 +209,8 @@ impl CommandHandler for Ledger {
 
 enum Line {
     Accepted(u64),
+    Restored(u64),
+    Duplicate,
     Done,
     Eof,
 }
@@ -168,6 +219,8 @@ enum Line {
 /// `kill_after` accepted lines (or let finish when `None`).
 struct Run {
     accepted: Vec<u64>,
+    restored: u64,
+    duplicates: u64,
     finished: bool,
 }
 
@@ -175,7 +228,7 @@ fn run_child(
     env: &[(&str, String)],
     first: u64,
     last: u64,
-    kill_after: Option<usize>,
+    kill_after: Option<(usize, Duration)>,
     seed: u64,
 ) -> Run {
     let exe = std::env::current_exe().unwrap();
@@ -199,6 +252,10 @@ fn run_child(
             // before the first line of the child's own output.
             if let Some((_, k)) = line.rsplit_once("accepted ") {
                 let _ = tx.send(Line::Accepted(k.trim().parse().unwrap()));
+            } else if let Some((_, n)) = line.rsplit_once("restored ") {
+                let _ = tx.send(Line::Restored(n.trim().parse().unwrap()));
+            } else if line.contains("duplicate ") || line.contains("deduplicated ") {
+                let _ = tx.send(Line::Duplicate);
             } else if line.trim_end().ends_with("done") {
                 let _ = tx.send(Line::Done);
             }
@@ -207,17 +264,24 @@ fn run_child(
     });
     let mut run = Run {
         accepted: Vec::new(),
+        restored: 0,
+        duplicates: 0,
         finished: false,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if kill_after.is_some_and(|n| run.accepted.len() >= n) {
-            // SIGKILL on unix.
+        if let Some((n, delay)) = kill_after
+            && run.accepted.len() >= n
+        {
+            // A random moment after the n-th line; SIGKILL on unix.
+            std::thread::sleep(delay);
             child.kill().unwrap();
             // Lines the child printed before it died were accepted too.
             while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
                 match line {
                     Line::Accepted(k) => run.accepted.push(k),
+                    Line::Restored(n) => run.restored += n,
+                    Line::Duplicate => run.duplicates += 1,
                     Line::Done => run.finished = true,
                     Line::Eof => break,
                 }
@@ -227,6 +291,8 @@ fn run_child(
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(Line::Accepted(k)) => run.accepted.push(k),
+            Ok(Line::Restored(n)) => run.restored += n,
+            Ok(Line::Duplicate) => run.duplicates += 1,
             Ok(Line::Done) => run.finished = true,
             Ok(Line::Eof) => break,
             Err(_) => {
@@ -311,11 +377,16 @@ fn sigkilled_sender_process_loses_no_accepted_command_and_applies_none_twice() {
     let mut printed: Vec<u64> = Vec::new();
     let mut highest = 0u64;
     let mut kill_points = Vec::new();
+    let (mut restored, mut duplicates) = (0, 0);
     for round in 0..=kills {
-        let kill_after =
-            (round < kills).then(|| rng.random_range(5..=(n as usize / (kills + 1)).max(6)));
+        let kill_after = (round < kills).then(|| {
+            (
+                rng.random_range(5..=(n as usize / (kills + 1)).max(6)),
+                Duration::from_micros(rng.random_range(0..20_000)),
+            )
+        });
         let run = run_child(&env, highest + 1, n, kill_after, seed);
-        if let Some(after) = kill_after {
+        if let Some((after, _)) = kill_after {
             assert!(
                 !run.finished,
                 "seed {seed}: round {round} finished before its kill"
@@ -328,6 +399,8 @@ fn sigkilled_sender_process_loses_no_accepted_command_and_applies_none_twice() {
             "seed {seed}: round {round} accepted in order"
         );
         highest += run.accepted.len() as u64;
+        restored += run.restored;
+        duplicates += run.duplicates;
         printed.extend(run.accepted);
     }
     assert!(kill_points.len() >= 5, "seed {seed}: at least 5 kills");
@@ -354,7 +427,9 @@ fn sigkilled_sender_process_loses_no_accepted_command_and_applies_none_twice() {
         "seed {seed}: kills at {kill_points:?}"
     );
     eprintln!(
-        "seed {seed}: {n} commands, kills after (first k, accepted lines) {kill_points:?}, {:?}",
+        "seed {seed}: {n} commands, kills after (first k, accepted lines) {kill_points:?}; \
+         {restored} entries restored by restarted children, {duplicates} re-sends \
+         deduplicated by operation key; {:?}",
         started.elapsed()
     );
     rt.block_on(hub.shutdown());
