@@ -10,8 +10,8 @@
 //!   waits for the orphaned append before restoring, so its entry is not
 //!   skipped (a skipped entry leaves a sequence gap that stalls the stream
 //!   for good: the hang of the first attempt at this test);
-//! - the member's transport actor killed mid-stream (three times) loses
-//!   nothing;
+//! - the member's transport actor, or the hub's server actor, killed
+//!   mid-stream (three times) loses nothing;
 //! - class B: bounded in-memory replay window (replayed on a route change,
 //!   oldest dropped with `CommandError::Dropped`, never stored).
 //!
@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use interlocking::actors::node::{Node, NodeBuilder};
-use interlocking::channels::command::{SenderConfig, ServeConfig, sender_actor_name};
+use interlocking::channels::command::{
+    SenderConfig, ServeConfig, sender_actor_name, server_actor_name,
+};
 use interlocking::channels::{
     CommandChannel, CommandError, CommandHandler, CommandSender, OutboxConfig, SendOptions,
 };
@@ -386,11 +388,12 @@ async fn sender_killed_during_a_group_commit_restores_the_orphaned_append() {
     s.hub.shutdown().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn killed_transport_actors_lose_nothing() {
+/// Sends `n` commands concurrently over 20 ms links and kills the actor
+/// `name` of the member or hub three times while they flow; every command
+/// must be answered and applied exactly once.
+async fn kill_mid_stream(seed: u64, name: &str, on_hub: bool) {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
-    let s = setup(13, &[PathKind::Quic], store.clone(), fast_outbox()).await;
-    // 20 ms per hop, so the stream takes a while and the kills land in it.
+    let s = setup(seed, &[PathKind::Quic], store.clone(), fast_outbox()).await;
     let latency = LinkFaults {
         latency: Duration::from_millis(20),
         ..LinkFaults::default()
@@ -398,23 +401,17 @@ async fn killed_transport_actors_lose_nothing() {
     let (m1, hub) = (NodeId::new("m1"), NodeId::new("hub"));
     s.net
         .set_faults_both(PathKind::Quic, &m1, &hub, latency.clone());
-    s.net.set_default_faults(latency);
     let n = 600u64;
-    let mut submitted = BTreeSet::new();
+    let submitted: BTreeSet<u64> = (1..=n).collect();
     let mut tasks = tokio::task::JoinSet::new();
     for k in 1..=n {
-        submitted.insert(k);
         let sender = s.sender.clone();
         tasks.spawn(async move {
             let r = sender.send(k, SendOptions::class_a()).await?;
             Ok::<_, CommandError>((k, r.reply().await?))
         });
     }
-    // Kill the member's transport actor three times while commands flow
-    // (the memory transport of a killed *listening* side is not re-dialled
-    // by its peer; QUIC re-dials, see docs/channels.md).
     for after in [60, 250, 400] {
-        let node = &s.member;
         for _ in 0..20_000 {
             if s.ledger.runs.load(Ordering::Relaxed) >= after {
                 break;
@@ -425,7 +422,8 @@ async fn killed_transport_actors_lose_nothing() {
             s.ledger.runs.load(Ordering::Relaxed) < n,
             "killed mid-stream"
         );
-        kill_and_await_restart(node, "transport/quic").await;
+        let node = if on_hub { &s.hub } else { &s.member };
+        kill_and_await_restart(node, name).await;
     }
     let mut accepted = BTreeSet::new();
     while let Some(r) = timeout(BOUND, tasks.join_next()).await.unwrap() {
@@ -438,6 +436,20 @@ async fn killed_transport_actors_lose_nothing() {
     assert_ledger(&s.ledger, &accepted, &submitted);
     s.member.shutdown().await;
     s.hub.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn killed_server_actor_restores_dedupe_and_cursor_and_loses_nothing() {
+    let name = server_actor_name(&StreamId::new("command:m1/hub"));
+    kill_mid_stream(15, &name, true).await;
+}
+
+// The member's transport actor, three times (the memory transport of a
+// killed *listening* side is not re-dialled by its peer; QUIC re-dials, see
+// docs/channels.md).
+#[tokio::test(start_paused = true)]
+async fn killed_transport_actors_lose_nothing() {
+    kill_mid_stream(13, "transport/quic", false).await;
 }
 
 #[tokio::test(start_paused = true)]
