@@ -199,6 +199,57 @@ impl Clone for NodeIdentity {
     }
 }
 
+/// The wire form of [`NodeIdentity::to_bytes`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct IdentityBytes {
+    node: NodeId,
+    role: Role,
+    #[serde(with = "serde_bytes_vec")]
+    chain: Vec<Vec<u8>>,
+    #[serde(with = "serde_bytes")]
+    key: Vec<u8>,
+}
+
+mod serde_bytes_vec {
+    pub fn serialize<S: serde::Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        let v: Vec<serde_bytes::ByteBuf> =
+            v.iter().cloned().map(serde_bytes::ByteBuf::from).collect();
+        serde::Serialize::serialize(&v, s)
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let v: Vec<serde_bytes::ByteBuf> = serde::Deserialize::deserialize(d)?;
+        Ok(v.into_iter().map(|b| b.into_vec()).collect())
+    }
+}
+
+impl NodeIdentity {
+    /// Encodes the identity (certificate chain and **private key**) as
+    /// MessagePack, to hand it to another process of the same deployment
+    /// (tests, tools). Keep the bytes as secret as the key.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let wire = IdentityBytes {
+            node: self.node.clone(),
+            role: self.role,
+            chain: self.cert_chain.iter().map(|c| c.to_vec()).collect(),
+            key: self.key.secret_der().to_vec(),
+        };
+        // Encoding plain structs into a Vec cannot fail.
+        rmp_serde::to_vec(&wire).unwrap_or_default()
+    }
+
+    /// Decodes [`NodeIdentity::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, TrustError> {
+        let wire: IdentityBytes =
+            rmp_serde::from_slice(bytes).map_err(|e| TrustError::Parse(e.to_string()))?;
+        Ok(Self {
+            node: wire.node,
+            role: wire.role,
+            cert_chain: wire.chain.into_iter().map(CertificateDer::from).collect(),
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(wire.key)),
+        })
+    }
+}
+
 /// The certificates a node trusts as issuers of peer certificates.
 #[derive(Clone, Debug, Default)]
 pub struct TrustRoots {
@@ -579,6 +630,19 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn identity_round_trips_through_bytes() {
+        let ca = CertificateAuthority::generate("test-ca").unwrap();
+        let ident = ca.issue_node(&NodeId::new("m1"), Role::Member).unwrap();
+        let back = NodeIdentity::from_bytes(&ident.to_bytes()).unwrap();
+        assert_eq!(back.node, ident.node);
+        assert_eq!(back.role, ident.role);
+        assert_eq!(back.cert_chain, ident.cert_chain);
+        assert_eq!(back.key.secret_der(), ident.key.secret_der());
+        client_config(&back, &ca.roots()).unwrap();
+        assert!(NodeIdentity::from_bytes(&[0xc1]).is_err());
     }
 
     #[test]

@@ -747,9 +747,16 @@ impl Node {
     }
 
     /// An actor of this node's tree by its name within the node:
-    /// `routing`, `transports`, `channels`, `transport/quic`, …
+    /// `routing`, `transports`, `channels`, `transport/quic`,
+    /// `command-sender/<stream>`, `command-server/<stream>`, …
     pub fn actor(&self, name: &str) -> Option<ractor::ActorCell> {
         ractor::registry::where_is(format!("{}{name}", self.prefix))
+    }
+
+    /// The registered (process-wide) name of the actor called `name` within
+    /// this node's tree; [`Node::actor`] finds it again by `name`.
+    pub(crate) fn scoped_name(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
     }
 
     /// The routing authority running now (a restart replaces it).

@@ -20,7 +20,7 @@
 //! the store's layout and does not retry by itself beyond the outbox's
 //! rules. See `docs/channels.md` for the semantics and an example.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -100,6 +100,10 @@ pub enum CommandError {
     /// The channel's actor stopped (or restarted) before answering.
     #[error("channel closed")]
     Closed,
+    /// A class-B command left the replay window (it was full) before its
+    /// reply arrived: it may or may not have been applied.
+    #[error("dropped from the class-B replay window")]
+    Dropped,
     /// The operation key was used before by this message, which is no
     /// longer pending: its outcome cannot be reported here.
     #[error("duplicate operation key of message {message_id}")]
@@ -115,7 +119,10 @@ pub enum DeliveryClass {
     /// Must not lose: durable outbox; the receipt comes after the fsync.
     #[default]
     A,
-    /// Nice to replay: handled like A today (durable outbox).
+    /// Nice to replay: kept in a bounded in-memory replay window (never
+    /// stored), resent on a route change while in the window; the oldest
+    /// is dropped when the window is full and its caller gets
+    /// [`CommandError::Dropped`]. Not ordered; lost on a restart.
     B,
     /// Drop allowed: sent once, never stored nor resent, not ordered.
     C,
@@ -144,6 +151,21 @@ impl SendOptions {
             replayable: true,
             ..Self::default()
         }
+    }
+
+    /// Class B (bounded in-memory replay window), replayable, no TTL.
+    pub fn class_b() -> Self {
+        Self {
+            class: DeliveryClass::B,
+            replayable: true,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the delivery class.
+    pub fn class(mut self, class: DeliveryClass) -> Self {
+        self.class = class;
+        self
     }
 
     /// Sets the TTL.
@@ -228,6 +250,9 @@ pub struct SenderConfig {
     pub authority_epoch: u64,
     /// The wall clock for `issued_at_ms`.
     pub clock: Clock,
+    /// How many class-B commands the in-memory replay window holds
+    /// (default 256, at least 1).
+    pub replay_window: usize,
 }
 
 impl Default for SenderConfig {
@@ -236,6 +261,7 @@ impl Default for SenderConfig {
             outbox: OutboxConfig::default(),
             authority_epoch: 0,
             clock: system_clock(),
+            replay_window: 256,
         }
     }
 }
@@ -256,6 +282,12 @@ impl SenderConfig {
     /// Replaces the wall clock (tests).
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Sets [`SenderConfig::replay_window`] (at least 1).
+    pub fn replay_window(mut self, n: usize) -> Self {
+        self.replay_window = n.max(1);
         self
     }
 }
@@ -326,13 +358,71 @@ pub struct SenderStats {
     pub transmits: AtomicU64,
 }
 
+/// What a sender keeps outside its actor, so a restart of the actor loses
+/// none of it.
+struct SenderShared {
+    /// The last path the route listener saw.
+    route: Mutex<Option<PathId>>,
+    /// Callers waiting for a reply, by message id. A restarted actor keeps
+    /// the waiters of every entry it restores from the store and answers
+    /// the others (class B and C, lost with the old incarnation) with
+    /// [`CommandError::Closed`].
+    waiters: Mutex<HashMap<u64, Vec<ReplyTx>>>,
+    /// Serialises the actor's store appends with the next incarnation's
+    /// restore: an append that was running when its actor was killed
+    /// finishes (the blocking thread cannot be cancelled) before the
+    /// restarted actor reads the pending outbox, so no stored entry (and no
+    /// sequence number) is missed by the restore.
+    store_gate: Arc<tokio::sync::Mutex<()>>,
+    /// The next id for unstored (class B and C) commands. Starts at the
+    /// wall clock (ms) shifted left by 22 bits, with the top bit set, so
+    /// ids neither repeat across restarts of the actor nor (short of four
+    /// million unstored commands per elapsed millisecond) of the process,
+    /// and never meet the store's ids.
+    next_unstored: AtomicU64,
+}
+
+impl SenderShared {
+    fn new(now_ms: u64) -> Self {
+        Self {
+            route: Mutex::new(None),
+            waiters: Mutex::new(HashMap::new()),
+            store_gate: Arc::default(),
+            next_unstored: AtomicU64::new((1u64 << 63) | ((now_ms & ((1u64 << 41) - 1)) << 22)),
+        }
+    }
+
+    fn route(&self) -> Option<PathId> {
+        self.route.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<ReplyTx>>> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait(&self, message_id: u64, tx: ReplyTx) {
+        self.waiters().entry(message_id).or_default().push(tx);
+    }
+
+    fn resolve(&self, message_id: u64, result: Result<Vec<u8>, CommandError>) {
+        let waiting = self.waiters().remove(&message_id).unwrap_or_default();
+        for w in waiting {
+            let _ = w.send(result.clone());
+        }
+    }
+
+    fn unstored_id(&self) -> u64 {
+        self.next_unstored.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
 /// Arguments of a [`CommandSenderActor`] (rebuilt on every restart).
 pub struct SenderArgs {
     stream: StreamId,
     link: NodeLink,
     store: Arc<dyn Store>,
     config: SenderConfig,
-    route: Arc<Mutex<Option<PathId>>>,
+    shared: Arc<SenderShared>,
     stats: Arc<SenderStats>,
 }
 
@@ -341,12 +431,13 @@ pub struct SenderState {
     args: SenderArgs,
     outbox: Outbox,
     path: Option<PathId>,
+    /// Envelopes of pending class-A entries and of the class-B window.
     records: HashMap<u64, (Envelope, u8)>,
-    waiters: HashMap<u64, Vec<ReplyTx>>,
+    /// The class-B replay window: message ids, oldest first.
+    window: VecDeque<u64>,
     batch: Vec<Submission>,
     flush_queued: bool,
     timer_at: Option<std::time::Instant>,
-    unstored_ids: u64,
 }
 
 /// The sending side of one command stream.
@@ -394,6 +485,13 @@ impl SenderState {
     }
 
     fn arm(&mut self, myself: &ActorRef<SenderMsg>) {
+        // Without a path nothing is resent, so no timer: a deadline already
+        // passed would fire at once, find no path and re-arm at once — a
+        // busy loop that also starves a paused test clock. The next route
+        // decision resends every in-flight entry and re-arms.
+        if self.path.is_none() {
+            return;
+        }
         let Some(at) = self.outbox.next_deadline() else {
             return;
         };
@@ -405,31 +503,70 @@ impl SenderState {
         myself.send_after(after, || SenderMsg::Tick);
     }
 
+    /// Sends an unstored (class B or C) command once, unordered (`seq` 0).
+    fn send_unstored(&self, id: u64) {
+        let Some(path) = &self.path else { return };
+        let Some((env, class)) = self.records.get(&id) else {
+            return;
+        };
+        let frame = Frame::Data(Data {
+            stream: self.args.stream.clone(),
+            seq: 0,
+            message_id: id,
+            class: *class,
+            payload: Bytes::from(env.encode()),
+        });
+        self.args.stats.transmits.fetch_add(1, Ordering::Relaxed);
+        let _ = self.args.link.send(path, frame);
+    }
+
     async fn flush(&mut self) {
         let batch = std::mem::take(&mut self.batch);
-        let (stored, unstored): (Vec<_>, Vec<_>) = batch
-            .into_iter()
-            .partition(|s| s.opts.class != DeliveryClass::C);
         let class = TrafficClass::Control.code();
-        for s in unstored {
-            // Class C: an id outside the store's range, seq 0 (unordered).
-            self.unstored_ids += 1;
-            let id = (1u64 << 63) | self.unstored_ids;
-            let (tx, rx) = oneshot::channel();
-            let mut env = s.envelope;
-            env.message_id = id;
-            if let Some(path) = &self.path {
-                let frame = Frame::Data(Data {
-                    stream: self.args.stream.clone(),
-                    seq: 0,
-                    message_id: id,
-                    class,
-                    payload: Bytes::from(env.encode()),
-                });
-                let _ = self.args.link.send(path, frame);
-                self.waiters.entry(id).or_default().push(tx);
+        let mut stored = Vec::new();
+        for s in batch {
+            match s.opts.class {
+                DeliveryClass::A => stored.push(s),
+                DeliveryClass::B => {
+                    // Into the replay window: sent now if there is a path,
+                    // again on every route change while it stays there.
+                    let id = self.args.shared.unstored_id();
+                    let (tx, rx) = oneshot::channel();
+                    let mut env = s.envelope;
+                    env.message_id = id;
+                    self.records.insert(id, (env, class));
+                    self.window.push_back(id);
+                    self.args.shared.wait(id, tx);
+                    self.send_unstored(id);
+                    let _ = s.accept.send(Ok((id, rx)));
+                    while self.window.len() > self.args.config.replay_window.max(1) {
+                        if let Some(old) = self.window.pop_front() {
+                            self.records.remove(&old);
+                            self.args.shared.resolve(old, Err(CommandError::Dropped));
+                        }
+                    }
+                }
+                DeliveryClass::C => {
+                    // Sent once, never kept: an id outside the store's
+                    // range, seq 0 (unordered).
+                    let id = self.args.shared.unstored_id();
+                    let (tx, rx) = oneshot::channel();
+                    let mut env = s.envelope;
+                    env.message_id = id;
+                    if let Some(path) = &self.path {
+                        let frame = Frame::Data(Data {
+                            stream: self.args.stream.clone(),
+                            seq: 0,
+                            message_id: id,
+                            class,
+                            payload: Bytes::from(env.encode()),
+                        });
+                        let _ = self.args.link.send(path, frame);
+                        self.args.shared.wait(id, tx);
+                    }
+                    let _ = s.accept.send(Ok((id, rx)));
+                }
             }
-            let _ = s.accept.send(Ok((id, rx)));
         }
         if stored.is_empty() {
             return;
@@ -449,10 +586,16 @@ impl SenderState {
             now_ms: (self.args.config.clock)(),
         };
         let store = self.args.store.clone();
-        let result = tokio::task::spawn_blocking(move || store.append_outbox(&batch))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        // The gate travels into the blocking task: if this actor is killed
+        // while the append runs, the next incarnation's restore waits for it.
+        let gate = self.args.shared.store_gate.clone().lock_owned().await;
+        let result = tokio::task::spawn_blocking(move || {
+            let _gate = gate;
+            store.append_outbox(&batch)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
         match result {
             Err(e) => {
                 for s in stored {
@@ -466,12 +609,12 @@ impl SenderState {
                         AppendOutcome::Stored { message_id, seq } => {
                             self.records.insert(message_id, (s.envelope, class));
                             self.outbox.push(message_id, seq, class, s.opts.replayable);
-                            self.waiters.entry(message_id).or_default().push(tx);
+                            self.args.shared.wait(message_id, tx);
                             let _ = s.accept.send(Ok((message_id, rx)));
                         }
                         AppendOutcome::DuplicateOf { message_id } => {
                             if self.outbox.get(message_id).is_some() {
-                                self.waiters.entry(message_id).or_default().push(tx);
+                                self.args.shared.wait(message_id, tx);
                             } else {
                                 let _ = tx.send(Err(CommandError::Duplicate { message_id }));
                             }
@@ -500,6 +643,9 @@ impl SenderState {
                     let _ = self.args.store.ack_outbox(&self.args.stream, &[id]);
                 }
                 self.records.remove(&id);
+                if let Some(at) = self.window.iter().position(|w| *w == id) {
+                    self.window.remove(at);
+                }
                 let result = match rmp_serde::from_slice::<ReplyBody>(&env.body) {
                     Ok(ReplyBody::Ok(b)) => Ok(b),
                     Ok(ReplyBody::Handler(e)) => Err(CommandError::Handler(e)),
@@ -507,9 +653,7 @@ impl SenderState {
                     Ok(ReplyBody::Rejected(reason)) => Err(CommandError::Rejected { reason }),
                     Err(e) => Err(CommandError::Store(format!("undecodable reply: {e}"))),
                 };
-                for w in self.waiters.remove(&id).unwrap_or_default() {
-                    let _ = w.send(result.clone());
-                }
+                self.args.shared.resolve(id, result);
             }
             Frame::Reject(r) => {
                 self.args.stats.rejects.fetch_add(1, Ordering::Relaxed);
@@ -533,26 +677,43 @@ impl Actor for CommandSenderActor {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let store = args.store.clone();
-        let pending = tokio::task::spawn_blocking(move || store.pending_outbox()).await??;
+        // Waits for an append a killed predecessor left running.
+        let gate = args.shared.store_gate.clone().lock_owned().await;
+        let pending = tokio::task::spawn_blocking(move || {
+            let _gate = gate;
+            store.pending_outbox()
+        })
+        .await??;
         let (outbox, _not_replayed) =
             Outbox::restore(args.stream.clone(), args.config.outbox, &pending);
+        // Callers of entries restored here keep waiting (the reply settles
+        // them as before); the rest (class B and C of a previous
+        // incarnation, whose window died with it) are answered now.
+        args.shared.waiters().retain(|id, waiting| {
+            if outbox.get(*id).is_some() {
+                return true;
+            }
+            for w in waiting.drain(..) {
+                let _ = w.send(Err(CommandError::Closed));
+            }
+            false
+        });
         let mut records = HashMap::new();
         for r in pending.iter().filter(|r| r.stream == args.stream) {
             if let Ok(env) = Envelope::decode(&r.record) {
                 records.insert(r.message_id, (env, r.class));
             }
         }
-        let path = args.route.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let path = args.shared.route();
         let mut state = SenderState {
             args,
             outbox,
             path,
             records,
-            waiters: HashMap::new(),
+            window: VecDeque::new(),
             batch: Vec::new(),
             flush_queued: false,
             timer_at: None,
-            unstored_ids: 0,
         };
         state.pump(&myself);
         Ok(state)
@@ -586,6 +747,9 @@ impl Actor for CommandSenderActor {
                         let change = state.outbox.on_route_change(SenderState::now());
                         for t in &change.transmits {
                             state.transmit(t);
+                        }
+                        for id in &state.window {
+                            state.send_unstored(*id);
                         }
                     }
                     state.pump(&myself);
@@ -965,11 +1129,16 @@ pub enum SpawnError {
     Node(#[from] crate::actors::node::NodeError),
 }
 
-static INSTANCE: AtomicU64 = AtomicU64::new(1);
+/// The name, within its node, of the sender actor of `stream`: find the
+/// running incarnation with [`Node::actor`].
+pub fn sender_actor_name(stream: &StreamId) -> String {
+    format!("command-sender/{stream}")
+}
 
-fn actor_name(node: &NodeId, role: &str, stream: &StreamId) -> String {
-    let n = INSTANCE.fetch_add(1, Ordering::Relaxed);
-    format!("{node}/command-{role}/{stream}#{n}")
+/// The name, within its node, of the server actor of `stream` (see
+/// [`Node::actor`]).
+pub fn server_actor_name(stream: &StreamId) -> String {
+    format!("command-server/{stream}")
 }
 
 async fn start_child(node: &Node, spec: ChildSpec) -> Result<(), SpawnError> {
@@ -996,16 +1165,16 @@ impl CommandChannel {
         C: Serialize + Send,
         R: DeserializeOwned,
     {
-        let name = actor_name(node.id(), "sender", &stream);
-        let route: Arc<Mutex<Option<PathId>>> = Arc::default();
+        let name = node.scoped_name(&sender_actor_name(&stream));
+        let shared = Arc::new(SenderShared::new((config.clock)()));
         let stats: Arc<SenderStats> = Arc::default();
         {
-            let (link, stream, store, config, route, stats) = (
+            let (link, stream, store, config, shared, stats) = (
                 node.link(),
                 stream.clone(),
                 store.clone(),
                 config.clone(),
-                route.clone(),
+                shared.clone(),
                 stats.clone(),
             );
             let spec = ChildSpec::new(name.clone(), RestartMode::Permanent, move || {
@@ -1016,7 +1185,7 @@ impl CommandChannel {
                         link: link.clone(),
                         store: store.clone(),
                         config: config.clone(),
-                        route: route.clone(),
+                        shared: shared.clone(),
                         stats: stats.clone(),
                     },
                 )
@@ -1033,9 +1202,14 @@ impl CommandChannel {
                 }
             }),
         );
-        let (listener_name, listener_route) = (name.clone(), route.clone());
+        let (listener_name, listener_shared) = (name.clone(), shared.clone());
         let cast_route = move |next: Option<PathId>| {
-            *listener_route.lock().unwrap_or_else(|e| e.into_inner()) = next.clone();
+            // Recorded first: an actor restarting right now reads it in
+            // `pre_start`, so a decision is never lost between incarnations.
+            *listener_shared
+                .route
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = next.clone();
             if let Some(a) = ractor::registry::where_is(listener_name.clone()) {
                 let _ = ActorRef::<SenderMsg>::from(a).cast(SenderMsg::Route(next));
             }
@@ -1070,7 +1244,7 @@ impl CommandChannel {
         store: Arc<dyn Store>,
         config: ServeConfig,
     ) -> Result<Arc<ServeHandle>, SpawnError> {
-        let name = actor_name(node.id(), "server", &stream);
+        let name = node.scoped_name(&server_actor_name(&stream));
         let handle: Arc<ServeHandle> = Arc::default();
         let handler: Arc<dyn ErasedHandler> = Arc::new(Typed(handler));
         {
