@@ -116,7 +116,7 @@ async fn child_main() {
     let mut quic = QuicConfig::new(identity, roots);
     quic.probe = probe();
     let member = NodeBuilder::new("m1", Role::Member)
-        .quic(quic, None)
+        .quic(quic)
         .dial(PathKind::Quic, PeerAddr::at("hub", hub_addr))
         .spawn()
         .await
@@ -344,7 +344,7 @@ fn sigkilled_sender_process_loses_no_accepted_command_and_applies_none_twice() {
         );
         quic.probe = probe();
         let hub = NodeBuilder::new("hub", Role::Hub)
-            .quic(quic, None)
+            .quic(quic)
             .spawn()
             .await
             .unwrap();
