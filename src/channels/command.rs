@@ -609,9 +609,42 @@ impl Actor for CommandSenderActor {
     }
 }
 
+/// A channel actor reached by its registered name. The last resolved
+/// reference is cached, so the per-message path neither allocates the name
+/// nor searches ractor's global registry; a cast refused by a stopped
+/// (restarted) actor resolves the name again and retries once.
+struct ActorSlot<M> {
+    name: String,
+    cached: Mutex<Option<ActorRef<M>>>,
+}
+
+impl<M: ractor::Message> ActorSlot<M> {
+    fn new(name: String) -> Self {
+        Self {
+            name,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// Casts `msg` to the running actor; false if none is running.
+    fn cast(&self, msg: M) -> bool {
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        let msg = match cached.as_ref() {
+            Some(actor) => match actor.cast(msg) {
+                Ok(()) => return true,
+                Err(ractor::MessagingErr::SendErr(msg)) => msg,
+                Err(_) => return false,
+            },
+            None => msg,
+        };
+        *cached = ractor::registry::where_is(self.name.clone()).map(ActorRef::<M>::from);
+        cached.as_ref().is_some_and(|actor| actor.cast(msg).is_ok())
+    }
+}
+
 /// The typed handle of a command stream's sender.
 pub struct CommandSender<C, R> {
-    name: String,
+    slot: Arc<ActorSlot<SenderMsg>>,
     stream: StreamId,
     stats: Arc<SenderStats>,
     config: SenderConfig,
@@ -621,7 +654,7 @@ pub struct CommandSender<C, R> {
 impl<C, R> Clone for CommandSender<C, R> {
     fn clone(&self) -> Self {
         Self {
-            name: self.name.clone(),
+            slot: self.slot.clone(),
             stream: self.stream.clone(),
             stats: self.stats.clone(),
             config: self.config.clone(),
@@ -676,17 +709,15 @@ impl<C: Serialize + Send, R: DeserializeOwned> CommandSender<C, R> {
             operation_key: opts.operation_key.clone(),
             body,
         };
-        let actor: ActorRef<SenderMsg> = ractor::registry::where_is(self.name.clone())
-            .ok_or(CommandError::Closed)?
-            .into();
         let (accept, accepted) = oneshot::channel();
-        actor
-            .cast(SenderMsg::Submit(Box::new(Submission {
-                envelope,
-                opts,
-                accept,
-            })))
-            .map_err(|_| CommandError::Closed)?;
+        let submitted = self.slot.cast(SenderMsg::Submit(Box::new(Submission {
+            envelope,
+            opts,
+            accept,
+        })));
+        if !submitted {
+            return Err(CommandError::Closed);
+        }
         let (message_id, reply) = accepted.await.map_err(|_| CommandError::Closed)??;
         Ok(Receipt {
             message_id,
@@ -841,6 +872,19 @@ impl ServerState {
             r
         };
         let reply = self.reply_envelope(env, &body);
+        if d.seq == 0 {
+            // Class C (unordered, seq 0) is never stored nor resent by the
+            // sender, so a durable dedupe record would only cost an fsync
+            // per command; the in-memory record still answers a duplicated
+            // frame.
+            self.dedupe.record(
+                stream,
+                d.message_id,
+                reply.clone(),
+                tokio::time::Instant::now().into_std(),
+            );
+            return Ok(reply);
+        }
         let record = DedupeRecord {
             stream: stream.clone(),
             message_id: d.message_id,
@@ -848,12 +892,9 @@ impl ServerState {
             reply: reply.clone(),
             recorded_at_ms: now_ms,
         };
-        let cursors = if d.seq > 0 {
-            vec![(stream.clone(), d.seq)]
-        } else {
-            Vec::new()
-        };
-        self.args.store.dedupe_record(&[record], &cursors)?;
+        self.args
+            .store
+            .dedupe_record(&[record], &[(stream.clone(), d.seq)])?;
         self.dedupe.record(
             stream,
             d.message_id,
@@ -1023,22 +1064,22 @@ impl CommandChannel {
             });
             start_child(node, spec).await?;
         }
-        let inbox_name = name.clone();
+        let slot = Arc::new(ActorSlot::new(name));
+        let inbox = slot.clone();
         node.set_inbox(
             stream.clone(),
             Arc::new(move |path: &PathId, frame: Frame| {
-                if let Some(a) = ractor::registry::where_is(inbox_name.clone()) {
-                    let _ =
-                        ActorRef::<SenderMsg>::from(a).cast(SenderMsg::Frame(path.clone(), frame));
+                // The node already reported the ack to routing and the
+                // sender settles entries on the reply: acks need no hop.
+                if !matches!(frame, Frame::Ack(_)) {
+                    inbox.cast(SenderMsg::Frame(path.clone(), frame));
                 }
             }),
         );
-        let (listener_name, listener_route) = (name.clone(), route.clone());
+        let (listener, listener_route) = (slot.clone(), route.clone());
         let cast_route = move |next: Option<PathId>| {
             *listener_route.lock().unwrap_or_else(|e| e.into_inner()) = next.clone();
-            if let Some(a) = ractor::registry::where_is(listener_name.clone()) {
-                let _ = ActorRef::<SenderMsg>::from(a).cast(SenderMsg::Route(next));
-            }
+            listener.cast(SenderMsg::Route(next));
         };
         let cast = cast_route.clone();
         let initial = node
@@ -1052,7 +1093,7 @@ impl CommandChannel {
             cast_route(r.path);
         }
         Ok(CommandSender {
-            name,
+            slot,
             stream,
             stats,
             config,
@@ -1090,13 +1131,11 @@ impl CommandChannel {
             });
             start_child(node, spec).await?;
         }
+        let slot = ActorSlot::new(name);
         node.set_inbox(
             stream,
             Arc::new(move |path: &PathId, frame: Frame| {
-                if let Some(a) = ractor::registry::where_is(name.clone()) {
-                    let _ =
-                        ActorRef::<ServerMsg>::from(a).cast(ServerMsg::Frame(path.clone(), frame));
-                }
+                slot.cast(ServerMsg::Frame(path.clone(), frame));
             }),
         );
         Ok(handle)
