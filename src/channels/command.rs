@@ -3,7 +3,9 @@
 //!
 //! Owns, per command stream, two ractor actors started under the node's top
 //! supervisor:
-//! - the **sender** ([`CommandChannel::spawn_sender`]): accepts commands
+//! - the **sender** ([`CommandChannel::spawn_sender`]; started on the
+//!   stream's first command, or at once if the store holds commands of the
+//!   stream still pending, so an idle stream costs no actor): accepts commands
 //!   from a typed [`CommandSender`], group-commits class A/B commands into
 //!   the store's outbox (every submission waiting in the mailbox goes into
 //!   one [`Store::append_outbox`]), sends them on the path the routing
@@ -628,23 +630,56 @@ impl<M: ractor::Message> ActorSlot<M> {
 
     /// Casts `msg` to the running actor; false if none is running.
     fn cast(&self, msg: M) -> bool {
+        self.try_cast(msg).is_ok()
+    }
+
+    /// Casts `msg` to the running actor; gives it back when none is
+    /// running (when it can).
+    fn try_cast(&self, msg: M) -> Result<(), Option<M>> {
         let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         let msg = match cached.as_ref() {
             Some(actor) => match actor.cast(msg) {
-                Ok(()) => return true,
+                Ok(()) => return Ok(()),
                 Err(ractor::MessagingErr::SendErr(msg)) => msg,
-                Err(_) => return false,
+                Err(_) => return Err(None),
             },
             None => msg,
         };
         *cached = ractor::registry::where_is(self.name.clone()).map(ActorRef::<M>::from);
-        cached.as_ref().is_some_and(|actor| actor.cast(msg).is_ok())
+        match cached.as_ref() {
+            Some(actor) => actor.cast(msg).map_err(|e| match e {
+                ractor::MessagingErr::SendErr(msg) => Some(msg),
+                _ => None,
+            }),
+            None => Err(Some(msg)),
+        }
+    }
+}
+
+/// Starts a sender's actor once, when it is first needed: an idle stream
+/// (registered, never used, nothing pending in the store) costs no actor,
+/// task or mailbox.
+struct LazyStart {
+    supervisor: ActorRef<SupervisorMsg>,
+    spec: ChildSpec,
+    started: tokio::sync::OnceCell<()>,
+}
+
+impl LazyStart {
+    /// Starts the actor unless it was started before (the supervisor
+    /// restarts it from then on).
+    async fn ensure(&self) -> Result<(), SpawnError> {
+        self.started
+            .get_or_try_init(|| start_child(&self.supervisor, self.spec.clone()))
+            .await
+            .map(|_| ())
     }
 }
 
 /// The typed handle of a command stream's sender.
 pub struct CommandSender<C, R> {
     slot: Arc<ActorSlot<SenderMsg>>,
+    start: Arc<LazyStart>,
     stream: StreamId,
     stats: Arc<SenderStats>,
     config: SenderConfig,
@@ -655,6 +690,7 @@ impl<C, R> Clone for CommandSender<C, R> {
     fn clone(&self) -> Self {
         Self {
             slot: self.slot.clone(),
+            start: self.start.clone(),
             stream: self.stream.clone(),
             stats: self.stats.clone(),
             config: self.config.clone(),
@@ -710,13 +746,24 @@ impl<C: Serialize + Send, R: DeserializeOwned> CommandSender<C, R> {
             body,
         };
         let (accept, accepted) = oneshot::channel();
-        let submitted = self.slot.cast(SenderMsg::Submit(Box::new(Submission {
+        let submit = SenderMsg::Submit(Box::new(Submission {
             envelope,
             opts,
             accept,
-        })));
-        if !submitted {
-            return Err(CommandError::Closed);
+        }));
+        match self.slot.try_cast(submit) {
+            Ok(()) => {}
+            Err(None) => return Err(CommandError::Closed),
+            Err(Some(submit)) => {
+                // First use of an idle stream: start its actor.
+                self.start
+                    .ensure()
+                    .await
+                    .map_err(|_| CommandError::Closed)?;
+                self.slot
+                    .try_cast(submit)
+                    .map_err(|_| CommandError::Closed)?;
+            }
         }
         let (message_id, reply) = accepted.await.map_err(|_| CommandError::Closed)??;
         Ok(Receipt {
@@ -1013,8 +1060,11 @@ fn actor_name(node: &NodeId, role: &str, stream: &StreamId) -> String {
     format!("{node}/command-{role}/{stream}#{n}")
 }
 
-async fn start_child(node: &Node, spec: ChildSpec) -> Result<(), SpawnError> {
-    ractor::call_t!(node.supervisor(), SupervisorMsg::StartChild, 5_000, spec)
+async fn start_child(
+    supervisor: &ActorRef<SupervisorMsg>,
+    spec: ChildSpec,
+) -> Result<(), SpawnError> {
+    ractor::call_t!(supervisor, SupervisorMsg::StartChild, 5_000, spec)
         .map_err(|e| SpawnError::Start(e.to_string()))?
         .map_err(SpawnError::Start)
 }
@@ -1023,9 +1073,12 @@ async fn start_child(node: &Node, spec: ChildSpec) -> Result<(), SpawnError> {
 pub struct CommandChannel;
 
 impl CommandChannel {
-    /// Starts the sender of `stream` towards `target` under the node's
-    /// supervisor, sets the stream's inbox and registers the stream with
-    /// routing. The returned handle survives restarts of the actor.
+    /// Sets up the sender of `stream` towards `target`: sets the stream's
+    /// inbox, registers the stream with routing, and starts the sender
+    /// actor under the node's supervisor — at once if the store holds
+    /// pending commands of the stream (they are resent), otherwise on the
+    /// first [`CommandSender::send`], so idle streams stay cheap. The
+    /// returned handle survives restarts of the actor.
     pub async fn spawn_sender<C, R>(
         node: &Node,
         stream: StreamId,
@@ -1040,7 +1093,7 @@ impl CommandChannel {
         let name = actor_name(node.id(), "sender", &stream);
         let route: Arc<Mutex<Option<PathId>>> = Arc::default();
         let stats: Arc<SenderStats> = Arc::default();
-        {
+        let spec = {
             let (link, stream, store, config, route, stats) = (
                 node.link(),
                 stream.clone(),
@@ -1049,7 +1102,7 @@ impl CommandChannel {
                 route.clone(),
                 stats.clone(),
             );
-            let spec = ChildSpec::new(name.clone(), RestartMode::Permanent, move || {
+            ChildSpec::new(name.clone(), RestartMode::Permanent, move || {
                 (
                     CommandSenderActor,
                     SenderArgs {
@@ -1061,8 +1114,26 @@ impl CommandChannel {
                         stats: stats.clone(),
                     },
                 )
-            });
-            start_child(node, spec).await?;
+            })
+        };
+        let start = Arc::new(LazyStart {
+            supervisor: node.supervisor().clone(),
+            spec,
+            started: tokio::sync::OnceCell::new(),
+        });
+        // A stream with commands pending in the store starts at once, to
+        // resend them; an idle one waits for its first command.
+        let pending = {
+            let (store, stream) = (store.clone(), stream.clone());
+            tokio::task::spawn_blocking(move || {
+                store
+                    .pending_outbox()
+                    .map(|p| p.iter().any(|r| r.stream == stream))
+            })
+            .await
+        };
+        if !matches!(pending, Ok(Ok(false))) {
+            start.ensure().await?;
         }
         let slot = Arc::new(ActorSlot::new(name));
         let inbox = slot.clone();
@@ -1094,6 +1165,7 @@ impl CommandChannel {
         }
         Ok(CommandSender {
             slot,
+            start,
             stream,
             stats,
             config,
@@ -1129,7 +1201,7 @@ impl CommandChannel {
                     },
                 )
             });
-            start_child(node, spec).await?;
+            start_child(node.supervisor(), spec).await?;
         }
         let slot = ActorSlot::new(name);
         node.set_inbox(
