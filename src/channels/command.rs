@@ -349,6 +349,9 @@ pub struct SenderState {
     flush_queued: bool,
     timer_at: Option<std::time::Instant>,
     unstored_ids: u64,
+    /// Replied entries not yet removed from the store; removed by the next
+    /// flush, off the actor's thread.
+    acked: Vec<u64>,
 }
 
 /// The sending side of one command stream.
@@ -433,7 +436,13 @@ impl SenderState {
             }
             let _ = s.accept.send(Ok((id, rx)));
         }
+        let acked = std::mem::take(&mut self.acked);
         if stored.is_empty() {
+            if !acked.is_empty() {
+                let (store, stream) = (self.args.store.clone(), self.args.stream.clone());
+                let _ =
+                    tokio::task::spawn_blocking(move || store.ack_outbox(&stream, &acked)).await;
+            }
             return;
         }
         let batch = OutboxBatch {
@@ -450,11 +459,16 @@ impl SenderState {
             cursors: Vec::new(),
             now_ms: (self.args.config.clock)(),
         };
-        let store = self.args.store.clone();
-        let result = tokio::task::spawn_blocking(move || store.append_outbox(&batch))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let (store, stream) = (self.args.store.clone(), self.args.stream.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            if !acked.is_empty() {
+                let _ = store.ack_outbox(&stream, &acked);
+            }
+            store.append_outbox(&batch)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
         match result {
             Err(e) => {
                 for s in stored {
@@ -497,9 +511,10 @@ impl SenderState {
                 }
                 let id = d.message_id;
                 if self.outbox.on_ack(id).is_some() {
-                    // Losing an ack only causes a resend, which the receiver
+                    // Removed from the store by the next flush. Losing an
+                    // ack only causes a resend, which the receiver
                     // deduplicates.
-                    let _ = self.args.store.ack_outbox(&self.args.stream, &[id]);
+                    self.acked.push(id);
                 }
                 self.records.remove(&id);
                 let result = match rmp_serde::from_slice::<ReplyBody>(&env.body) {
@@ -555,6 +570,7 @@ impl Actor for CommandSenderActor {
             flush_queued: false,
             timer_at: None,
             unstored_ids: 0,
+            acked: Vec::new(),
         };
         state.pump(&myself);
         Ok(state)
@@ -595,6 +611,12 @@ impl Actor for CommandSenderActor {
             }
             SenderMsg::Frame(_path, frame) => {
                 state.on_frame(frame);
+                if !state.acked.is_empty() && !state.flush_queued {
+                    // Store removals are batched behind the frames already
+                    // in the mailbox, like submissions.
+                    state.flush_queued = true;
+                    myself.cast(SenderMsg::Flush)?;
+                }
                 state.pump(&myself);
             }
             SenderMsg::Tick => {
