@@ -410,32 +410,31 @@ impl SenderState {
         myself.send_after(after, || SenderMsg::Tick);
     }
 
-    async fn flush(&mut self) {
-        let batch = std::mem::take(&mut self.batch);
-        let (stored, unstored): (Vec<_>, Vec<_>) = batch
-            .into_iter()
-            .partition(|s| s.opts.class != DeliveryClass::C);
-        let class = TrafficClass::Control.code();
-        for s in unstored {
-            // Class C: an id outside the store's range, seq 0 (unordered).
-            self.unstored_ids += 1;
-            let id = (1u64 << 63) | self.unstored_ids;
-            let (tx, rx) = oneshot::channel();
-            let mut env = s.envelope;
-            env.message_id = id;
-            if let Some(path) = &self.path {
-                let frame = Frame::Data(Data {
-                    stream: self.args.stream.clone(),
-                    seq: 0,
-                    message_id: id,
-                    class,
-                    payload: Bytes::from(env.encode()),
-                });
-                let _ = self.args.link.send(path, frame);
-                self.waiters.entry(id).or_default().push(tx);
-            }
-            let _ = s.accept.send(Ok((id, rx)));
+    /// Class C: sent at once with an id outside the store's range and
+    /// seq 0 (unordered); nothing to commit, so no flush to wait for.
+    fn send_unstored(&mut self, s: Submission) {
+        self.unstored_ids += 1;
+        let id = (1u64 << 63) | self.unstored_ids;
+        let (tx, rx) = oneshot::channel();
+        let mut env = s.envelope;
+        env.message_id = id;
+        if let Some(path) = &self.path {
+            let frame = Frame::Data(Data {
+                stream: self.args.stream.clone(),
+                seq: 0,
+                message_id: id,
+                class: TrafficClass::Control.code(),
+                payload: Bytes::from(env.encode()),
+            });
+            let _ = self.args.link.send(path, frame);
+            self.waiters.entry(id).or_default().push(tx);
         }
+        let _ = s.accept.send(Ok((id, rx)));
+    }
+
+    async fn flush(&mut self) {
+        let stored = std::mem::take(&mut self.batch);
+        let class = TrafficClass::Control.code();
         let acked = std::mem::take(&mut self.acked);
         if stored.is_empty() {
             if !acked.is_empty() {
@@ -583,6 +582,9 @@ impl Actor for CommandSenderActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            SenderMsg::Submit(s) if s.opts.class == DeliveryClass::C => {
+                state.send_unstored(*s);
+            }
             SenderMsg::Submit(s) => {
                 state.batch.push(*s);
                 if !state.flush_queued {
