@@ -22,7 +22,8 @@
 //!    ([`CommandChannel::spawn_sender`], no traffic) for 10 000 and 100 000
 //!    streams, each measured in a fresh child process.
 //!
-//! Every measurement runs `--rounds` rounds (default 5; framework and
+//! Every measurement runs `--rounds` rounds (default 7 of `--secs` 2 s,
+//! 5 000 round trips per latency round; framework and
 //! baseline alternate, so background load hits both alike); the median is
 //! reported with the min–max spread. With `--json` the last line of output
 //! is one JSON object.
@@ -63,7 +64,7 @@ const DURABLE_SENDERS: usize = 64;
 /// Payload of the latency and durability runs.
 const SMALL: usize = 256;
 /// Round trips per latency round.
-const PINGS: usize = 2000;
+const PINGS: usize = 5000;
 
 struct Args {
     json: bool,
@@ -86,9 +87,9 @@ fn args() -> Args {
         json: argv.iter().any(|a| a == "--json"),
         rounds: value("--rounds")
             .and_then(|v| v.parse().ok())
-            .unwrap_or(5)
+            .unwrap_or(7)
             .max(1),
-        secs: value("--secs").and_then(|v| v.parse().ok()).unwrap_or(1.5),
+        secs: value("--secs").and_then(|v| v.parse().ok()).unwrap_or(2.0),
         only: value("--only"),
         skip_raw: argv.iter().any(|a| a == "--skip-raw"),
     }
