@@ -836,7 +836,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             );
             out.insert(
                 format!("throughput_ratio_{tag}"),
-                json!(round(ratio * 1000.0) / 1000.0),
+                json!((ratio * 1000.0).round() / 1000.0),
             );
             out.insert(format!("throughput_{tag}_spread"), fw.json());
             out.insert(format!("raw_throughput_{tag}_spread"), rw.json());
@@ -937,7 +937,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         out.insert("raw_durable_cmds_s".into(), json!(round(rw.median)));
         out.insert(
             "durable_ratio".into(),
-            json!(round(ratio * 1000.0) / 1000.0),
+            json!((ratio * 1000.0).round() / 1000.0),
         );
         out.insert("durable_spread".into(), fw.json());
         out.insert("raw_durable_spread".into(), rw.json());
