@@ -3,7 +3,9 @@
 //!
 //! Owns, per command stream, two ractor actors started under the node's top
 //! supervisor:
-//! - the **sender** ([`CommandChannel::spawn_sender`]): accepts commands
+//! - the **sender** ([`CommandChannel::spawn_sender`]; started on the
+//!   stream's first command, or at once if the store holds commands of the
+//!   stream still pending, so an idle stream costs no actor): accepts commands
 //!   from a typed [`CommandSender`], group-commits class A/B commands into
 //!   the store's outbox (every submission waiting in the mailbox goes into
 //!   one [`Store::append_outbox`]), sends them on the path the routing
@@ -438,6 +440,9 @@ pub struct SenderState {
     batch: Vec<Submission>,
     flush_queued: bool,
     timer_at: Option<std::time::Instant>,
+    /// Replied entries not yet removed from the store; removed by the next
+    /// flush, off the actor's thread.
+    acked: Vec<u64>,
 }
 
 /// The sending side of one command stream.
@@ -504,7 +509,7 @@ impl SenderState {
     }
 
     /// Sends an unstored (class B or C) command once, unordered (`seq` 0).
-    fn send_unstored(&self, id: u64) {
+    fn transmit_unstored(&self, id: u64) {
         let Some(path) = &self.path else { return };
         let Some((env, class)) = self.records.get(&id) else {
             return;
@@ -518,6 +523,28 @@ impl SenderState {
         });
         self.args.stats.transmits.fetch_add(1, Ordering::Relaxed);
         let _ = self.args.link.send(path, frame);
+    }
+
+    /// Class C: sent at once with an id outside the store's range and
+    /// seq 0 (unordered), never kept; nothing to commit, so no flush to
+    /// wait for.
+    fn send_unstored(&mut self, s: Submission) {
+        let id = self.args.shared.unstored_id();
+        let (tx, rx) = oneshot::channel();
+        let mut env = s.envelope;
+        env.message_id = id;
+        if let Some(path) = &self.path {
+            let frame = Frame::Data(Data {
+                stream: self.args.stream.clone(),
+                seq: 0,
+                message_id: id,
+                class: TrafficClass::Control.code(),
+                payload: Bytes::from(env.encode()),
+            });
+            let _ = self.args.link.send(path, frame);
+            self.args.shared.wait(id, tx);
+        }
+        let _ = s.accept.send(Ok((id, rx)));
     }
 
     async fn flush(&mut self) {
@@ -537,7 +564,7 @@ impl SenderState {
                     self.records.insert(id, (env, class));
                     self.window.push_back(id);
                     self.args.shared.wait(id, tx);
-                    self.send_unstored(id);
+                    self.transmit_unstored(id);
                     let _ = s.accept.send(Ok((id, rx)));
                     while self.window.len() > self.args.config.replay_window.max(1) {
                         if let Some(old) = self.window.pop_front() {
@@ -546,29 +573,16 @@ impl SenderState {
                         }
                     }
                 }
-                DeliveryClass::C => {
-                    // Sent once, never kept: an id outside the store's
-                    // range, seq 0 (unordered).
-                    let id = self.args.shared.unstored_id();
-                    let (tx, rx) = oneshot::channel();
-                    let mut env = s.envelope;
-                    env.message_id = id;
-                    if let Some(path) = &self.path {
-                        let frame = Frame::Data(Data {
-                            stream: self.args.stream.clone(),
-                            seq: 0,
-                            message_id: id,
-                            class,
-                            payload: Bytes::from(env.encode()),
-                        });
-                        let _ = self.args.link.send(path, frame);
-                        self.args.shared.wait(id, tx);
-                    }
-                    let _ = s.accept.send(Ok((id, rx)));
-                }
+                DeliveryClass::C => self.send_unstored(s),
             }
         }
+        let acked = std::mem::take(&mut self.acked);
         if stored.is_empty() {
+            if !acked.is_empty() {
+                let (store, stream) = (self.args.store.clone(), self.args.stream.clone());
+                let _ =
+                    tokio::task::spawn_blocking(move || store.ack_outbox(&stream, &acked)).await;
+            }
             return;
         }
         let batch = OutboxBatch {
@@ -585,12 +599,15 @@ impl SenderState {
             cursors: Vec::new(),
             now_ms: (self.args.config.clock)(),
         };
-        let store = self.args.store.clone();
+        let (store, stream) = (self.args.store.clone(), self.args.stream.clone());
         // The gate travels into the blocking task: if this actor is killed
         // while the append runs, the next incarnation's restore waits for it.
         let gate = self.args.shared.store_gate.clone().lock_owned().await;
         let result = tokio::task::spawn_blocking(move || {
             let _gate = gate;
+            if !acked.is_empty() {
+                let _ = store.ack_outbox(&stream, &acked);
+            }
             store.append_outbox(&batch)
         })
         .await
@@ -638,9 +655,10 @@ impl SenderState {
                 }
                 let id = d.message_id;
                 if self.outbox.on_ack(id).is_some() {
-                    // Losing an ack only causes a resend, which the receiver
+                    // Removed from the store by the next flush. Losing an
+                    // ack only causes a resend, which the receiver
                     // deduplicates.
-                    let _ = self.args.store.ack_outbox(&self.args.stream, &[id]);
+                    self.acked.push(id);
                 }
                 self.records.remove(&id);
                 if let Some(at) = self.window.iter().position(|w| *w == id) {
@@ -714,6 +732,7 @@ impl Actor for CommandSenderActor {
             batch: Vec::new(),
             flush_queued: false,
             timer_at: None,
+            acked: Vec::new(),
         };
         state.pump(&myself);
         Ok(state)
@@ -726,6 +745,9 @@ impl Actor for CommandSenderActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            SenderMsg::Submit(s) if s.opts.class == DeliveryClass::C => {
+                state.send_unstored(*s);
+            }
             SenderMsg::Submit(s) => {
                 state.batch.push(*s);
                 if !state.flush_queued {
@@ -749,7 +771,7 @@ impl Actor for CommandSenderActor {
                             state.transmit(t);
                         }
                         for id in &state.window {
-                            state.send_unstored(*id);
+                            state.transmit_unstored(*id);
                         }
                     }
                     state.pump(&myself);
@@ -757,6 +779,12 @@ impl Actor for CommandSenderActor {
             }
             SenderMsg::Frame(_path, frame) => {
                 state.on_frame(frame);
+                if !state.acked.is_empty() && !state.flush_queued {
+                    // Store removals are batched behind the frames already
+                    // in the mailbox, like submissions.
+                    state.flush_queued = true;
+                    myself.cast(SenderMsg::Flush)?;
+                }
                 state.pump(&myself);
             }
             SenderMsg::Tick => {
@@ -773,9 +801,75 @@ impl Actor for CommandSenderActor {
     }
 }
 
+/// A channel actor reached by its registered name. The last resolved
+/// reference is cached, so the per-message path neither allocates the name
+/// nor searches ractor's global registry; a cast refused by a stopped
+/// (restarted) actor resolves the name again and retries once.
+struct ActorSlot<M> {
+    name: String,
+    cached: Mutex<Option<ActorRef<M>>>,
+}
+
+impl<M: ractor::Message> ActorSlot<M> {
+    fn new(name: String) -> Self {
+        Self {
+            name,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// Casts `msg` to the running actor; false if none is running.
+    fn cast(&self, msg: M) -> bool {
+        self.try_cast(msg).is_ok()
+    }
+
+    /// Casts `msg` to the running actor; gives it back when none is
+    /// running (when it can).
+    fn try_cast(&self, msg: M) -> Result<(), Option<M>> {
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        let msg = match cached.as_ref() {
+            Some(actor) => match actor.cast(msg) {
+                Ok(()) => return Ok(()),
+                Err(ractor::MessagingErr::SendErr(msg)) => msg,
+                Err(_) => return Err(None),
+            },
+            None => msg,
+        };
+        *cached = ractor::registry::where_is(self.name.clone()).map(ActorRef::<M>::from);
+        match cached.as_ref() {
+            Some(actor) => actor.cast(msg).map_err(|e| match e {
+                ractor::MessagingErr::SendErr(msg) => Some(msg),
+                _ => None,
+            }),
+            None => Err(Some(msg)),
+        }
+    }
+}
+
+/// Starts a sender's actor once, when it is first needed: an idle stream
+/// (registered, never used, nothing pending in the store) costs no actor,
+/// task or mailbox.
+struct LazyStart {
+    supervisor: ActorRef<SupervisorMsg>,
+    spec: ChildSpec,
+    started: tokio::sync::OnceCell<()>,
+}
+
+impl LazyStart {
+    /// Starts the actor unless it was started before (the supervisor
+    /// restarts it from then on).
+    async fn ensure(&self) -> Result<(), SpawnError> {
+        self.started
+            .get_or_try_init(|| start_child(&self.supervisor, self.spec.clone()))
+            .await
+            .map(|_| ())
+    }
+}
+
 /// The typed handle of a command stream's sender.
 pub struct CommandSender<C, R> {
-    name: String,
+    slot: Arc<ActorSlot<SenderMsg>>,
+    start: Arc<LazyStart>,
     stream: StreamId,
     stats: Arc<SenderStats>,
     config: SenderConfig,
@@ -785,7 +879,8 @@ pub struct CommandSender<C, R> {
 impl<C, R> Clone for CommandSender<C, R> {
     fn clone(&self) -> Self {
         Self {
-            name: self.name.clone(),
+            slot: self.slot.clone(),
+            start: self.start.clone(),
             stream: self.stream.clone(),
             stats: self.stats.clone(),
             config: self.config.clone(),
@@ -840,17 +935,26 @@ impl<C: Serialize + Send, R: DeserializeOwned> CommandSender<C, R> {
             operation_key: opts.operation_key.clone(),
             body,
         };
-        let actor: ActorRef<SenderMsg> = ractor::registry::where_is(self.name.clone())
-            .ok_or(CommandError::Closed)?
-            .into();
         let (accept, accepted) = oneshot::channel();
-        actor
-            .cast(SenderMsg::Submit(Box::new(Submission {
-                envelope,
-                opts,
-                accept,
-            })))
-            .map_err(|_| CommandError::Closed)?;
+        let submit = SenderMsg::Submit(Box::new(Submission {
+            envelope,
+            opts,
+            accept,
+        }));
+        match self.slot.try_cast(submit) {
+            Ok(()) => {}
+            Err(None) => return Err(CommandError::Closed),
+            Err(Some(submit)) => {
+                // First use of an idle stream: start its actor.
+                self.start
+                    .ensure()
+                    .await
+                    .map_err(|_| CommandError::Closed)?;
+                self.slot
+                    .try_cast(submit)
+                    .map_err(|_| CommandError::Closed)?;
+            }
+        }
         let (message_id, reply) = accepted.await.map_err(|_| CommandError::Closed)??;
         Ok(Receipt {
             message_id,
@@ -1005,6 +1109,19 @@ impl ServerState {
             r
         };
         let reply = self.reply_envelope(env, &body);
+        if d.seq == 0 {
+            // Class C (unordered, seq 0) is never stored nor resent by the
+            // sender, so a durable dedupe record would only cost an fsync
+            // per command; the in-memory record still answers a duplicated
+            // frame.
+            self.dedupe.record(
+                stream,
+                d.message_id,
+                reply.clone(),
+                tokio::time::Instant::now().into_std(),
+            );
+            return Ok(reply);
+        }
         let record = DedupeRecord {
             stream: stream.clone(),
             message_id: d.message_id,
@@ -1012,12 +1129,9 @@ impl ServerState {
             reply: reply.clone(),
             recorded_at_ms: now_ms,
         };
-        let cursors = if d.seq > 0 {
-            vec![(stream.clone(), d.seq)]
-        } else {
-            Vec::new()
-        };
-        self.args.store.dedupe_record(&[record], &cursors)?;
+        self.args
+            .store
+            .dedupe_record(&[record], &[(stream.clone(), d.seq)])?;
         self.dedupe.record(
             stream,
             d.message_id,
@@ -1141,8 +1255,11 @@ pub fn server_actor_name(stream: &StreamId) -> String {
     format!("command-server/{stream}")
 }
 
-async fn start_child(node: &Node, spec: ChildSpec) -> Result<(), SpawnError> {
-    ractor::call_t!(node.supervisor(), SupervisorMsg::StartChild, 5_000, spec)
+async fn start_child(
+    supervisor: &ActorRef<SupervisorMsg>,
+    spec: ChildSpec,
+) -> Result<(), SpawnError> {
+    ractor::call_t!(supervisor, SupervisorMsg::StartChild, 5_000, spec)
         .map_err(|e| SpawnError::Start(e.to_string()))?
         .map_err(SpawnError::Start)
 }
@@ -1151,9 +1268,12 @@ async fn start_child(node: &Node, spec: ChildSpec) -> Result<(), SpawnError> {
 pub struct CommandChannel;
 
 impl CommandChannel {
-    /// Starts the sender of `stream` towards `target` under the node's
-    /// supervisor, sets the stream's inbox and registers the stream with
-    /// routing. The returned handle survives restarts of the actor.
+    /// Sets up the sender of `stream` towards `target`: sets the stream's
+    /// inbox, registers the stream with routing, and starts the sender
+    /// actor under the node's supervisor — at once if the store holds
+    /// pending commands of the stream (they are resent), otherwise on the
+    /// first [`CommandSender::send`], so idle streams stay cheap. The
+    /// returned handle survives restarts of the actor.
     pub async fn spawn_sender<C, R>(
         node: &Node,
         stream: StreamId,
@@ -1168,7 +1288,7 @@ impl CommandChannel {
         let name = node.scoped_name(&sender_actor_name(&stream));
         let shared = Arc::new(SenderShared::new((config.clock)()));
         let stats: Arc<SenderStats> = Arc::default();
-        {
+        let spec = {
             let (link, stream, store, config, shared, stats) = (
                 node.link(),
                 stream.clone(),
@@ -1177,7 +1297,7 @@ impl CommandChannel {
                 shared.clone(),
                 stats.clone(),
             );
-            let spec = ChildSpec::new(name.clone(), RestartMode::Permanent, move || {
+            ChildSpec::new(name.clone(), RestartMode::Permanent, move || {
                 (
                     CommandSenderActor,
                     SenderArgs {
@@ -1189,20 +1309,40 @@ impl CommandChannel {
                         stats: stats.clone(),
                     },
                 )
-            });
-            start_child(node, spec).await?;
+            })
+        };
+        let start = Arc::new(LazyStart {
+            supervisor: node.supervisor().clone(),
+            spec,
+            started: tokio::sync::OnceCell::new(),
+        });
+        // A stream with commands pending in the store starts at once, to
+        // resend them; an idle one waits for its first command.
+        let pending = {
+            let (store, stream) = (store.clone(), stream.clone());
+            tokio::task::spawn_blocking(move || {
+                store
+                    .pending_outbox()
+                    .map(|p| p.iter().any(|r| r.stream == stream))
+            })
+            .await
+        };
+        if !matches!(pending, Ok(Ok(false))) {
+            start.ensure().await?;
         }
-        let inbox_name = name.clone();
+        let slot = Arc::new(ActorSlot::new(name));
+        let inbox = slot.clone();
         node.set_inbox(
             stream.clone(),
             Arc::new(move |path: &PathId, frame: Frame| {
-                if let Some(a) = ractor::registry::where_is(inbox_name.clone()) {
-                    let _ =
-                        ActorRef::<SenderMsg>::from(a).cast(SenderMsg::Frame(path.clone(), frame));
+                // The node already reported the ack to routing and the
+                // sender settles entries on the reply: acks need no hop.
+                if !matches!(frame, Frame::Ack(_)) {
+                    inbox.cast(SenderMsg::Frame(path.clone(), frame));
                 }
             }),
         );
-        let (listener_name, listener_shared) = (name.clone(), shared.clone());
+        let (listener, listener_shared) = (slot.clone(), shared.clone());
         let cast_route = move |next: Option<PathId>| {
             // Recorded first: an actor restarting right now reads it in
             // `pre_start`, so a decision is never lost between incarnations.
@@ -1210,9 +1350,7 @@ impl CommandChannel {
                 .route
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = next.clone();
-            if let Some(a) = ractor::registry::where_is(listener_name.clone()) {
-                let _ = ActorRef::<SenderMsg>::from(a).cast(SenderMsg::Route(next));
-            }
+            listener.cast(SenderMsg::Route(next));
         };
         let cast = cast_route.clone();
         let initial = node
@@ -1226,7 +1364,8 @@ impl CommandChannel {
             cast_route(r.path);
         }
         Ok(CommandSender {
-            name,
+            slot,
+            start,
             stream,
             stats,
             config,
@@ -1262,15 +1401,13 @@ impl CommandChannel {
                     },
                 )
             });
-            start_child(node, spec).await?;
+            start_child(node.supervisor(), spec).await?;
         }
+        let slot = ActorSlot::new(name);
         node.set_inbox(
             stream,
             Arc::new(move |path: &PathId, frame: Frame| {
-                if let Some(a) = ractor::registry::where_is(name.clone()) {
-                    let _ =
-                        ActorRef::<ServerMsg>::from(a).cast(ServerMsg::Frame(path.clone(), frame));
-                }
+                slot.cast(ServerMsg::Frame(path.clone(), frame));
             }),
         );
         Ok(handle)
