@@ -129,6 +129,9 @@ pub struct Report {
     /// From blackholing a member's direct path to the first reply it gets
     /// for a command applied via the relay.
     pub failover_ms: Percentiles,
+    /// Replies received by blackholed members after their failover and
+    /// before the heal: they can only have come over the relay.
+    pub replies_while_dark: u64,
     /// Time the members' streams spent on the relay, summed.
     pub time_on_relay_ms: u64,
     /// How many times a direct path was blackholed.
@@ -532,6 +535,18 @@ async fn run(
         })
         .await;
         victim.faults.set_blackhole(false);
+        let healed = Instant::now();
+        if let Some(fo) = obs
+            .routes
+            .get(&victim.stream)
+            .and_then(|r| r.failed_over_at)
+        {
+            let replies = replies.lock().unwrap_or_else(|e| e.into_inner());
+            obs.report.replies_while_dark += replies
+                .iter()
+                .filter(|(m, at)| *m == victim.name && *at >= fo && *at < healed)
+                .count() as u64;
+        }
         log(format!(
             "{:>8.3}s  chaos {cycle}/{}: {}'s direct path restored",
             started.elapsed().as_secs_f64(),

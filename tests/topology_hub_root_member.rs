@@ -34,4 +34,8 @@ async fn chaos_on_the_direct_path_loses_nothing_and_returns_after_the_freeze() {
         "at least one return to direct: {ctx}"
     );
     assert_eq!(report.returns_inside_freeze, 0, "{ctx}");
+    assert!(
+        report.replies_while_dark > 0,
+        "commands were answered over the relay while the direct path was dark: {ctx}"
+    );
 }

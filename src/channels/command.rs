@@ -977,6 +977,9 @@ impl<C: Serialize + Send, R: DeserializeOwned> CommandSender<C, R> {
 pub enum ServerMsg {
     /// A frame of the stream arrived on a path.
     Frame(PathId, Frame),
+    /// Internal: make the dedupe records of the commands applied since the
+    /// last flush durable (one transaction), then send their answers.
+    Flush,
 }
 
 /// Shared handle of a served stream: its authority epoch and counters.
@@ -985,6 +988,9 @@ pub struct ServeHandle {
     epoch: AtomicU64,
     applied: AtomicU64,
     undecodable: AtomicU64,
+    /// Held for the whole of a dedupe write, even past a kill of the actor
+    /// that started it; a restarted actor takes it before reading the store.
+    store_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ServeHandle {
@@ -1049,6 +1055,13 @@ pub struct ServerState {
     args: ServerArgs,
     dedupe: Dedupe,
     order: Sequencer<(PathId, Data, Envelope)>,
+    /// Dedupe records of commands applied since the last flush.
+    records: Vec<DedupeRecord>,
+    /// The highest sequence number applied since the last flush.
+    cursor: Option<u64>,
+    /// Answers held until the records they depend on are durable, in order.
+    answers: Vec<(PathId, Data, Vec<u8>)>,
+    flush_queued: bool,
 }
 
 /// The receiving side of one command stream.
@@ -1122,16 +1135,16 @@ impl ServerState {
             );
             return Ok(reply);
         }
-        let record = DedupeRecord {
+        // Made durable by the next flush, with every other record applied
+        // before it (group commit); its answer waits for that flush.
+        self.records.push(DedupeRecord {
             stream: stream.clone(),
             message_id: d.message_id,
             seq: d.seq,
             reply: reply.clone(),
             recorded_at_ms: now_ms,
-        };
-        self.args
-            .store
-            .dedupe_record(&[record], &[(stream.clone(), d.seq)])?;
+        });
+        self.cursor = Some(self.cursor.map_or(d.seq, |c| c.max(d.seq)));
         self.dedupe.record(
             stream,
             d.message_id,
@@ -1139,6 +1152,28 @@ impl ServerState {
             tokio::time::Instant::now().into_std(),
         );
         Ok(reply)
+    }
+
+    /// Writes the pending dedupe records and cursor in one transaction off
+    /// the actor's thread, then sends the answers that waited for them.
+    async fn flush(&mut self) -> Result<(), ActorProcessingErr> {
+        let records = std::mem::take(&mut self.records);
+        let cursor = self.cursor.take();
+        if !records.is_empty() || cursor.is_some() {
+            let (store, stream) = (self.args.store.clone(), self.args.stream.clone());
+            let gate = self.args.handle.store_gate.clone().lock_owned().await;
+            tokio::task::spawn_blocking(move || {
+                let _gate = gate;
+                let cursors: Vec<(StreamId, u64)> =
+                    cursor.map(|c| (stream, c)).into_iter().collect();
+                store.dedupe_record(&records, &cursors)
+            })
+            .await??;
+        }
+        for (path, d, reply) in std::mem::take(&mut self.answers) {
+            self.answer(&path, &d, &reply);
+        }
+        Ok(())
     }
 
     async fn on_data(&mut self, path: PathId, d: Data) -> Result<(), ActorProcessingErr> {
@@ -1166,16 +1201,18 @@ impl ServerState {
             Offer::Deliver(items) => {
                 for (_, (path, d, env)) in items {
                     let reply = self.apply(&d, &env).await?;
-                    self.answer(&path, &d, &reply);
+                    self.answers.push((path, d, reply));
                 }
             }
             Offer::Delivered((path, d, _)) => {
+                // A duplicate: its record may still be in the pending batch,
+                // so the answer also waits for the flush.
                 if let Check::Seen(reply) = self.dedupe.check(&stream, d.message_id) {
                     let reply = reply.to_vec();
-                    self.answer(&path, &d, &reply);
+                    self.answers.push((path, d, reply));
                 } else if let Ok(Some(reply)) = self.args.store.dedupe_lookup(&stream, d.message_id)
                 {
-                    self.answer(&path, &d, &reply);
+                    self.answers.push((path, d, reply));
                 }
             }
             Offer::Buffered | Offer::AlreadyBuffered(_) | Offer::Overflow(_) => {}
@@ -1194,6 +1231,8 @@ impl Actor for CommandServerActor {
         _myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        // A predecessor killed during a flush may still be writing.
+        let _gate = args.handle.store_gate.clone().lock_owned().await;
         let records: Vec<DedupeRecord> = args
             .store
             .dedupe_load()?
@@ -1214,18 +1253,34 @@ impl Actor for CommandServerActor {
             args,
             dedupe,
             order,
+            records: Vec::new(),
+            cursor: None,
+            answers: Vec::new(),
+            flush_queued: false,
         })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ServerMsg::Frame(path, Frame::Data(d)) => state.on_data(path, d).await?,
+            ServerMsg::Frame(path, Frame::Data(d)) => {
+                state.on_data(path, d).await?;
+                if !state.answers.is_empty() && !state.flush_queued {
+                    // Queued behind every frame already in the mailbox: they
+                    // all share one durable write (group commit).
+                    state.flush_queued = true;
+                    myself.cast(ServerMsg::Flush)?;
+                }
+            }
             ServerMsg::Frame(..) => {}
+            ServerMsg::Flush => {
+                state.flush_queued = false;
+                state.flush().await?;
+            }
         }
         Ok(())
     }
