@@ -17,7 +17,9 @@
 //!    store's fsync'd group commit returned), 64 concurrent senders on one
 //!    stream, against raw redb transactions writing the same rows with the
 //!    same durability and the same drain-everything-waiting batching.
-//! 4. **Failover**: pending the relay transport (`"failover": null`).
+//! 4. **Failover**: 20 blackholings of members' direct paths in the
+//!    hub–root–member topology, default policy: time to the first reply of a
+//!    command applied via the relay (`failover_p50_ms`, `failover_p99_ms`).
 //! 5. **Scale**: process RSS per idle registered command stream
 //!    ([`CommandChannel::spawn_sender`], no traffic) for 10 000 and 100 000
 //!    streams, each measured in a fresh child process.
@@ -763,20 +765,45 @@ struct Failover {
     lost: u64,
 }
 
-/// Part 4, pending the relay transport (built on the root-service branch);
-/// returns `None` until then. To wire it: a hub and a member (certificates
-/// from `ca`) with the direct QUIC path (member socket under a
-/// `FaultHandle`) and the relay path, default routing policy, a class-A
-/// command stream applying continuously; `blackholings` times blackhole
-/// the member's direct socket, record the time to the first command the
-/// hub applies via the relay, heal and wait for the return to direct; then
-/// count accepted-but-unapplied commands. The caller reports p50/p99.
+/// Part 4: the hub–root–member topology (`interlocking::topology`) with
+/// one member per blackholing, each sending a class-A command every 100 ms
+/// under the **default** routing policy. Members are blackholed in turn
+/// (one at a time, 0.2–0.6 s apart, dark for 1.5–2 s); each sample is the
+/// time from the blackholing to the first reply of a command applied via
+/// the relay. One member per blackholing keeps flap damping (a per-stream
+/// penalty) out of the figure; the topology test covers repeated flaps.
 async fn failover(
-    ca: &CertificateAuthority,
+    _ca: &CertificateAuthority,
     blackholings: usize,
 ) -> Result<Option<Failover>, BoxError> {
-    let _ = (ca, blackholings);
-    Ok(None)
+    let mut opts = interlocking::topology::Options::new(11);
+    opts.members = blackholings;
+    opts.chaos_cycles = blackholings as u32;
+    opts.interval = Duration::from_millis(100);
+    opts.routing = interlocking::routing::RoutingConfig::default();
+    opts.quiet_ms = (200, 600);
+    opts.dark_ms = (1_500, 2_000);
+    opts.round_robin = true;
+    opts.wait_for_return = false;
+    let report = interlocking::topology::hub_root_member(opts, |_| {})
+        .await
+        .map_err(|e| -> BoxError { e.to_string().into() })?;
+    eprintln!(
+        "failover: {} blackholings, {} failovers, {} sent, {} applied, {} duplicates",
+        report.blackholings,
+        report.failovers,
+        report.commands_sent,
+        report.commands_applied,
+        report.duplicates_applied
+    );
+    Ok(Some(Failover {
+        ms: report
+            .failover_samples_ms
+            .iter()
+            .map(|m| *m as f64)
+            .collect(),
+        lost: report.lost + report.duplicates_applied,
+    }))
 }
 
 fn machine() -> Value {

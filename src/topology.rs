@@ -50,6 +50,15 @@ pub struct Options {
     pub interval: Duration,
     /// Routing policies of every node.
     pub routing: RoutingConfig,
+    /// Quiet spell before each blackholing, drawn from this range (ms).
+    pub quiet_ms: (u64, u64),
+    /// How long each blackholing lasts, drawn from this range (ms).
+    pub dark_ms: (u64, u64),
+    /// Blackhole members in turn (member 1, 2, …) instead of at random.
+    pub round_robin: bool,
+    /// After each restore, wait until the stream is back on direct before
+    /// the next cycle (off: measure failovers only, cycles overlap less).
+    pub wait_for_return: bool,
     /// Where the nodes keep their redb files (a fresh folder per run is
     /// made inside it and removed at the end).
     pub state_dir: PathBuf,
@@ -66,6 +75,10 @@ impl Options {
             duration: Duration::from_secs(5),
             interval: Duration::from_millis(20),
             routing: quick_policy(),
+            quiet_ms: (500, 2_000),
+            dark_ms: (1_000, 2_500),
+            round_robin: false,
+            wait_for_return: true,
             state_dir: std::env::temp_dir(),
         }
     }
@@ -129,6 +142,8 @@ pub struct Report {
     /// From blackholing a member's direct path to the first reply it gets
     /// for a command applied via the relay.
     pub failover_ms: Percentiles,
+    /// Every failover sample, in cycle order (ms).
+    pub failover_samples_ms: Vec<u64>,
     /// Replies received by blackholed members after their failover and
     /// before the heal: they can only have come over the relay.
     pub replies_while_dark: u64,
@@ -501,9 +516,13 @@ async fn run(
     let mut failover_ms = Vec::new();
     for cycle in 1..=opts.chaos_cycles {
         // A seeded quiet spell, then one member's direct path goes dark.
-        let quiet = Duration::from_millis(rng.random_range(500..2_000));
-        let dark = Duration::from_millis(rng.random_range(1_000..2_500));
-        let victim = &members[rng.random_range(0..members.len())];
+        let quiet = Duration::from_millis(rng.random_range(opts.quiet_ms.0..=opts.quiet_ms.1));
+        let dark = Duration::from_millis(rng.random_range(opts.dark_ms.0..=opts.dark_ms.1));
+        let victim = if opts.round_robin {
+            &members[(cycle as usize - 1) % members.len()]
+        } else {
+            &members[rng.random_range(0..members.len())]
+        };
         obs.run_until(Instant::now() + quiet, |_| false).await;
         log(format!(
             "{:>8.3}s  chaos {cycle}/{}: {}'s direct path blackholed for {dark:?}",
@@ -553,10 +572,19 @@ async fn run(
             opts.chaos_cycles,
             victim.name
         ));
-        // Wait (bounded) for the victim's stream to return to direct.
+        // Wait (bounded) for the victim's stream to return to direct, or
+        // only for its failover to be measured.
+        let wait_return = opts.wait_for_return;
         obs.run_until(Instant::now() + Duration::from_secs(60), |o| {
             measured = measured.or_else(|| relayed_reply(o));
-            o.kind(&victim.stream) == Some(PathKind::Quic)
+            if wait_return {
+                o.kind(&victim.stream) == Some(PathKind::Quic)
+            } else {
+                measured.is_some()
+                    || o.routes
+                        .get(&victim.stream)
+                        .is_some_and(|r| r.failed_over_at.is_none())
+            }
         })
         .await;
         if let Some(ms) = measured {
@@ -596,7 +624,8 @@ async fn run(
         .map(|r| r.on_relay + r.on_relay_since.map(|s| now - s).unwrap_or_default())
         .sum::<Duration>()
         .as_millis() as u64;
-    report.failover_ms = Percentiles::of(failover_ms);
+    report.failover_ms = Percentiles::of(failover_ms.clone());
+    report.failover_samples_ms = failover_ms;
     report.run_ms = started.elapsed().as_millis() as u64;
 
     for m in members {
