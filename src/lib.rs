@@ -65,6 +65,7 @@ pub mod channels;
 pub mod root;
 pub mod routing;
 pub mod store;
+mod sync;
 pub mod topology;
 pub mod transports;
 pub mod trust;

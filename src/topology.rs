@@ -28,6 +28,7 @@ use crate::channels::command::{
 use crate::root::{Root, RootConfig, RootHandle, join};
 use crate::routing::{Decision, RoutingConfig, Rule};
 use crate::store::RedbStore;
+use crate::sync::{LockRecover, lock};
 use crate::transports::PeerAddr;
 use crate::transports::probe::ProbeConfig;
 use crate::transports::quic::faults::FaultHandle;
@@ -173,14 +174,14 @@ pub struct Ledger {
 impl Ledger {
     /// (distinct commands applied, applications beyond the first).
     pub fn counts(&self) -> (u64, u64) {
-        let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        let applied = lock(&self.applied);
         let dups = applied.values().map(|n| n - 1).sum();
         (applied.len() as u64, dups)
     }
 
     /// Whether command `k` of `member` was applied.
     pub fn contains(&self, member: &str, k: u64) -> bool {
-        let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        let applied = lock(&self.applied);
         applied.contains_key(&(member.to_string(), k))
     }
 }
@@ -191,7 +192,7 @@ impl CommandHandler for Ledger {
     type Reply = u64;
 
     async fn handle(&self, cmd: Move) -> Result<u64, String> {
-        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        let mut applied = lock(&self.applied);
         *applied.entry((cmd.member, cmd.k)).or_insert(0) += 1;
         Ok(cmd.k)
     }
@@ -475,10 +476,7 @@ async fn run(
                     waiting.push(tokio::spawn(async move {
                         let ok = receipt.reply().await.is_ok();
                         if ok {
-                            replies
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .push((name, Instant::now()));
+                            replies.lock_recover().push((name, Instant::now()));
                         }
                     }));
                 }
@@ -530,7 +528,7 @@ async fn run(
             opts.chaos_cycles,
             victim.name,
         ));
-        replies.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        lock(&replies).clear();
         victim.faults.set_blackhole(true);
         obs.report.blackholings += 1;
         let cut = Instant::now();
@@ -541,7 +539,7 @@ async fn run(
         // applied via the relay.
         let relayed_reply = |o: &Observer<'_, _>| {
             let fo = o.routes.get(&victim.stream)?.failed_over_at?;
-            let replies = replies.lock().unwrap_or_else(|e| e.into_inner());
+            let replies = lock(&replies);
             replies
                 .iter()
                 .find(|(m, at)| *m == victim.name && *at >= fo)
@@ -560,7 +558,7 @@ async fn run(
             .get(&victim.stream)
             .and_then(|r| r.failed_over_at)
         {
-            let replies = replies.lock().unwrap_or_else(|e| e.into_inner());
+            let replies = lock(&replies);
             obs.report.replies_while_dark += replies
                 .iter()
                 .filter(|(m, at)| *m == victim.name && *at >= fo && *at < healed)

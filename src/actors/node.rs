@@ -53,6 +53,7 @@ use crate::routing::authority::{
 use crate::routing::{
     Decision, Explanation, Need, Observation, RegisterError, Route, RoutingConfig,
 };
+use crate::sync::{LockRecover, lock};
 use crate::transports::memory::MemoryNetwork;
 use crate::transports::probe::ProbeConfig;
 use crate::transports::quic::faults::FaultHandle;
@@ -132,10 +133,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn routing(&self) -> Option<ActorRef<RoutingMsg>> {
-        self.routing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.routing.lock_recover().clone()
     }
 
     fn cast(&self, msg: RoutingMsg) {
@@ -151,11 +149,7 @@ struct Env(Arc<Shared>);
 
 impl AuthorityEnv for Env {
     fn registrations(&self) -> Vec<(StreamId, Need, RouteListener)> {
-        let regs = self
-            .0
-            .registrations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let regs = self.0.registrations.lock_recover();
         regs.iter()
             .map(|(s, (n, l))| (s.clone(), n.clone(), l.clone()))
             .collect()
@@ -163,19 +157,14 @@ impl AuthorityEnv for Env {
     fn remember(&self, stream: &StreamId, need: &Need, listener: &RouteListener) {
         self.0
             .registrations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .lock_recover()
             .insert(stream.clone(), (need.clone(), listener.clone()));
     }
     fn forget(&self, stream: &StreamId) {
-        self.0
-            .registrations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(stream);
+        self.0.registrations.lock_recover().remove(stream);
     }
     fn open_paths(&self) -> Vec<PathId> {
-        let open = self.0.open_paths.lock().unwrap_or_else(|e| e.into_inner());
+        let open = lock(&self.0.open_paths);
         open.keys().cloned().collect()
     }
     fn on_decision(&self, decision: &Decision) {
@@ -183,7 +172,7 @@ impl AuthorityEnv for Env {
         let _ = self.0.decisions.send(decision.clone());
     }
     fn started(&self, me: ActorRef<RoutingMsg>) {
-        *self.0.routing.lock().unwrap_or_else(|e| e.into_inner()) = Some(me);
+        *lock(&self.0.routing) = Some(me);
     }
 }
 
@@ -360,7 +349,7 @@ impl NodeBuilder {
         let bound: Arc<Mutex<Option<std::net::SocketAddr>>> = Arc::default();
         self.transport(PathKind::Quic, move |sink| {
             let mut config = config.clone();
-            if let Some(addr) = *bound.lock().unwrap_or_else(|e| e.into_inner()) {
+            if let Some(addr) = *lock(&bound) {
                 config.listen = addr;
             }
             let result = match &faults {
@@ -368,7 +357,7 @@ impl NodeBuilder {
                 None => QuicTransport::bind(config, sink),
             };
             let result = result.map(|t| {
-                *bound.lock().unwrap_or_else(|e| e.into_inner()) = Some(t.local_addr());
+                *lock(&bound) = Some(t.local_addr());
                 t as Arc<dyn Transport>
             });
             async move { result.map_err(|e| e.to_string()) }
@@ -565,19 +554,11 @@ async fn pump(shared: Arc<Shared>, mut rx: mpsc::Receiver<TransportEvent>) {
             fact => {
                 match &fact {
                     Fact::Up => {
-                        shared
-                            .open_paths
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(path.clone(), ());
+                        shared.open_paths.lock_recover().insert(path.clone(), ());
                         shared.cast(RoutingMsg::PathAdded(path.clone()));
                     }
                     Fact::Down(_) => {
-                        shared
-                            .open_paths
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&path);
+                        shared.open_paths.lock_recover().remove(&path);
                     }
                     _ => {}
                 }

@@ -41,6 +41,7 @@ use crate::actors::node::{Node, NodeLink};
 use crate::actors::supervisor::{ChildSpec, RestartMode, SupervisorMsg};
 use crate::routing::Need;
 use crate::store::{AppendOutcome, DedupeRecord, NewOutboxEntry, OutboxBatch, Store};
+use crate::sync::{LockRecover, lock};
 use crate::vocab::{ChannelKind, NodeId, PathId, StreamId, TrafficClass};
 use crate::wire::{Ack, Data, Frame, Reject};
 
@@ -395,11 +396,11 @@ impl SenderShared {
     }
 
     fn route(&self) -> Option<PathId> {
-        self.route.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.route).clone()
     }
 
     fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<ReplyTx>>> {
-        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.waiters)
     }
 
     fn wait(&self, message_id: u64, tx: ReplyTx) {
@@ -826,7 +827,7 @@ impl<M: ractor::Message> ActorSlot<M> {
     /// Casts `msg` to the running actor; gives it back when none is
     /// running (when it can).
     fn try_cast(&self, msg: M) -> Result<(), Option<M>> {
-        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cached = lock(&self.cached);
         let msg = match cached.as_ref() {
             Some(actor) => match actor.cast(msg) {
                 Ok(()) => return Ok(()),
@@ -1401,10 +1402,7 @@ impl CommandChannel {
         let cast_route = move |next: Option<PathId>| {
             // Recorded first: an actor restarting right now reads it in
             // `pre_start`, so a decision is never lost between incarnations.
-            *listener_shared
-                .route
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = next.clone();
+            *listener_shared.route.lock_recover() = next.clone();
             listener.cast(SenderMsg::Route(next));
         };
         let cast = cast_route.clone();

@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::sync::lock;
 use crate::vocab::{NodeId, Role};
 
 /// Admission refusal codes (`docs/wire.md` §7, `docs/root.md` §6), sent in
@@ -283,7 +284,7 @@ impl AdmissionBook {
     }
 
     fn mem(&self) -> std::sync::MutexGuard<'_, Memory> {
-        self.mem.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.mem)
     }
 
     /// Issues a single-use token for `node` in `role`, valid for `ttl` from

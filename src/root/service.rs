@@ -39,6 +39,7 @@ use tokio::task::JoinHandle;
 use super::admission::{AdmissionBook, AdmissionError, JoinToken, codes, unix_ms};
 use super::dedupe::{DedupeTable, Verdict};
 use crate::actors::restart::{RestartDecision, RestartPolicy, RestartTracker};
+use crate::sync::lock;
 use crate::transports::probe::ProbeConfig;
 use crate::transports::quic::{QueueBudget, QuicConfig, QuicError, QuicTransport};
 use crate::transports::{Fact, PeerAddr, SendError, Transport, TransportEvent};
@@ -180,10 +181,6 @@ struct Inner {
     registry: Mutex<HashMap<NodeId, Registration>>,
     dedupe: Mutex<DedupeTable>,
     counters: Counters,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Loads the root CA from `dir` (`ca.der`, `ca.key.der`), creating and

@@ -34,6 +34,7 @@ use super::probe::{ProbeConfig, Prober};
 use super::{
     ConnectError, DownCause, EventSink, Fact, PeerAddr, SendError, Transport, TransportEvent,
 };
+use crate::sync::lock;
 use crate::vocab::{NodeId, PathId, PathKind};
 use crate::wire::{Frame, FrameKind, ProbeAck};
 
@@ -202,7 +203,7 @@ impl MemoryNetwork {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Net> {
-        self.net.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.net)
     }
 
     /// Sets the faults that links created from now on start with.
@@ -459,7 +460,7 @@ struct Inner {
 
 impl Inner {
     fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, PeerEntry>> {
-        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.peers)
     }
 
     fn path(&self, peer: &NodeId) -> PathId {

@@ -50,6 +50,7 @@ use super::probe::{ProbeConfig, Prober};
 use super::{
     ConnectError, DownCause, EventSink, Fact, PeerAddr, SendError, Transport, TransportEvent,
 };
+use crate::sync::lock;
 use crate::trust::{self, NodeIdentity, TrustRoots};
 use crate::vocab::{NodeId, PathId, PathKind, StreamId, TrafficClass};
 use crate::wire::{
@@ -349,10 +350,6 @@ struct Inner {
     closed: AtomicBool,
     generation: AtomicU64,
     shutdown: watch::Sender<bool>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The QUIC transport of one node.

@@ -43,6 +43,7 @@ use super::quic::{QuicConfig, QuicError, QuicTransport};
 use super::{
     ConnectError, DownCause, EventSink, Fact, PeerAddr, SendError, Transport, TransportEvent,
 };
+use crate::sync::lock;
 use crate::vocab::{NodeId, PathId, PathKind};
 use crate::wire::{
     CodecConfig, Frame, Lookup, LookupReply, ProbeAck, Register, Relay, Signal, decode_frame,
@@ -131,10 +132,6 @@ struct Inner {
     signals: broadcast::Sender<Signal>,
     dial_lock: tokio::sync::Mutex<()>,
     reached: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The relay transport of one node. See the module docs.

@@ -9,6 +9,7 @@
 //! Must not touch: anything above the socket. quinn sees only a lossy
 //! network and reacts as it would to a real one.
 
+use crate::sync::LockRecover;
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
@@ -92,13 +93,7 @@ impl FaultHandle {
             return true;
         }
         let loss = self.loss();
-        loss > 0.0
-            && self
-                .state
-                .rng
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .random_bool(loss)
+        loss > 0.0 && self.state.rng.lock_recover().random_bool(loss)
     }
 }
 
