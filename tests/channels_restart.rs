@@ -465,6 +465,13 @@ async fn killed_transport_actors_lose_nothing() {
     kill_mid_stream(13, "transport/quic", false).await;
 }
 
+// The hub's `channels` supervisor itself: it starts every channel actor of
+// the node again (the server's dedupe and cursor come back from the store).
+#[tokio::test(start_paused = true)]
+async fn killed_channels_supervisor_restarts_its_channels_and_loses_nothing() {
+    kill_mid_stream(16, "channels", true).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn class_b_replays_within_its_window_on_a_route_change_and_drops_the_oldest() {
     let store = MemStore::new();

@@ -191,7 +191,6 @@ async fn root_drops_a_retried_class_a_frame_and_replays_its_reply() {
     assert!(matches!(ev.fact, Fact::Frame(f) if f == reply));
     // ...and a later retry of 7 is answered by the root from that reply,
     // without reaching b again.
-    let relayed = root.counters().relayed;
     ta.send(&b_id, command(7, 1)).unwrap();
     let (ev, _) = until(
         &mut ra,
@@ -213,7 +212,6 @@ async fn root_drops_a_retried_class_a_frame_and_replays_its_reply() {
         matches!(ev.fact, Fact::Frame(Frame::Data(d)) if d.message_id == 10),
         "b saw no second copy of 7"
     );
-    assert!(root.counters().relayed >= relayed + 2);
     ta.shutdown().await;
     tb.shutdown().await;
     root.shutdown().await;

@@ -129,6 +129,11 @@ pub(crate) struct Shared {
     events: EventSink,
     /// Frames refused because their stream is unknown here.
     refused_unknown_stream: std::sync::atomic::AtomicU64,
+    /// Prefix of every actor name in this node's tree (`id#instance/`).
+    prefix: String,
+    /// Every channel actor started on this node: a restarted `channels`
+    /// supervisor starts them all again.
+    channel_specs: Mutex<Vec<ChildSpec>>,
 }
 
 impl Shared {
@@ -383,6 +388,11 @@ impl NodeBuilder {
 
     /// Starts the actor tree and the event pump.
     pub async fn spawn(self) -> Result<Node, NodeError> {
+        // Actor names are process-global in ractor; the instance number lets
+        // several nodes with the same id live in one process (tests).
+        static INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let instance = INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("{}#{instance}/", self.id);
         let (events, rx) = mpsc::channel(self.event_queue);
         let (decisions, _) = broadcast::channel(1024);
         let shared = Arc::new(Shared {
@@ -396,13 +406,10 @@ impl NodeBuilder {
             decisions,
             events,
             refused_unknown_stream: Default::default(),
+            prefix: prefix.clone(),
+            channel_specs: Mutex::new(Vec::new()),
         });
         let pump = tokio::spawn(pump(shared.clone(), rx));
-        // Actor names are process-global in ractor; the instance number lets
-        // several nodes with the same id live in one process (tests).
-        static INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let instance = INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let prefix = format!("{}#{instance}/", self.id);
 
         let routing = {
             let shared = shared.clone();
@@ -455,19 +462,22 @@ impl NodeBuilder {
                 )
             },
         );
-        let channels = ChildSpec::new(
-            format!("{prefix}channels"),
-            RestartMode::Permanent,
-            move || {
-                (
-                    Supervisor,
-                    SupervisorArgs {
-                        policy,
-                        children: Vec::new(),
-                    },
-                )
-            },
-        );
+        let channels = {
+            let shared = shared.clone();
+            ChildSpec::new(
+                format!("{prefix}channels"),
+                RestartMode::Permanent,
+                move || {
+                    (
+                        Supervisor,
+                        SupervisorArgs {
+                            policy,
+                            children: lock(&shared.channel_specs).clone(),
+                        },
+                    )
+                },
+            )
+        };
         let (root, join) = Actor::spawn(
             Some(format!("{prefix}node")),
             Supervisor,
@@ -609,6 +619,26 @@ impl NodeLink {
                 frame: Box::new(frame),
             }),
         }
+    }
+}
+
+impl NodeLink {
+    /// Starts a channel actor under the node's `channels` supervisor, which
+    /// restarts it as its policy says and starts it again if the
+    /// supervisor itself is restarted.
+    pub async fn start_channel(&self, spec: ChildSpec) -> Result<(), String> {
+        let name = format!("{}channels", self.0.prefix);
+        let supervisor: ActorRef<SupervisorMsg> = ractor::registry::where_is(name)
+            .ok_or("the channels supervisor is not running")?
+            .into();
+        lock(&self.0.channel_specs).push(spec.clone());
+        let started = ractor::call_t!(supervisor, SupervisorMsg::StartChild, 5_000, spec.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        if started.is_err() {
+            lock(&self.0.channel_specs).retain(|s| s.name != spec.name);
+        }
+        started
     }
 }
 

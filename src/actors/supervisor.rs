@@ -144,6 +144,15 @@ pub struct Supervisor;
 impl SupervisorState {
     async fn start(&mut self, myself: &ActorCell, spec: ChildSpec) -> Result<(), SpawnErr> {
         let name = spec.name.clone();
+        // A child orphaned by a predecessor that was killed (killing skips
+        // `post_stop`, which stops children) still holds the name: end it
+        // first so the fresh child can take it.
+        if let Some(orphan) = ractor::registry::where_is(name.clone())
+            && !self.by_id.contains_key(&orphan.get_id())
+        {
+            tracing::warn!(child = %name, "stopping an orphaned child before starting it again");
+            let _ = orphan.kill_and_wait(Some(Duration::from_secs(5))).await;
+        }
         let cell = (spec.start)(myself.clone()).await?;
         self.by_id.insert(cell.get_id(), name.clone());
         let slot = self.children.entry(name).or_insert_with(|| Slot {

@@ -38,7 +38,7 @@ use tokio::sync::oneshot;
 use super::{Check, Dedupe, DedupeConfig, Offer, OrderConfig, Outbox, OutboxConfig, Sequencer};
 use super::{Transmit, TransmitKind};
 use crate::actors::node::{Node, NodeLink};
-use crate::actors::supervisor::{ChildSpec, RestartMode, SupervisorMsg};
+use crate::actors::supervisor::{ChildSpec, RestartMode};
 use crate::routing::Need;
 use crate::store::{AppendOutcome, DedupeRecord, NewOutboxEntry, OutboxBatch, Store};
 use crate::sync::{LockRecover, lock};
@@ -851,7 +851,7 @@ impl<M: ractor::Message> ActorSlot<M> {
 /// (registered, never used, nothing pending in the store) costs no actor,
 /// task or mailbox.
 struct LazyStart {
-    supervisor: ActorRef<SupervisorMsg>,
+    link: NodeLink,
     spec: ChildSpec,
     started: tokio::sync::OnceCell<()>,
 }
@@ -861,7 +861,7 @@ impl LazyStart {
     /// restarts it from then on).
     async fn ensure(&self) -> Result<(), SpawnError> {
         self.started
-            .get_or_try_init(|| start_child(&self.supervisor, self.spec.clone()))
+            .get_or_try_init(|| start_child(&self.link, self.spec.clone()))
             .await
             .map(|_| ())
     }
@@ -1311,13 +1311,9 @@ pub fn server_actor_name(stream: &StreamId) -> String {
     format!("command-server/{stream}")
 }
 
-async fn start_child(
-    supervisor: &ActorRef<SupervisorMsg>,
-    spec: ChildSpec,
-) -> Result<(), SpawnError> {
-    ractor::call_t!(supervisor, SupervisorMsg::StartChild, 5_000, spec)
-        .map_err(|e| SpawnError::Start(e.to_string()))?
-        .map_err(SpawnError::Start)
+/// Starts a channel actor under the node's `channels` supervisor.
+async fn start_child(link: &NodeLink, spec: ChildSpec) -> Result<(), SpawnError> {
+    link.start_channel(spec).await.map_err(SpawnError::Start)
 }
 
 /// Starts command channel actors on a node.
@@ -1368,7 +1364,7 @@ impl CommandChannel {
             })
         };
         let start = Arc::new(LazyStart {
-            supervisor: node.supervisor().clone(),
+            link: node.link(),
             spec,
             started: tokio::sync::OnceCell::new(),
         });
@@ -1454,7 +1450,7 @@ impl CommandChannel {
                     },
                 )
             });
-            start_child(node.supervisor(), spec).await?;
+            start_child(&node.link(), spec).await?;
         }
         let slot = ActorSlot::new(name);
         node.set_inbox(
