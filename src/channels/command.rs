@@ -1,8 +1,8 @@
 //! The command channel actor: the glue between the pure cores
 //! ([`Outbox`], [`Dedupe`], [`Sequencer`]), the [`Store`] and a [`Node`].
 //!
-//! Owns, per command stream, two ractor actors started under the node's top
-//! supervisor:
+//! Owns, per command stream, two ractor actors started under the node's
+//! `channels` supervisor:
 //! - the **sender** ([`CommandChannel::spawn_sender`]; started on the
 //!   stream's first command, or at once if the store holds commands of the
 //!   stream still pending, so an idle stream costs no actor): accepts commands
@@ -20,7 +20,62 @@
 //!
 //! It does not choose paths (the routing authority does), does not define
 //! the store's layout and does not retry by itself beyond the outbox's
-//! rules. See `docs/channels.md` for the semantics and an example.
+//! rules. See `docs/channels.md` for the semantics.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use async_trait::async_trait;
+//! use interlocking::actors::node::NodeBuilder;
+//! use interlocking::channels::command::{
+//!     CommandChannel, CommandHandler, CommandSender, SendOptions, SenderConfig, ServeConfig,
+//! };
+//! use interlocking::store::MemStore;
+//! use interlocking::transports::{memory::MemoryNetwork, probe::ProbeConfig, PeerAddr};
+//! use interlocking::vocab::{NodeId, PathKind, Role, StreamId};
+//!
+//! /// The application's handler: doubles a number.
+//! struct Doubler;
+//!
+//! #[async_trait]
+//! impl CommandHandler for Doubler {
+//!     type Command = u64;
+//!     type Reply = u64;
+//!     async fn handle(&self, n: u64) -> Result<u64, String> {
+//!         Ok(n * 2)
+//!     }
+//! }
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let net = MemoryNetwork::new(1);
+//! let hub = NodeBuilder::new("hub", Role::Hub)
+//!     .memory(&net, PathKind::Quic, ProbeConfig::default())
+//!     .spawn()
+//!     .await?;
+//! let member = NodeBuilder::new("m1", Role::Member)
+//!     .memory(&net, PathKind::Quic, ProbeConfig::default())
+//!     .dial(PathKind::Quic, PeerAddr::node("hub"))
+//!     .spawn()
+//!     .await?;
+//! let stream = StreamId::new("command:m1/hub");
+//! // A real node passes a `RedbStore`; `MemStore` keeps the example quick.
+//! CommandChannel::serve(&hub, stream.clone(), Doubler, Arc::new(MemStore::new()), ServeConfig::default())
+//!     .await?;
+//! let sender: CommandSender<u64, u64> = CommandChannel::spawn_sender(
+//!     &member,
+//!     stream,
+//!     NodeId::new("hub"),
+//!     Arc::new(MemStore::new()),
+//!     SenderConfig::default(),
+//! )
+//! .await?;
+//! let receipt = sender.send(21, SendOptions::class_a()).await?; // stored: accepted
+//! assert_eq!(receipt.reply().await?, 42); // applied once on the hub
+//! member.shutdown().await;
+//! hub.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
