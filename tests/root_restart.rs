@@ -44,6 +44,10 @@ fn free_addr() -> std::net::SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relayed_class_a_commands_queue_while_the_root_is_down_and_apply_once_after() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let state = tempfile::tempdir().unwrap();
     let config = RootConfig {
         listen: free_addr(),

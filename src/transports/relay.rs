@@ -430,6 +430,30 @@ async fn probe_loop(inner: Arc<Inner>, peer: NodeId, mut acks: mpsc::UnboundedRe
     }
 }
 
+/// After the root link came back: looks `peer` up until the root says it is
+/// online (it may reconnect later than this node), with backoff from
+/// 100 ms to 2 s. Gives up when the peer is no longer wanted, its path is
+/// open, the root link is down again (the next link-up starts over) or the
+/// transport is shut down.
+async fn reopen(inner: Arc<Inner>, peer: NodeId) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        if inner.closed.load(Ordering::Acquire)
+            || !lock(&inner.wanted).contains(&peer)
+            || lock(&inner.peers).contains_key(&peer)
+            || !*inner.root_up.borrow()
+        {
+            return;
+        }
+        if inner.lookup(Some(peer.clone()), None).await.is_ok() {
+            inner.open(&peer).await;
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
 /// Reads the link's events: unwraps relayed frames, answers lookups,
 /// tracks the root connection.
 async fn link_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<TransportEvent>) {
@@ -444,23 +468,18 @@ async fn link_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<TransportEvent>) {
         }
         match ev.fact {
             Fact::Up => {
-                let _ = inner.root_up.send(true);
+                inner.root_up.send_replace(true);
                 let reg = lock(&inner.registration).clone();
                 if let Some(reg) = reg {
                     let _ = inner.link.send(&inner.root.node, Frame::Register(reg));
                 }
                 let wanted: Vec<NodeId> = lock(&inner.wanted).iter().cloned().collect();
                 for peer in wanted {
-                    let inner = inner.clone();
-                    tokio::spawn(async move {
-                        if inner.lookup(Some(peer.clone()), None).await.is_ok() {
-                            inner.open(&peer).await;
-                        }
-                    });
+                    tokio::spawn(reopen(inner.clone(), peer));
                 }
             }
             Fact::Down(cause) => {
-                let _ = inner.root_up.send(false);
+                inner.root_up.send_replace(false);
                 lock(&inner.pending).clear();
                 let peers: Vec<NodeId> = lock(&inner.peers).keys().cloned().collect();
                 for peer in peers {
