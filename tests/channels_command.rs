@@ -14,7 +14,8 @@ use bytes::Bytes;
 use interlocking::actors::node::{Node, NodeBuilder};
 use interlocking::channels::command::{SenderConfig, ServeConfig, ServeHandle, system_clock};
 use interlocking::channels::{
-    CommandChannel, CommandError, CommandHandler, CommandSender, OutboxConfig, SendOptions,
+    CommandChannel, CommandError, CommandHandler, CommandSender, DedupeConfig, OutboxConfig,
+    SendOptions,
 };
 use interlocking::routing::RoutingConfig;
 use interlocking::store::{MemStore, Store};
@@ -284,4 +285,55 @@ async fn operation_key_dedupes_and_try_send_reports_full() {
     assert_eq!(b.reply().await, Ok(10));
     assert_eq!(s.ledger.runs.load(Ordering::Relaxed), 1);
     s.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn dedupe_records_are_pruned_to_the_configured_bound() {
+    let net = MemoryNetwork::new(31);
+    let (hub, member) = pair(&net).await;
+    let stream = StreamId::new("command:m1/hub");
+    let hub_store = MemStore::new();
+    let serve_cfg = ServeConfig::default()
+        .dedupe(DedupeConfig::default().max_per_stream(5))
+        .prune_every(Duration::from_secs(1));
+    CommandChannel::serve(
+        &hub,
+        stream.clone(),
+        Ledger::default(),
+        Arc::new(hub_store.clone()),
+        serve_cfg,
+    )
+    .await
+    .unwrap();
+    let sender: CommandSender<u64, u64> = CommandChannel::spawn_sender(
+        &member,
+        stream.clone(),
+        NodeId::new("hub"),
+        Arc::new(MemStore::new()),
+        SenderConfig::default(),
+    )
+    .await
+    .unwrap();
+    let records = |s: &MemStore| {
+        s.dedupe_load()
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.stream == stream)
+            .count()
+    };
+    for k in 1..=30 {
+        let r = sender.send(k, SendOptions::class_a()).await.unwrap();
+        assert_eq!(r.reply().await, Ok(k * 2));
+    }
+    assert_eq!(records(&hub_store), 30, "no prune before the interval");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The next flush after the interval prunes to the per-stream bound.
+    let r = sender.send(31, SendOptions::class_a()).await.unwrap();
+    assert_eq!(r.reply().await, Ok(62));
+    assert_eq!(records(&hub_store), 5);
+    // The stream goes on in order after the prune.
+    let r = sender.send(32, SendOptions::class_a()).await.unwrap();
+    assert_eq!(r.reply().await, Ok(64));
+    member.shutdown().await;
+    hub.shutdown().await;
 }

@@ -360,6 +360,9 @@ pub struct ServeConfig {
     pub order: OrderConfig,
     /// The wall clock for expiry.
     pub clock: Clock,
+    /// How often the server prunes its dedupe records (memory and store) to
+    /// the [`DedupeConfig`] retention. Default 30 s.
+    pub prune_every: Duration,
 }
 
 impl Default for ServeConfig {
@@ -368,11 +371,24 @@ impl Default for ServeConfig {
             dedupe: DedupeConfig::default(),
             order: OrderConfig::default(),
             clock: system_clock(),
+            prune_every: Duration::from_secs(30),
         }
     }
 }
 
 impl ServeConfig {
+    /// Sets the dedupe retention.
+    pub fn dedupe(mut self, dedupe: DedupeConfig) -> Self {
+        self.dedupe = dedupe;
+        self
+    }
+
+    /// Sets how often dedupe records are pruned.
+    pub fn prune_every(mut self, every: Duration) -> Self {
+        self.prune_every = every;
+        self
+    }
+
     /// Replaces the wall clock (tests).
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
@@ -1118,6 +1134,8 @@ pub struct ServerState {
     /// Answers held until the records they depend on are durable, in order.
     answers: Vec<(PathId, Data, Vec<u8>)>,
     flush_queued: bool,
+    /// When dedupe records were last pruned to the retention.
+    last_prune: tokio::time::Instant,
 }
 
 /// The receiving side of one command stream.
@@ -1229,7 +1247,42 @@ impl ServerState {
         for (path, d, reply) in std::mem::take(&mut self.answers) {
             self.answer(&path, &d, &reply);
         }
+        self.prune_if_due().await;
         Ok(())
+    }
+
+    /// Every `prune_every`: drops dedupe records older than the retention
+    /// or beyond the per-stream bound, in memory and in the store (off the
+    /// actor's thread). A failed store prune is retried next time.
+    async fn prune_if_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        if now.duration_since(self.last_prune) < self.args.config.prune_every {
+            return;
+        }
+        self.last_prune = now;
+        self.dedupe.prune(now.into_std());
+        let retention = self.args.config.dedupe.retention.as_millis() as u64;
+        let older_than_ms = (self.args.config.clock)().saturating_sub(retention);
+        let keep = self.args.config.dedupe.max_per_stream;
+        let store = self.args.store.clone();
+        let gate = self.args.handle.store_gate.clone().lock_owned().await;
+        let pruned = tokio::task::spawn_blocking(move || {
+            let _gate = gate;
+            store.dedupe_prune(older_than_ms, keep)
+        })
+        .await;
+        match pruned {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::debug!(stream = %self.args.stream, pruned = n, "dedupe records pruned")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(stream = %self.args.stream, error = %e, "dedupe prune failed")
+            }
+            Err(e) => {
+                tracing::warn!(stream = %self.args.stream, error = %e, "dedupe prune task failed")
+            }
+        }
     }
 
     async fn on_data(&mut self, path: PathId, d: Data) -> Result<(), ActorProcessingErr> {
@@ -1313,6 +1366,7 @@ impl Actor for CommandServerActor {
             cursor: None,
             answers: Vec::new(),
             flush_queued: false,
+            last_prune: tokio::time::Instant::now(),
         })
     }
 
