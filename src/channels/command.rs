@@ -525,8 +525,26 @@ impl SenderState {
         tokio::time::Instant::now().into_std()
     }
 
+    /// Sends `env` as one data frame on the current path, if any. Every
+    /// data frame the sender emits goes through here.
+    fn send_envelope(&self, seq: u64, message_id: u64, class: u8, env: &Envelope) {
+        let Some(path) = &self.path else {
+            return;
+        };
+        let frame = Frame::Data(Data {
+            stream: self.args.stream.clone(),
+            seq,
+            message_id,
+            class,
+            payload: Bytes::from(env.encode()),
+        });
+        self.args.stats.transmits.fetch_add(1, Ordering::Relaxed);
+        // A refused send of a kept command stays in the outbox (or window)
+        // and is resent later.
+        let _ = self.args.link.send(path, frame);
+    }
+
     fn transmit(&self, t: &Transmit) {
-        let Some(path) = &self.path else { return };
         let Some((env, class)) = self.records.get(&t.message_id) else {
             return;
         };
@@ -536,16 +554,7 @@ impl SenderState {
             env.kind = EnvelopeKind::Cancel;
             env.body.clear();
         }
-        let frame = Frame::Data(Data {
-            stream: self.args.stream.clone(),
-            seq: t.seq,
-            message_id: t.message_id,
-            class: *class,
-            payload: Bytes::from(env.encode()),
-        });
-        self.args.stats.transmits.fetch_add(1, Ordering::Relaxed);
-        // A refused send stays in the outbox and is resent later.
-        let _ = self.args.link.send(path, frame);
+        self.send_envelope(t.seq, t.message_id, *class, &env);
     }
 
     fn pump(&mut self, myself: &ActorRef<SenderMsg>) {
@@ -582,19 +591,9 @@ impl SenderState {
 
     /// Sends an unstored (class B or C) command once, unordered (`seq` 0).
     fn transmit_unstored(&self, id: u64) {
-        let Some(path) = &self.path else { return };
-        let Some((env, class)) = self.records.get(&id) else {
-            return;
-        };
-        let frame = Frame::Data(Data {
-            stream: self.args.stream.clone(),
-            seq: 0,
-            message_id: id,
-            class: *class,
-            payload: Bytes::from(env.encode()),
-        });
-        self.args.stats.transmits.fetch_add(1, Ordering::Relaxed);
-        let _ = self.args.link.send(path, frame);
+        if let Some((env, class)) = self.records.get(&id) {
+            self.send_envelope(0, id, *class, env);
+        }
     }
 
     /// Class C: sent at once with an id outside the store's range and
@@ -605,15 +604,8 @@ impl SenderState {
         let (tx, rx) = oneshot::channel();
         let mut env = s.envelope;
         env.message_id = id;
-        if let Some(path) = &self.path {
-            let frame = Frame::Data(Data {
-                stream: self.args.stream.clone(),
-                seq: 0,
-                message_id: id,
-                class: TrafficClass::Control.code(),
-                payload: Bytes::from(env.encode()),
-            });
-            let _ = self.args.link.send(path, frame);
+        if self.path.is_some() {
+            self.send_envelope(0, id, TrafficClass::Control.code(), &env);
             self.args.shared.wait(id, tx);
         }
         let _ = s.accept.send(Ok((id, rx)));
