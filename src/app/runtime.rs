@@ -330,13 +330,44 @@ impl Runtime {
     }
 
     /// Stops accepting commands, then waits (up to `timeout`) for every
-    /// outbox to empty. Returns the commands still pending.
+    /// outbox to empty: no command pending in a sender, none left in the
+    /// redb outbox (acked entries are removed there in batches, committed
+    /// without fsync), and then one durable commit, so the empty outbox is
+    /// what a restart finds. Returns the commands still pending.
     pub async fn drain(&self, timeout: Duration) -> usize {
         self.draining.store(true, Ordering::Release);
+        let Some(n) = self.node() else { return 0 };
         let deadline = tokio::time::Instant::now() + timeout;
+        let streams: Vec<StreamId> = n.senders.keys().cloned().collect();
         loop {
-            let pending = self.outbox_pending();
-            if pending == 0 || tokio::time::Instant::now() >= deadline {
+            let mut pending = self.outbox_pending();
+            if pending == 0 {
+                let (store, streams) = (n.store.clone(), streams.clone());
+                pending = tokio::task::spawn_blocking(move || {
+                    use crate::store::Store;
+                    store.pending_outbox().map_or(usize::MAX, |p| {
+                        p.iter().filter(|r| streams.contains(&r.stream)).count()
+                    })
+                })
+                .await
+                .unwrap_or(usize::MAX);
+            }
+            if pending == 0 {
+                let store = n.store.clone();
+                let durable = tokio::task::spawn_blocking(move || {
+                    let txn = store.database().begin_write().map_err(|e| e.to_string())?;
+                    txn.commit().map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+                if let Err(e) = durable {
+                    tracing::error!(error = %e, "drain: the final durable commit failed");
+                    return 1;
+                }
+                return 0;
+            }
+            if tokio::time::Instant::now() >= deadline {
                 return pending;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
