@@ -31,6 +31,9 @@ pub struct UpArgs {
     /// Status refresh interval in milliseconds.
     #[arg(long, default_value_t = 1000)]
     interval_ms: u64,
+    /// Check the topology and write the node configurations, start nothing.
+    #[arg(long)]
+    check: bool,
 }
 
 struct Proc {
@@ -228,6 +231,12 @@ pub fn main(args: UpArgs) -> ExitCode {
         Ok(n) => n,
         Err(e) => return fail(e),
     };
+    if args.check {
+        for (name, cfg) in &nodes {
+            println!("{name:<10} {} ok: {}", cfg.role, cfg.path.display());
+        }
+        return ExitCode::SUCCESS;
+    }
     let rt = match super::runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(e),
