@@ -179,6 +179,7 @@ impl App {
     /// Starts everything the configuration describes.
     pub async fn start(self) -> Result<Running, AppError> {
         crate::trust::ensure_crypto_provider();
+        let started = std::time::Instant::now();
         // Handler names are checked before anything binds.
         for c in &self.config.channels {
             if let ChannelRole::Serve { handler, at } = &c.role {
@@ -198,7 +199,7 @@ impl App {
             Role::Root => start_root(&self.config).await?,
             _ => runtime::Role::Node(self.start_node(&log).await?),
         };
-        let runtime = Arc::new(Runtime::new(self.config.clone(), role, log));
+        let runtime = Arc::new(Runtime::new(self.config.clone(), role, log, started));
         let control = match self.config.diagnostics.listen {
             Some(addr) => Some(
                 ControlServer::start(addr, runtime.clone(), metrics)

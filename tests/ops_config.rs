@@ -146,3 +146,21 @@ fn a_member_without_a_root_table_is_refused() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("root: a member needs a [root] table"), "{err}");
 }
+
+#[test]
+fn a_first_start_without_a_token_says_how_to_get_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"[node]
+id = "hub"
+role = "hub"
+state_dir = "STATE"
+
+[root]
+addr = "127.0.0.1:9"
+join = "127.0.0.1:9"
+"#;
+    let (code, err, _) = refuse(dir.path(), text);
+    assert_eq!(code, Some(1), "a start failure, not a config error: {err}");
+    assert!(err.contains("no join token"), "{err}");
+    assert!(err.contains("interlocking token --state-dir"), "{err}");
+}

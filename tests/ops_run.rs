@@ -240,6 +240,42 @@ async fn root_hub_member_as_processes_answer_why_and_drain() {
     .await;
     assert_eq!(v["reply"]["value"], "green", "{v}");
 
+    // Root control lost (the root is SIGKILLed): the member names the
+    // degraded mode, stays ready, and commands still flow on the direct path.
+    root.child.kill().unwrap();
+    let _ = root.child.wait();
+    let ready = eventually(
+        "root_control_lost on the member",
+        Duration::from_secs(30),
+        || async {
+            let (code, v) = m.get_any("/readyz").await.ok()?;
+            let lost = v["modes"]
+                .as_array()?
+                .iter()
+                .any(|x| x["name"] == "root_control_lost");
+            (lost && code == 200).then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(
+        ready["branches"]["root_control"]["status"], "degraded",
+        "{ready}"
+    );
+    let out = run(&["ctl", "--config", member_cfg.to_str().unwrap(), "status"]);
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.contains("degraded mode root_control_lost"),
+        "{status}"
+    );
+    let v = m
+        .post(
+            "/control/send",
+            &json!({"stream": stream, "command": {"op": "put", "key": "offline", "value": true}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v["reply"]["existed"], false, "{v}");
+
     // Drain: new commands are refused, the outbox is flushed, the node exits 0.
     let out = run(&[
         "ctl",
@@ -264,8 +300,6 @@ async fn root_hub_member_as_processes_answer_why_and_drain() {
 
     hub.terminate();
     assert_eq!(hub.wait_exit(Duration::from_secs(15)), Some(0));
-    root.terminate();
-    assert_eq!(root.wait_exit(Duration::from_secs(15)), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

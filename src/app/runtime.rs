@@ -243,14 +243,14 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// A runtime for `role`.
-    pub fn new(config: Config, role: Role, log: Arc<DecisionLog>) -> Self {
+    /// A runtime for `role`, started at `started`.
+    pub fn new(config: Config, role: Role, log: Arc<DecisionLog>, started: Instant) -> Self {
         let (stop, _) = watch::channel(None);
         Self {
             config,
             role,
             log,
-            started: Instant::now(),
+            started,
             draining: AtomicBool::new(false),
             stop,
         }
