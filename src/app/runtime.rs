@@ -374,3 +374,48 @@ impl Runtime {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::{Assessment, Cause, Rule};
+    use crate::vocab::{ChannelKind, PathId, PathKind};
+
+    fn decision(stream: &str, k: u64) -> Decision {
+        Decision {
+            stream: StreamId::new(stream),
+            channel: ChannelKind::Command,
+            at: Instant::now(),
+            previous: None,
+            next: Some(PathId::new("hub", PathKind::Quic)),
+            rule: Rule::Initial,
+            cause: Cause::Registered,
+            attempt: k,
+            switches: k,
+            freeze_until: None,
+            assessment: Assessment::Nominal,
+        }
+    }
+
+    #[test]
+    fn the_decision_log_keeps_the_last_decisions_per_stream() {
+        let log = DecisionLog::new(3);
+        for k in 0..10 {
+            log.push(&decision("a", k));
+        }
+        log.push(&decision("b", 0));
+        let a = log.of(&StreamId::new("a"));
+        assert_eq!(a.iter().map(|d| d.switches).collect::<Vec<_>>(), [7, 8, 9]);
+        assert_eq!(log.of(&StreamId::new("b")).len(), 1);
+        assert_eq!(a[0].next.as_deref(), Some("quic@hub"));
+    }
+
+    #[test]
+    fn the_decision_log_bounds_its_streams() {
+        let log = DecisionLog::new(1);
+        for i in 0..(MAX_LOGGED_STREAMS + 10) {
+            log.push(&decision(&format!("s{i}"), 0));
+        }
+        assert_eq!(log.all().len(), MAX_LOGGED_STREAMS);
+    }
+}
