@@ -64,6 +64,19 @@ pub fn run(config: &Path, token: Option<String>) -> ExitCode {
                         format!("control API on http://{a}")
                     });
                 println!("interlocking: {id} ({role}) running; {control}");
+                if let interlocking::app::runtime::Role::Root(r) = &running.runtime().role {
+                    let fp: String = r
+                        .certificate_authority()
+                        .fingerprint()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
+                    println!(
+                        "interlocking: node endpoint {}, join endpoint {}, CA fingerprint {fp}",
+                        r.local_addr(),
+                        r.join_addr()
+                    );
+                }
                 let why = running.wait(true).await;
                 println!("interlocking: {id} stopped ({why})");
                 ExitCode::SUCCESS

@@ -164,3 +164,39 @@ join = "127.0.0.1:9"
     assert!(err.contains("no join token"), "{err}");
     assert!(err.contains("interlocking token --state-dir"), "{err}");
 }
+
+#[test]
+fn a_pinned_ca_fingerprint_refuses_a_token_of_another_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let root_state = dir.path().join("root");
+    let out = run(&[
+        "token",
+        "--state-dir",
+        root_state.to_str().unwrap(),
+        "--node",
+        "hub",
+        "--role",
+        "hub",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let text = format!(
+        "[node]\nid = \"hub\"\nrole = \"hub\"\nstate_dir = \"STATE\"\n\n[root]\naddr = \"127.0.0.1:9\"\njoin = \"127.0.0.1:9\"\nca_fingerprint = \"{}\"\njoin_token = \"{token}\"\n",
+        "ab".repeat(32)
+    );
+    let (code, err, _) = refuse(dir.path(), &text);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("another CA than root.ca_fingerprint"), "{err}");
+
+    let bad = text.replace(&"ab".repeat(32), "xyz");
+    let (code, err, _) = refuse(dir.path(), &bad);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("root.ca_fingerprint: not a SHA-256 fingerprint"),
+        "{err}"
+    );
+}
