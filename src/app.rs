@@ -37,8 +37,9 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::actors::node::NodeBuilder;
+use crate::channels::SpawnError;
 use crate::channels::command::{
-    CommandChannel, CommandHandler, SenderConfig, ServeConfig, ServeHandle, SpawnError,
+    CommandChannel, CommandHandler, SenderConfig, ServeConfig, ServeHandle,
 };
 use crate::config::{ChannelRole, Config, ConfigError};
 use crate::control::{ControlServer, metrics_handle};
@@ -85,6 +86,7 @@ trait Registered: Send + Sync {
         &'a self,
         node: &'a crate::actors::node::Node,
         stream: StreamId,
+        peer: NodeId,
         ctx: &'a HandlerContext,
     ) -> ServeFuture<'a>;
 }
@@ -100,12 +102,13 @@ where
         &'a self,
         node: &'a crate::actors::node::Node,
         stream: StreamId,
+        peer: NodeId,
         ctx: &'a HandlerContext,
     ) -> ServeFuture<'a> {
         Box::pin(async move {
             let handler = (self.0)(ctx)?;
             let store: Arc<dyn crate::store::Store> = ctx.store.clone();
-            CommandChannel::serve(node, stream, handler, store, ServeConfig::default())
+            CommandChannel::serve(node, stream, peer, handler, store, ServeConfig::default())
                 .await
                 .map_err(|e: SpawnError| e.to_string())
         })
@@ -182,7 +185,7 @@ impl App {
         let started = std::time::Instant::now();
         // Handler names are checked before anything binds.
         for c in &self.config.channels {
-            if let ChannelRole::Serve { handler, at } = &c.role {
+            if let ChannelRole::Serve { handler, at, .. } = &c.role {
                 if !self.handlers.contains_key(handler) {
                     let known: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
                     return Err(ConfigError::at(
@@ -350,13 +353,13 @@ impl App {
         let mut served = BTreeMap::new();
         for c in &cfg.channels {
             match &c.role {
-                ChannelRole::Serve { handler, .. } => {
+                ChannelRole::Serve { handler, peer, .. } => {
                     let h = self
                         .handlers
                         .get(handler)
                         .ok_or_else(|| start_err(format!("unknown handler {handler:?}")))?;
                     let handle = h
-                        .serve(&node, c.stream.clone(), &ctx)
+                        .serve(&node, c.stream.clone(), peer.clone(), &ctx)
                         .await
                         .map_err(|e| start_err(format!("serving {}: {e}", c.stream)))?;
                     served.insert(

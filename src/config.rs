@@ -126,6 +126,8 @@ pub enum ChannelRole {
     Serve {
         /// The handler's registered name.
         handler: String,
+        /// The one node allowed to send on the stream.
+        peer: NodeId,
         /// Where the name was written.
         at: Location,
     },

@@ -200,6 +200,14 @@ async fn root_hub_member_as_processes_answer_why_and_drain() {
         2.0,
         "{hub_metrics}"
     );
+    // The hub's channels view: applied, dedupe records, its session inbox.
+    let ch = client(p.hub_ctl).get("/control/channels").await.unwrap();
+    let served = &ch["served"][0];
+    assert_eq!(served["stream"], stream, "{ch}");
+    assert_eq!(served["handler"], "kv", "{ch}");
+    assert_eq!(served["applied"], 2, "{ch}");
+    assert!(served["dedupe_records"].as_u64() >= Some(1), "{ch}");
+    assert!(served["inbox"]["admitted"].as_u64() >= Some(2), "{ch}");
     let root_metrics = client(p.root_ctl).get_text("/metrics").await.unwrap();
     assert_eq!(
         sample(

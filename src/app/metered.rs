@@ -13,9 +13,9 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::transports::{
-    ConnectError, EventSink, Fact, PeerAddr, SendError, Transport, TransportEvent,
+    ConnectError, EventSink, Fact, FrameSink, PeerAddr, SendError, Transport, TransportEvent,
 };
-use crate::vocab::{NodeId, PathKind};
+use crate::vocab::{NodeId, PathId, PathKind};
 use crate::wire::{Frame, FrameKind};
 
 /// The metric label of a frame kind.
@@ -128,32 +128,56 @@ impl Transport for Metered {
     }
 }
 
+/// Counts each frame, then hands it to the node's frame sink, on the
+/// transport's receive task like the sink it wraps.
+struct CountingFrames {
+    kind: PathKind,
+    inner: Arc<dyn FrameSink>,
+}
+
+impl FrameSink for CountingFrames {
+    fn frame(&self, path: &PathId, frame: Frame) {
+        record("in", self.kind, &frame);
+        self.inner.frame(path, frame);
+    }
+}
+
+fn observe_fact(kind: PathKind, ev: &TransportEvent) {
+    match &ev.fact {
+        Fact::Frame(f) => record("in", kind, f),
+        Fact::ProbeAnswered { rtt } | Fact::Rtt(rtt) => {
+            metrics::gauge!("interlocking_rtt_seconds", "path" => kind.as_str(), "peer" => ev.path.peer.to_string())
+                .set(rtt.as_secs_f64());
+        }
+        Fact::Up => {
+            metrics::counter!("interlocking_path_events_total", "path" => kind.as_str(), "event" => "up")
+                .increment(1);
+        }
+        Fact::Down(_) => {
+            metrics::counter!("interlocking_path_events_total", "path" => kind.as_str(), "event" => "down")
+                .increment(1);
+        }
+        _ => {}
+    }
+}
+
 /// A sink that counts every event of a transport of `kind`, then passes it
-/// on to `sink` (bounded like it: a slow node slows the transport).
+/// on to `sink`: frames straight to its frame sink (no queue added on their
+/// way), facts through a small relay task into its queue (bounded like it:
+/// a slow node slows the transport).
 pub fn metered_sink(kind: PathKind, sink: EventSink) -> EventSink {
+    let (facts, frames) = sink.parts();
     let (tx, mut rx) = mpsc::channel::<TransportEvent>(1024);
     tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
-            match &ev.fact {
-                Fact::Frame(f) => record("in", kind, f),
-                Fact::ProbeAnswered { rtt } | Fact::Rtt(rtt) => {
-                    metrics::gauge!("interlocking_rtt_seconds", "path" => kind.as_str(), "peer" => ev.path.peer.to_string())
-                        .set(rtt.as_secs_f64());
-                }
-                Fact::Up => {
-                    metrics::counter!("interlocking_path_events_total", "path" => kind.as_str(), "event" => "up")
-                        .increment(1);
-                }
-                Fact::Down(_) => {
-                    metrics::counter!("interlocking_path_events_total", "path" => kind.as_str(), "event" => "down")
-                        .increment(1);
-                }
-                _ => {}
-            }
-            if sink.send(ev).await.is_err() {
+            observe_fact(kind, &ev);
+            if facts.send(ev).await.is_err() {
                 return;
             }
         }
     });
-    tx
+    match frames {
+        Some(inner) => EventSink::with_frames(tx, Arc::new(CountingFrames { kind, inner })),
+        None => EventSink::new(tx),
+    }
 }

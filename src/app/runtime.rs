@@ -203,6 +203,14 @@ impl NodeParts {
         lock(&self.relay).as_ref().map(|r| r.root_connected())
     }
 
+    /// Frames the node's stream dispatch refused, by reject code.
+    pub fn refusals(&self) -> BTreeMap<u16, u64> {
+        lock(&self.node)
+            .as_ref()
+            .map(|n| n.refusals())
+            .unwrap_or_default()
+    }
+
     /// Frames refused because their stream is unknown here.
     pub fn refused_unknown_stream(&self) -> u64 {
         lock(&self.node)

@@ -78,6 +78,13 @@ impl Ctx<'_> {
     }
 }
 
+/// The owner in a conventional stream id `kind:OWNER/rest`.
+fn owner_of(stream: &str) -> Option<String> {
+    let (_, rest) = stream.split_once(':')?;
+    let (owner, _) = rest.split_once('/')?;
+    (!owner.is_empty()).then(|| owner.to_string())
+}
+
 fn path_kind(s: &str) -> Option<PathKind> {
     PathKind::ALL.into_iter().find(|k| k.as_str() == s)
 }
@@ -311,10 +318,35 @@ pub fn resolve(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Config
             );
         }
         let role = match (&c.handler, &c.target) {
-            (Some(h), None) => ChannelRole::Serve {
-                handler: h.get_ref().clone(),
-                at: ctx.loc(h.span(), &format!("{key}.handler")),
-            },
+            (Some(h), None) => {
+                let peer = match &c.peer {
+                    Some(p) => ctx.id(p, &format!("{key}.peer"))?,
+                    None => match owner_of(stream) {
+                        Some(o) => {
+                            ctx.id(&Spanned::new(c.stream.span(), o), &format!("{key}.peer"))?
+                        }
+                        None => {
+                            return ctx.err(
+                                c.stream.span(),
+                                &format!("{key}.peer"),
+                                format!("cannot tell the sending node from {stream:?} (not kind:OWNER/...): set peer"),
+                            );
+                        }
+                    },
+                };
+                ChannelRole::Serve {
+                    handler: h.get_ref().clone(),
+                    peer,
+                    at: ctx.loc(h.span(), &format!("{key}.handler")),
+                }
+            }
+            (None, Some(_)) if c.peer.is_some() => {
+                return ctx.err(
+                    c.peer.as_ref().map_or(0..0, |p| p.span()),
+                    &format!("{key}.peer"),
+                    "peer is for served channels; a sending channel names its target",
+                );
+            }
             (None, Some(t)) => ChannelRole::Send {
                 target: ctx.id(t, &format!("{key}.target"))?,
             },

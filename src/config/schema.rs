@@ -199,6 +199,9 @@ pub struct RawChannel {
     pub kind: Spanned<String>,
     /// Serve the stream here with this handler (hub side).
     pub handler: Option<Spanned<String>>,
+    /// Serving: the one node allowed to send on the stream (default: the
+    /// owner in the stream id, `command:OWNER/...`).
+    pub peer: Option<Spanned<String>>,
     /// Send on the stream to this node (member side).
     pub target: Option<Spanned<String>>,
 }

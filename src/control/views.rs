@@ -446,6 +446,33 @@ pub struct SenderRow {
     pub transmits: u64,
     /// Reject frames received.
     pub rejects: u64,
+    /// The stream's session inbox: frames queued / capacity.
+    pub inbox: Option<InboxView>,
+}
+
+/// A stream session's inbox and what it admitted or refused.
+#[derive(Clone, Debug, Serialize)]
+pub struct InboxView {
+    /// Frames handed to the channel, not yet processed.
+    pub queued: usize,
+    /// Inbox capacity (frames).
+    pub capacity: usize,
+    /// Frames admitted so far.
+    pub admitted: u64,
+    /// Frames refused: from another peer, inbox full, stale incarnation, malformed.
+    pub refused: u64,
+}
+
+fn inbox(n: &crate::app::runtime::NodeParts, stream: &StreamId) -> Option<InboxView> {
+    let session = lock(&n.node).as_ref()?.session(stream)?;
+    let c = session.counters();
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    Some(InboxView {
+        queued: session.queued(),
+        capacity: session.capacity(),
+        admitted: g(&c.admitted),
+        refused: g(&c.not_bound) + g(&c.busy) + g(&c.stale) + g(&c.bad),
+    })
 }
 
 /// A served channel in `GET /control/channels`.
@@ -459,8 +486,10 @@ pub struct ServedRow {
     pub applied: u64,
     /// Frames refused as undecodable.
     pub undecodable: u64,
-    /// Dedupe records stored for the stream.
+    /// Dedupe records stored for the stream (every sender incarnation).
     pub dedupe_records: Option<usize>,
+    /// The stream's session inbox.
+    pub inbox: Option<InboxView>,
 }
 
 /// `GET /control/channels`.
@@ -493,9 +522,13 @@ pub async fn channels(rt: &Runtime) -> Channels {
                 *outbox.entry(r.stream).or_default() += 1;
             }
         });
+        // Served streams keep a dedupe keyspace per sender incarnation,
+        // `STREAM#INCARNATION`: counted under the stream.
         let ok_dedupe = store.dedupe_load().map(|d| {
             for r in d {
-                *dedupe.entry(r.stream).or_default() += 1;
+                let s = r.stream.as_str();
+                let base = s.rsplit_once('#').map_or(s, |(b, _)| b);
+                *dedupe.entry(StreamId::new(base)).or_default() += 1;
             }
         });
         (
@@ -522,6 +555,7 @@ pub async fn channels(rt: &Runtime) -> Channels {
                         .map(|c| c.get(stream).copied().unwrap_or(0)),
                     transmits: st.transmits.load(Ordering::Relaxed),
                     rejects: st.rejects.load(Ordering::Relaxed),
+                    inbox: inbox(n, stream),
                 }
             })
             .collect(),
@@ -537,6 +571,7 @@ pub async fn channels(rt: &Runtime) -> Channels {
                     .1
                     .as_ref()
                     .map(|c| c.get(stream).copied().unwrap_or(0)),
+                inbox: inbox(n, stream),
             })
             .collect(),
     }
@@ -607,6 +642,10 @@ pub fn update_gauges(rt: &Runtime) {
             }
             metrics::counter!("interlocking_refused_unknown_stream_total")
                 .absolute(n.refused_unknown_stream());
+            for (code, count) in n.refusals() {
+                metrics::counter!("interlocking_dispatch_refusals_total", "code" => format!("{code:#06x}"))
+                    .absolute(count);
+            }
             metrics::gauge!("interlocking_root_connected")
                 .set(f64::from(u8::from(n.root_connected().unwrap_or(false))));
         }
