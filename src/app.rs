@@ -204,11 +204,19 @@ impl App {
         };
         let runtime = Arc::new(Runtime::new(self.config.clone(), role, log, started));
         let control = match self.config.diagnostics.listen {
-            Some(addr) => Some(
-                ControlServer::start(addr, runtime.clone(), metrics)
-                    .await
-                    .map_err(|e| start_err(format!("control API on {addr}: {e}")))?,
-            ),
+            Some(addr) => match ControlServer::start(addr, runtime.clone(), metrics).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    // Stop what already runs before reporting.
+                    Running {
+                        runtime,
+                        control: None,
+                    }
+                    .shutdown()
+                    .await;
+                    return Err(start_err(format!("control API on {addr}: {e}")));
+                }
+            },
             None => None,
         };
         tracing::info!(

@@ -200,3 +200,18 @@ fn a_pinned_ca_fingerprint_refuses_a_token_of_another_ca() {
         "{err}"
     );
 }
+
+#[test]
+fn a_control_port_in_use_fails_the_start_with_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let text = format!("{GOOD}\n[diagnostics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let (code, err, _) = refuse(dir.path(), &text);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("control API on 127.0.0.1:{port}")),
+        "{err}"
+    );
+    drop(taken);
+}
