@@ -454,13 +454,20 @@ impl Running {
     /// or, if `signals`, SIGTERM or Ctrl-C arrives; then stops. Returns the
     /// reason.
     pub async fn wait(self, signals: bool) -> String {
-        let why = if signals {
-            tokio::select! {
-                why = self.runtime.stopped() => why,
-                s = shutdown_signal() => s,
-            }
+        if signals {
+            self.wait_for(shutdown_signal()).await
         } else {
-            self.runtime.stopped().await
+            self.wait_for(std::future::pending()).await
+        }
+    }
+
+    /// Waits until a stop is requested or `stop` resolves (e.g. a signal
+    /// listener registered before the start), then stops. Returns the
+    /// reason.
+    pub async fn wait_for(self, stop: impl Future<Output = String>) -> String {
+        let why = tokio::select! {
+            why = self.runtime.stopped() => why,
+            s = stop => s,
         };
         tracing::info!(reason = %why, "stopping");
         self.shutdown().await;
@@ -484,28 +491,34 @@ impl Running {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C (SIGINT), naming which.
-pub async fn shutdown_signal() -> String {
+/// Resolves on SIGTERM or Ctrl-C (SIGINT), naming which. The listeners
+/// are registered when this is called, not when it is first polled, so a
+/// signal arriving while the process is still starting is not lost.
+pub fn shutdown_signal() -> impl Future<Output = String> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let term = signal(SignalKind::terminate());
         let int = signal(SignalKind::interrupt());
-        match (term, int) {
-            (Ok(mut t), Ok(mut i)) => tokio::select! {
-                _ = t.recv() => "SIGTERM".into(),
-                _ = i.recv() => "SIGINT".into(),
-            },
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-                "Ctrl-C".into()
+        async move {
+            match (term, int) {
+                (Ok(mut t), Ok(mut i)) => tokio::select! {
+                    _ = t.recv() => "SIGTERM".to_string(),
+                    _ = i.recv() => "SIGINT".to_string(),
+                },
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    "Ctrl-C".to_string()
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C".into()
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C".to_string()
+        }
     }
 }
 

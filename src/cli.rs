@@ -38,14 +38,6 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 /// `interlocking run --config FILE`.
 pub fn run(config: &Path, token: Option<String>) -> ExitCode {
-    init_tracing();
-    let app = match App::load(config) {
-        Ok(app) => app,
-        Err(e) => {
-            eprintln!("interlocking run: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -54,6 +46,17 @@ pub fn run(config: &Path, token: Option<String>) -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Listen for SIGTERM/Ctrl-C first: a stop asked for while the node
+        // starts is honoured (clean stop, exit 0) once it has started.
+        let stop = interlocking::app::shutdown_signal();
+        init_tracing();
+        let app = match App::load(config) {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!("interlocking run: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
         let app = app.builtin_handlers().join_token(token);
         let (id, role) = (app.config().id.clone(), app.config().role);
         match app.start().await {
@@ -77,7 +80,7 @@ pub fn run(config: &Path, token: Option<String>) -> ExitCode {
                         r.join_addr()
                     );
                 }
-                let why = running.wait(true).await;
+                let why = running.wait_for(stop).await;
                 println!("interlocking: {id} stopped ({why})");
                 ExitCode::SUCCESS
             }

@@ -212,7 +212,19 @@ async fn stop_all(procs: &mut [Proc]) -> bool {
         }
         terminate(&p.child);
         let code = match tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await {
-            Ok(Ok(s)) => s.code().unwrap_or(-1),
+            Ok(Ok(s)) => {
+                use std::os::unix::process::ExitStatusExt;
+                match (s.code(), s.signal()) {
+                    (Some(c), _) => c,
+                    // Our SIGTERM reached it before it listened for it: it
+                    // was still starting and held nothing yet.
+                    (None, Some(libc::SIGTERM)) => {
+                        println!("{:<10} was still starting: ended by SIGTERM", p.name);
+                        0
+                    }
+                    _ => -1,
+                }
+            }
             _ => {
                 let _ = p.child.kill().await;
                 -9
