@@ -47,8 +47,9 @@ pub fn run(config: &Path, token: Option<String>) -> ExitCode {
     };
     rt.block_on(async move {
         // Listen for SIGTERM/Ctrl-C first: a stop asked for while the node
-        // starts is honoured (clean stop, exit 0) once it has started.
+        // starts (e.g. waiting for an unreachable root) ends the start, exit 0.
         let stop = interlocking::app::shutdown_signal();
+        tokio::pin!(stop);
         init_tracing();
         let app = match App::load(config) {
             Ok(app) => app,
@@ -59,7 +60,14 @@ pub fn run(config: &Path, token: Option<String>) -> ExitCode {
         };
         let app = app.builtin_handlers().join_token(token);
         let (id, role) = (app.config().id.clone(), app.config().role);
-        match app.start().await {
+        let started = tokio::select! {
+            r = app.start() => r,
+            why = &mut stop => {
+                println!("interlocking: {id} stopped before it had started ({why})");
+                return ExitCode::SUCCESS;
+            }
+        };
+        match started {
             Ok(running) => {
                 let control = running
                     .control_addr()
@@ -80,7 +88,7 @@ pub fn run(config: &Path, token: Option<String>) -> ExitCode {
                         r.join_addr()
                     );
                 }
-                let why = running.wait_for(stop).await;
+                let why = running.wait_for(&mut stop).await;
                 println!("interlocking: {id} stopped ({why})");
                 ExitCode::SUCCESS
             }

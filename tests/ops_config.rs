@@ -215,3 +215,47 @@ fn a_control_port_in_use_fails_the_start_with_exit_1() {
     );
     drop(taken);
 }
+
+#[test]
+fn sigterm_while_waiting_for_the_root_is_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let root_state = dir.path().join("root");
+    let out = run(&[
+        "token",
+        "--state-dir",
+        root_state.to_str().unwrap(),
+        "--node",
+        "hub",
+        "--role",
+        "hub",
+    ]);
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    // No root listens there: the join retries until stopped.
+    let port = ops::udp_port();
+    let text = format!(
+        "[node]\nid = \"hub\"\nrole = \"hub\"\nstate_dir = \"{}\"\n\n[root]\naddr = \"127.0.0.1:{port}\"\njoin = \"127.0.0.1:{port}\"\njoin_token = \"{token}\"\n",
+        dir.path().join("hub").display()
+    );
+    let cfg = write(dir.path(), "hub.toml", &text);
+    let log = dir.path().join("hub.log");
+    let mut hub = ops::Proc::start("hub", &["run", "--config", cfg.to_str().unwrap()], &log);
+    // Wait (bounded) until it is retrying the join, then stop it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("retrying the join")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never retried the join"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    hub.terminate();
+    assert_eq!(hub.wait_exit(std::time::Duration::from_secs(10)), Some(0));
+    hub.wait_line(
+        "stopped before it had started (SIGTERM)",
+        std::time::Duration::from_secs(2),
+    );
+}
