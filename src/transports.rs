@@ -22,6 +22,7 @@ pub mod memory;
 pub mod probe;
 pub mod quic;
 pub mod relay;
+pub mod webrtc;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -59,6 +59,7 @@ use crate::transports::probe::ProbeConfig;
 use crate::transports::quic::faults::FaultHandle;
 use crate::transports::quic::{QuicConfig, QuicTransport};
 use crate::transports::relay::{RelayConfig, RelayTransport};
+use crate::transports::webrtc::{SignalSlot, WebrtcConfig, WebrtcTransport};
 use crate::transports::{EventSink, Fact, PeerAddr, Transport, TransportEvent};
 use crate::vocab::{NodeId, PathId, PathKind, Role, StreamId};
 use crate::wire::{Frame, Reject};
@@ -286,6 +287,8 @@ pub struct NodeBuilder {
     transports: Vec<TransportSpec>,
     dials: HashMap<PathKind, Vec<PeerAddr>>,
     event_queue: usize,
+    /// The relay transport as the WebRTC transport's signalling link.
+    signal: SignalSlot,
 }
 
 impl NodeBuilder {
@@ -299,6 +302,7 @@ impl NodeBuilder {
             transports: Vec::new(),
             dials: HashMap::new(),
             event_queue: 4096,
+            signal: SignalSlot::new(),
         }
     }
 
@@ -371,11 +375,26 @@ impl NodeBuilder {
 
     /// Adds a relay transport (through the root) bound with `config`.
     pub fn relay(self, config: RelayConfig) -> Self {
+        let slot = self.signal.clone();
         self.transport(PathKind::Relay, move |sink| {
             let bound = RelayTransport::bind(config.clone(), sink)
-                .map(|t| t as Arc<dyn Transport>)
+                .map(|t| {
+                    slot.set(t.clone());
+                    t as Arc<dyn Transport>
+                })
                 .map_err(|e| e.to_string());
             async move { bound }
+        })
+    }
+
+    /// Adds the WebRTC transport, signalling through this node's relay
+    /// transport (add [`NodeBuilder::relay`] too).
+    pub fn webrtc(self, config: WebrtcConfig) -> Self {
+        let slot = self.signal.clone();
+        self.transport(PathKind::WebrtcData, move |sink| {
+            let t: Arc<dyn Transport> =
+                WebrtcTransport::bind(config.clone(), Arc::new(slot.clone()), sink);
+            async move { Ok(t) }
         })
     }
 
