@@ -313,3 +313,100 @@ async fn bad_signalling_is_refused_with_typed_codes() {
     c.t.shutdown().await;
     root.shutdown().await;
 }
+
+/// A bare webrtc peer connection playing the page's part of the browser
+/// path: the transport's five negotiated channels, a non-trickle offer.
+async fn page_offer() -> (
+    Arc<dyn webrtc::peer_connection::PeerConnection>,
+    Vec<Arc<dyn webrtc::data_channel::DataChannel>>,
+    String,
+) {
+    use webrtc::data_channel::RTCDataChannelInit;
+    use webrtc::peer_connection::{
+        PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
+    };
+    struct Gather(mpsc::Sender<()>);
+    #[async_trait::async_trait]
+    impl PeerConnectionEventHandler for Gather {
+        async fn on_ice_gathering_state_change(&self, s: RTCIceGatheringState) {
+            if s == RTCIceGatheringState::Complete {
+                let _ = self.0.send(()).await;
+            }
+        }
+    }
+    let (tx, mut gathered) = mpsc::channel(4);
+    let setting = webrtc::peer_connection::SettingEngineBuilder::new()
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+        .with_include_loopback_candidate(true)
+        .build();
+    let pc: Arc<dyn PeerConnection> = Arc::new(
+        PeerConnectionBuilder::new()
+            .with_setting_engine(setting)
+            .with_handler(Arc::new(Gather(tx)))
+            .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+            .build()
+            .await
+            .unwrap(),
+    );
+    let mut channels = Vec::new();
+    for i in 0..5u16 {
+        let init = RTCDataChannelInit {
+            negotiated: Some(i),
+            ..Default::default()
+        };
+        channels.push(
+            pc.create_data_channel(&format!("il/{i}"), Some(init))
+                .await
+                .unwrap(),
+        );
+    }
+    let offer = pc.create_offer(None).await.unwrap();
+    pc.set_local_description(offer).await.unwrap();
+    tokio::time::timeout(LIMIT, gathered.recv()).await.unwrap();
+    let sdp = pc.local_description().await.unwrap().sdp;
+    (pc, channels, sdp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_trickle_offer_is_answered_and_its_fingerprint_bound() {
+    use interlocking::transports::webrtc::BrowserOffer;
+    use webrtc::peer_connection::RTCSessionDescription;
+    let root = rootkit::root().await;
+    let mut hub = peer(&root, "hub", fast("hub")).await;
+    let page = NodeId::new("browser-1");
+    let (pc, _channels, sdp) = page_offer().await;
+    let offer = |session, generation, sdp: &str| BrowserOffer {
+        node: page.clone(),
+        session,
+        generation,
+        sdp: sdp.to_string(),
+    };
+    let answer = hub.t.answer_browser(offer(10, 1, &sdp)).await.unwrap();
+    assert!(answer.contains("a=candidate:"), "answer carries candidates");
+    pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+        .await
+        .unwrap();
+    wait_up(&mut hub.rx, &page).await;
+    assert_eq!(hub.t.peers(), vec![page.clone()]);
+
+    // Another page claiming the same admitted session: its connection has
+    // another DTLS certificate, so its fingerprint is refused.
+    let (other, _c2, sdp2) = page_offer().await;
+    let err = hub.t.answer_browser(offer(11, 1, &sdp2)).await.unwrap_err();
+    assert_eq!(err.code, codes::FINGERPRINT_MISMATCH, "{err}");
+    // An old session of the bound page is stale.
+    let err = hub.t.answer_browser(offer(9, 1, &sdp)).await.unwrap_err();
+    assert_eq!(err.code, codes::STALE_GENERATION, "{err}");
+    // Garbage SDP is a typed refusal too, and the bound page keeps its path.
+    let err = hub
+        .t
+        .answer_browser(offer(12, 1, "not sdp"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, codes::BAD_SDP, "{err}");
+    assert_eq!(hub.t.peers(), vec![page.clone()]);
+    let _ = other.close().await;
+    let _ = pc.close().await;
+    hub.t.shutdown().await;
+    root.shutdown().await;
+}
