@@ -9,7 +9,7 @@
 //! also carries every non-data frame (probes, acks, rejects, close).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -68,6 +68,9 @@ pub struct SessionIo {
     out: Vec<mpsc::UnboundedSender<(Bytes, bool)>>,
     queued_bytes: AtomicUsize,
     queued_frames: AtomicUsize,
+    /// Channels whose writer has stopped (closed): their class falls back
+    /// to channel 0 so the path keeps delivering.
+    dead: [AtomicBool; CHANNELS],
     pub acks: mpsc::Sender<ProbeAck>,
 }
 
@@ -77,10 +80,21 @@ impl SessionIo {
         let bytes =
             encode_to_bytes(frame, &self.codec).map_err(|e| Refused::Encode(e.to_string()))?;
         let queued = self.queued_bytes.load(Ordering::Acquire);
-        if queued + bytes.len() > self.budget && channel_of(frame) != 0 {
+        let mut index = channel_of(frame);
+        // Control frames may use twice the budget, never more: a peer
+        // that stops reading cannot grow this queue without bound.
+        let limit = if index == 0 {
+            2 * self.budget
+        } else {
+            self.budget
+        };
+        if queued + bytes.len() > limit {
             return Err(Refused::Full);
         }
-        let ch = &self.out[channel_of(frame)];
+        if self.dead[index].load(Ordering::Acquire) {
+            index = 0;
+        }
+        let ch = &self.out[index];
         self.queued_bytes.fetch_add(bytes.len(), Ordering::AcqRel);
         self.queued_frames.fetch_add(1, Ordering::AcqRel);
         let mut at = 0;
@@ -236,11 +250,12 @@ pub async fn build(
         out: outs,
         queued_bytes: AtomicUsize::new(0),
         queued_frames: AtomicUsize::new(0),
+        dead: std::array::from_fn(|_| AtomicBool::new(false)),
         acks: ack_tx,
     });
     let mut tasks = Vec::new();
     for (i, rx) in rxs.into_iter().enumerate() {
-        tasks.push(tokio::spawn(writer(channels[i].clone(), rx, io.clone())));
+        tasks.push(tokio::spawn(writer(channels[i].clone(), i, rx, io.clone())));
         tasks.push(tokio::spawn(reader(
             channels[i].clone(),
             i,
@@ -261,6 +276,7 @@ pub async fn build(
 /// Hands queued messages to one channel, in order.
 async fn writer(
     dc: Arc<dyn DataChannel>,
+    index: usize,
     mut rx: mpsc::UnboundedReceiver<(Bytes, bool)>,
     io: Arc<SessionIo>,
 ) {
@@ -272,7 +288,9 @@ async fn writer(
             io.queued_frames.fetch_sub(1, Ordering::AcqRel);
         }
         if sent.is_err() {
-            // The channel is closed: its reader reports it.
+            // The channel is closed (its reader reports it); later frames
+            // of its class go on channel 0.
+            io.dead[index].store(true, Ordering::Release);
             return;
         }
     }
@@ -343,6 +361,7 @@ async fn reader(
             _ => {}
         }
     }
+    io.dead[index].store(true, Ordering::Release);
     let _ = ctl
         .send(Ctl::ChannelClosed(io.peer.clone(), io.session, index))
         .await;
