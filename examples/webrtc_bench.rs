@@ -45,6 +45,15 @@ fn frame(seq: u64) -> Frame {
     })
 }
 
+/// The next event, or an error after 10 s (a lost frame must not hang the
+/// bench).
+async fn next(rx: &mut mpsc::Receiver<TransportEvent>) -> Result<TransportEvent, BoxError> {
+    Ok(tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .map_err(|_| "no event within 10 s")?
+        .ok_or("closed")?)
+}
+
 fn seq_of(ev: &TransportEvent) -> Option<u64> {
     match &ev.fact {
         Fact::Frame(Frame::Data(d)) => Some(d.seq),
@@ -242,7 +251,7 @@ async fn main() -> Result<(), BoxError> {
         for seq in 0..n {
             a.t.send(&b_id, frame(seq)).map_err(|e| e.to_string())?;
             loop {
-                let ev = a.rx.recv().await.ok_or("closed")?;
+                let ev = next(&mut a.rx).await?;
                 if seq_of(&ev) == Some(seq) {
                     break;
                 }
@@ -270,7 +279,7 @@ async fn main() -> Result<(), BoxError> {
                 }
                 sent += 1;
             }
-            let ev = a.rx.recv().await.ok_or("closed")?;
+            let ev = next(&mut a.rx).await?;
             if seq_of(&ev).is_some() {
                 got += 1;
             }
@@ -278,7 +287,7 @@ async fn main() -> Result<(), BoxError> {
         rtc_fps.push(got as f64 / t0.elapsed().as_secs_f64());
         // Drain the rest of the window before the next phase.
         while got < sent {
-            let ev = a.rx.recv().await.ok_or("closed")?;
+            let ev = next(&mut a.rx).await?;
             if seq_of(&ev).is_some() {
                 got += 1;
             }
@@ -341,6 +350,15 @@ async fn main() -> Result<(), BoxError> {
             }
         }
         recover.push(kill.elapsed().as_secs_f64() * 1e3);
+        eprintln!(
+            "round {round}: setup {:.1} ms, rtt {:.0}/{:.0} us, fps {:.0}/{:.0}, recover {:.0} ms",
+            setup[round],
+            rtc_rtt[round],
+            raw_rtt[round],
+            rtc_fps[round],
+            raw_fps[round],
+            recover[round]
+        );
         drop(b2_rx);
         b2.shutdown().await;
         a.t.shutdown().await;

@@ -70,4 +70,5 @@ pub mod topology;
 pub mod transports;
 pub mod trust;
 pub mod vocab;
+pub mod web;
 pub mod wire;

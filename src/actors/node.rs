@@ -59,7 +59,7 @@ use crate::transports::probe::ProbeConfig;
 use crate::transports::quic::faults::FaultHandle;
 use crate::transports::quic::{QuicConfig, QuicTransport};
 use crate::transports::relay::{RelayConfig, RelayTransport};
-use crate::transports::webrtc::{SignalSlot, WebrtcConfig, WebrtcTransport};
+use crate::transports::webrtc::{SignalSlot, WebrtcConfig, WebrtcHandle, WebrtcTransport};
 use crate::transports::{EventSink, Fact, PeerAddr, Transport, TransportEvent};
 use crate::vocab::{NodeId, PathId, PathKind, Role, StreamId};
 use crate::wire::{Frame, Reject};
@@ -289,6 +289,8 @@ pub struct NodeBuilder {
     event_queue: usize,
     /// The relay transport as the WebRTC transport's signalling link.
     signal: SignalSlot,
+    /// The WebRTC transport bound now (for a page server).
+    webrtc: WebrtcHandle,
 }
 
 impl NodeBuilder {
@@ -303,6 +305,7 @@ impl NodeBuilder {
             dials: HashMap::new(),
             event_queue: 4096,
             signal: SignalSlot::new(),
+            webrtc: WebrtcHandle::new(),
         }
     }
 
@@ -390,12 +393,18 @@ impl NodeBuilder {
     /// Adds the WebRTC transport, signalling through this node's relay
     /// transport (add [`NodeBuilder::relay`] too).
     pub fn webrtc(self, config: WebrtcConfig) -> Self {
-        let slot = self.signal.clone();
+        let (slot, handle) = (self.signal.clone(), self.webrtc.clone());
         self.transport(PathKind::WebrtcData, move |sink| {
-            let t: Arc<dyn Transport> =
-                WebrtcTransport::bind(config.clone(), Arc::new(slot.clone()), sink);
+            let bound = WebrtcTransport::bind(config.clone(), Arc::new(slot.clone()), sink);
+            handle.set(bound.clone());
+            let t: Arc<dyn Transport> = bound;
             async move { Ok(t) }
         })
+    }
+
+    /// The node's WebRTC transport once spawned (see [`NodeBuilder::webrtc`]).
+    pub fn webrtc_handle(&self) -> WebrtcHandle {
+        self.webrtc.clone()
     }
 
     /// Dials `peer` on the transport of `kind` at start (and after every

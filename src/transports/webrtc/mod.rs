@@ -129,6 +129,28 @@ impl WebrtcConfig {
     }
 }
 
+/// The WebRTC transport a node has bound now (a restart binds a new one):
+/// how a hub's page server reaches it to answer browsers.
+#[derive(Clone, Default)]
+pub struct WebrtcHandle(Arc<Mutex<Option<Arc<WebrtcTransport>>>>);
+
+impl WebrtcHandle {
+    /// An empty handle.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Points the handle at `t`.
+    pub fn set(&self, t: Arc<WebrtcTransport>) {
+        *lock(&self.0) = Some(t);
+    }
+
+    /// The transport bound now, if any.
+    pub fn get(&self) -> Option<Arc<WebrtcTransport>> {
+        lock(&self.0).clone()
+    }
+}
+
 /// Counters of one transport (diagnostics, tests, figures).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WebrtcCounters {
