@@ -38,6 +38,8 @@ const WINDOW: usize = 64;
 fn frame(seq: u64) -> Frame {
     Frame::Data(Data {
         stream: StreamId::new("command:a/b"),
+        incarnation: 1,
+        delivery: 2,
         seq,
         message_id: seq,
         class: 0,

@@ -122,9 +122,16 @@ impl BrowserGate {
             (NodeId::new(format!("browser-{}", st.next)), random_hex())
         };
         let stream = StreamId::between(ChannelKind::Command, &node, &self.hub, None);
-        CommandChannel::serve(hub, stream.clone(), handler, store, ServeConfig::default())
-            .await
-            .map_err(|e| WebError::Serve(e.to_string()))?;
+        CommandChannel::serve(
+            hub,
+            stream.clone(),
+            node.clone(),
+            handler,
+            store,
+            ServeConfig::default(),
+        )
+        .await
+        .map_err(|e| WebError::Serve(e.to_string()))?;
         let ticket = Ticket {
             node,
             stream,

@@ -133,6 +133,7 @@ async fn ice_blocked_fails_over_to_quic_then_relay_and_returns_after_the_freeze(
     CommandChannel::serve(
         &hub,
         stream.clone(),
+        NodeId::new("member"),
         ledger.clone(),
         hub_store,
         ServeConfig::default(),

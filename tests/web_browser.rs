@@ -91,11 +91,12 @@ fn chromium(url: &str) -> Chromium {
             "--autoplay-policy=no-user-gesture-required",
             "--allow-loopback-in-peer-connection",
             "--disable-features=WebRtcHideLocalIpsWithMdns",
+            "--enable-logging=stderr",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(url)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(if std::env::var_os("CHROMIUM_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
         .spawn()
         .unwrap_or_else(|e| {
             panic!("cannot start chromium ({e}): install it with `apt-get install chromium` (scripts/test does)")
@@ -115,6 +116,10 @@ struct Hub {
 }
 
 async fn hub() -> Hub {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut cfg = WebrtcConfig::new("hub");
     cfg.probe = ProbeConfig {
         interval: Duration::from_millis(200),
@@ -140,10 +145,14 @@ async fn hub() -> Hub {
 async fn page(hub: &Hub, report: &str, rx: &mut mpsc::Receiver<Value>, query: &str) -> Value {
     let url = format!("http://{}/?report={report}&{query}", hub.web.addr());
     let _browser = chromium(&url);
-    tokio::time::timeout(LIMIT, rx.recv())
-        .await
-        .expect("the page reports within the limit")
-        .expect("report endpoint open")
+    match tokio::time::timeout(LIMIT, rx.recv()).await {
+        Ok(r) => r.expect("report endpoint open"),
+        Err(_) => panic!(
+            "the page did not report within {LIMIT:?}; hub refusals {:?}, applied {:?}",
+            hub.node.refusals(),
+            hub.handler.applied.lock().unwrap()
+        ),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,15 +14,17 @@ import { encode, decode } from "./msgpack.js";
 
 /** Frame kind codes (docs/wire.md §4). */
 export const KIND = { Hello: 1, Probe: 2, ProbeAck: 3, Data: 4, Ack: 5, Reject: 6, Close: 7 };
+/** The protocol version this client speaks (docs/wire.md, header byte 4). */
+export const VERSION = 2;
 const CHANNELS = 5;
 const MAX_MESSAGE = 16 * 1024;
 
-/** Encodes one frame: 4-byte big-endian length, version 1, kind, body. */
+/** Encodes one frame: 4-byte big-endian length, version, kind, body. */
 export function encodeFrame(kind, body) {
   const b = encode(body);
   const out = new Uint8Array(6 + b.length);
   new DataView(out.buffer).setUint32(0, 2 + b.length);
-  out[4] = 1;
+  out[4] = VERSION;
   out[5] = kind;
   out.set(b, 6);
   return out;
@@ -39,7 +41,7 @@ export class FrameReader {
     const frames = [];
     while (this.buf.length >= 6) {
       const len = new DataView(this.buf.buffer, this.buf.byteOffset).getUint32(0);
-      if (len < 2 || len > this.max || this.buf[4] !== 1) {
+      if (len < 2 || len > this.max || this.buf[4] !== VERSION) {
         this.buf = new Uint8Array(0);
         throw new RangeError("frame header refused");
       }
@@ -74,6 +76,9 @@ export class Client {
     this.pending = new Map(); // message id -> { frame, resolve, reject }
     this.nextId = 1;
     this.session = Date.now() * 1000;
+    // The sender incarnation of this page's command stream (docs/channels.md):
+    // one per page, so every resend shares the dedupe keyspace.
+    this.incarnation = Date.now() * 256 + Math.floor(Math.random() * 256);
     this.generation = 0;
     this.onReject = () => {};
     this.onState = () => {};
@@ -155,7 +160,8 @@ export class Client {
   command(value) {
     const id = this.nextId++;
     const envelope = ["Command", id, this.stream, Date.now(), 0, 0, null, encode(value)];
-    const frame = encodeFrame(KIND.Data, [this.stream, 0, id, 0, encode(envelope)]);
+    // Data: [stream, incarnation, seq 0 (unordered), id, class 0, delivery C, payload].
+    const frame = encodeFrame(KIND.Data, [this.stream, this.incarnation, 0, id, 0, 2, encode(envelope)]);
     return new Promise((resolve, reject) => {
       this.pending.set(id, { frame, resolve, reject });
       this.send(frame);
@@ -180,7 +186,7 @@ export class Client {
       if (f.kind === KIND.Probe) {
         this.send(encodeFrame(KIND.ProbeAck, [f.body[0], f.body[1]]));
       } else if (f.kind === KIND.Data) {
-        const env = decode(f.body[4]);
+        const env = decode(f.body[6]);
         const [kind, id, , , , , , body] = env;
         const p = this.pending.get(id);
         if (kind !== "Reply" || !p) continue;

@@ -206,7 +206,12 @@ impl std::fmt::Debug for WebrtcTransport {
 impl WebrtcTransport {
     /// Starts the transport: negotiates through `link`, reports on
     /// `events`. Must be called inside a tokio runtime.
-    pub fn bind(config: WebrtcConfig, link: Arc<dyn SignalLink>, events: EventSink) -> Arc<Self> {
+    pub fn bind(
+        config: WebrtcConfig,
+        link: Arc<dyn SignalLink>,
+        events: impl Into<EventSink>,
+    ) -> Arc<Self> {
+        let events = events.into();
         let (ctl, rx) = mpsc::channel(4096);
         let epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

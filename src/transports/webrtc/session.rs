@@ -348,6 +348,7 @@ async fn reader(
                                 label(index),
                                 e.reject_code()
                             );
+                            tracing::debug!("webrtc: {what}");
                             let ev = TransportEvent {
                                 path: path.clone(),
                                 fact: Fact::Incident(what),
