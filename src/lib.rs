@@ -76,4 +76,5 @@ pub mod topology;
 pub mod transports;
 pub mod trust;
 pub mod vocab;
+pub mod web;
 pub mod wire;

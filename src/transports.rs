@@ -3,8 +3,9 @@
 //!
 //! Owns the transport contract ([`Transport`], [`TransportEvent`], [`Fact`])
 //! and its implementations: [`memory`] (in-process, seeded faults),
-//! [`quic`] (direct, mutual TLS) and [`relay`] (through the root); WebRTC
-//! and sidecar adapters will implement the same contract.
+//! [`quic`] (direct, mutual TLS), [`relay`] (through the root) and
+//! [`webrtc`] (data channels, signalled through the root); a sidecar
+//! adapter will implement the same contract.
 //!
 //! Must not touch: channel semantics (acks, outbox, dedupe, cursors), the
 //! store, or routing decisions. A transport never chooses a path; it reports
@@ -23,6 +24,7 @@ pub mod memory;
 pub mod probe;
 pub mod quic;
 pub mod relay;
+pub mod webrtc;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -60,6 +60,7 @@ use crate::transports::probe::ProbeConfig;
 use crate::transports::quic::faults::FaultHandle;
 use crate::transports::quic::{QuicConfig, QuicTransport};
 use crate::transports::relay::{RelayConfig, RelayTransport};
+use crate::transports::webrtc::{SignalSlot, WebrtcConfig, WebrtcHandle, WebrtcTransport};
 use crate::transports::{EventSink, Fact, FrameSink, PeerAddr, Transport, TransportEvent};
 use crate::vocab::{NodeId, PathId, PathKind, Role, StreamId};
 use crate::wire::{Frame, Reject};
@@ -277,6 +278,10 @@ pub struct NodeBuilder {
     transports: Vec<TransportSpec>,
     dials: HashMap<PathKind, Vec<PeerAddr>>,
     event_queue: usize,
+    /// The relay transport as the WebRTC transport's signalling link.
+    signal: SignalSlot,
+    /// The WebRTC transport bound now (for a page server).
+    webrtc: WebrtcHandle,
 }
 
 impl NodeBuilder {
@@ -290,6 +295,8 @@ impl NodeBuilder {
             transports: Vec::new(),
             dials: HashMap::new(),
             event_queue: 4096,
+            signal: SignalSlot::new(),
+            webrtc: WebrtcHandle::new(),
         }
     }
 
@@ -362,12 +369,33 @@ impl NodeBuilder {
 
     /// Adds a relay transport (through the root) bound with `config`.
     pub fn relay(self, config: RelayConfig) -> Self {
+        let slot = self.signal.clone();
         self.transport(PathKind::Relay, move |sink| {
             let bound = RelayTransport::bind(config.clone(), sink)
-                .map(|t| t as Arc<dyn Transport>)
+                .map(|t| {
+                    slot.set(t.clone());
+                    t as Arc<dyn Transport>
+                })
                 .map_err(|e| e.to_string());
             async move { bound }
         })
+    }
+
+    /// Adds the WebRTC transport, signalling through this node's relay
+    /// transport (add [`NodeBuilder::relay`] too).
+    pub fn webrtc(self, config: WebrtcConfig) -> Self {
+        let (slot, handle) = (self.signal.clone(), self.webrtc.clone());
+        self.transport(PathKind::WebrtcData, move |sink| {
+            let bound = WebrtcTransport::bind(config.clone(), Arc::new(slot.clone()), sink);
+            handle.set(bound.clone());
+            let t: Arc<dyn Transport> = bound;
+            async move { Ok(t) }
+        })
+    }
+
+    /// The node's WebRTC transport once spawned (see [`NodeBuilder::webrtc`]).
+    pub fn webrtc_handle(&self) -> WebrtcHandle {
+        self.webrtc.clone()
     }
 
     /// Dials `peer` on the transport of `kind` at start (and after every

@@ -616,3 +616,16 @@ impl Transport for RelayTransport {
         self.inner.link.shutdown().await;
     }
 }
+
+#[async_trait]
+impl super::webrtc::SignalLink for RelayTransport {
+    async fn send_signal(&self, to: &NodeId, kind: &str, payload: Bytes) -> Result<(), String> {
+        self.signal(to, kind, payload)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn subscribe(&self) -> Option<broadcast::Receiver<Signal>> {
+        Some(self.signals())
+    }
+}

@@ -1,0 +1,220 @@
+//! Browsers: Debian's headless Chromium loads the hub's page, is admitted
+//! with a single-use browser join token, opens the data channels and sends
+//! 100 commands to a handler on the hub (100 correct replies, each command
+//! applied once); garbage on the data channel gets a typed refusal while
+//! the page keeps being served; reused and expired tokens are refused.
+//! The page reports to this test's own loopback endpoint. Every wait is
+//! bounded.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::routing::post;
+use interlocking::actors::node::{Node, NodeBuilder};
+use interlocking::channels::CommandHandler;
+use interlocking::store::{RedbStore, Store};
+use interlocking::transports::probe::ProbeConfig;
+use interlocking::transports::webrtc::{WebrtcConfig, codes};
+use interlocking::vocab::Role;
+use interlocking::web::{self, WebConfig, WebServer};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Doubles its command and counts applications per command.
+#[derive(Clone, Default)]
+struct Doubler {
+    applied: Arc<Mutex<HashMap<u64, u64>>>,
+}
+
+#[async_trait]
+impl CommandHandler for Doubler {
+    type Command = u64;
+    type Reply = u64;
+
+    async fn handle(&self, k: u64) -> Result<u64, String> {
+        *self.applied.lock().unwrap().entry(k).or_insert(0) += 1;
+        Ok(2 * k)
+    }
+}
+
+/// The page's reports, received on this test's own loopback endpoint.
+async fn report_endpoint() -> (String, mpsc::Receiver<Value>) {
+    let (tx, rx) = mpsc::channel(16);
+    let app = Router::new().route(
+        "/report",
+        post(move |body: String| {
+            let tx = tx.clone();
+            async move {
+                let v: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+                let _ = tx.send(v).await;
+                "ok"
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/report", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (url, rx)
+}
+
+/// Headless Chromium on `url` with the flags of DESIGN.md §9 and a fresh
+/// profile. Killed when dropped.
+struct Chromium {
+    child: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chromium(url: &str) -> Chromium {
+    let profile = tempfile::tempdir().unwrap();
+    let child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--autoplay-policy=no-user-gesture-required",
+            "--allow-loopback-in-peer-connection",
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
+            "--enable-logging=stderr",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .stdout(Stdio::null())
+        .stderr(if std::env::var_os("CHROMIUM_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start chromium ({e}): install it with `apt-get install chromium` (scripts/test does)")
+        });
+    Chromium {
+        child,
+        _profile: profile,
+    }
+}
+
+struct Hub {
+    node: Node,
+    web: WebServer,
+    store: Arc<dyn Store>,
+    handler: Doubler,
+    _dir: tempfile::TempDir,
+}
+
+async fn hub() -> Hub {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut cfg = WebrtcConfig::new("hub");
+    cfg.probe = ProbeConfig {
+        interval: Duration::from_millis(200),
+        timeout: Duration::from_millis(800),
+    };
+    let builder = NodeBuilder::new("hub", Role::Hub).webrtc(cfg);
+    let handle = builder.webrtc_handle();
+    let node = builder.spawn().await.unwrap();
+    let web = web::serve(node.id().clone(), handle, WebConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path().join("hub.redb")).unwrap());
+    Hub {
+        node,
+        web,
+        store,
+        handler: Doubler::default(),
+        _dir: dir,
+    }
+}
+
+async fn page(hub: &Hub, report: &str, rx: &mut mpsc::Receiver<Value>, query: &str) -> Value {
+    let url = format!("http://{}/?report={report}&{query}", hub.web.addr());
+    let _browser = chromium(&url);
+    match tokio::time::timeout(LIMIT, rx.recv()).await {
+        Ok(r) => r.expect("report endpoint open"),
+        Err(_) => panic!(
+            "the page did not report within {LIMIT:?}; hub refusals {:?}, applied {:?}",
+            hub.node.refusals(),
+            hub.handler.applied.lock().unwrap()
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_is_admitted_and_gets_100_replies_garbage_is_refused_tokens_are_single_use() {
+    let hub = hub().await;
+    let (report, mut rx) = report_endpoint().await;
+    let ttl = Duration::from_secs(60);
+    let token = hub
+        .web
+        .gate()
+        .issue(&hub.node, hub.handler.clone(), hub.store.clone(), ttl)
+        .await
+        .unwrap();
+
+    let r = page(
+        &hub,
+        &report,
+        &mut rx,
+        &format!("token={token}&n=100&garbage=1"),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["replies"], 100, "{r}");
+    assert_eq!(r["correct"], 100, "{r}");
+    let garbage = r["garbage_code"]
+        .as_u64()
+        .expect("a typed refusal of the garbage");
+    assert!(
+        (0x0100..0x0200).contains(&garbage),
+        "codec refusal code: {r}"
+    );
+    assert_eq!(r["after_garbage"], 2000, "the page is still served: {r}");
+    eprintln!(
+        "page load -> first reply: {:.1} ms",
+        r["first_reply_ms"].as_f64().unwrap()
+    );
+    {
+        let applied = hub.handler.applied.lock().unwrap();
+        assert_eq!(applied.len(), 101);
+        assert!(applied.values().all(|n| *n == 1), "{applied:?}");
+    }
+
+    // The same token again: refused.
+    let r = page(&hub, &report, &mut rx, &format!("token={token}&n=1")).await;
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["error_code"], u64::from(codes::TOKEN_REFUSED), "{r}");
+    // An expired token: refused.
+    let expired = hub
+        .web
+        .gate()
+        .issue(
+            &hub.node,
+            hub.handler.clone(),
+            hub.store.clone(),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    let r = page(&hub, &report, &mut rx, &format!("token={expired}&n=1")).await;
+    assert_eq!(r["error_code"], u64::from(codes::TOKEN_REFUSED), "{r}");
+    assert_eq!(hub.handler.applied.lock().unwrap().len(), 101);
+
+    hub.web.shutdown();
+    hub.node.shutdown().await;
+}

@@ -1,0 +1,212 @@
+// The interlocking browser client: speaks the crate's wire format
+// (docs/wire.md) over WebRTC data channels to a hub (docs/webrtc.md §5).
+//
+//   const c = new Client({ base: "http://127.0.0.1:8080", token });
+//   await c.connect();              // join with the token, negotiate
+//   const reply = await c.command(21);   // a command to the hub's handler
+//   c.close();
+//
+// Commands carry message ids; after an ICE restart or a fresh session the
+// unanswered ones are sent again with the same ids, and the hub's command
+// server applies each id once.
+
+import { encode, decode } from "./msgpack.js";
+
+/** Frame kind codes (docs/wire.md §4). */
+export const KIND = { Hello: 1, Probe: 2, ProbeAck: 3, Data: 4, Ack: 5, Reject: 6, Close: 7 };
+/** The protocol version this client speaks (docs/wire.md, header byte 4). */
+export const VERSION = 2;
+const CHANNELS = 5;
+const MAX_MESSAGE = 16 * 1024;
+
+/** Encodes one frame: 4-byte big-endian length, version, kind, body. */
+export function encodeFrame(kind, body) {
+  const b = encode(body);
+  const out = new Uint8Array(6 + b.length);
+  new DataView(out.buffer).setUint32(0, 2 + b.length);
+  out[4] = VERSION;
+  out[5] = kind;
+  out.set(b, 6);
+  return out;
+}
+
+/** Reassembles frames from data-channel messages (a frame starts a message). */
+export class FrameReader {
+  constructor(max = 1 << 20) { this.buf = new Uint8Array(0); this.max = max; }
+  push(chunk) {
+    const next = new Uint8Array(this.buf.length + chunk.length);
+    next.set(this.buf);
+    next.set(chunk, this.buf.length);
+    this.buf = next;
+    const frames = [];
+    while (this.buf.length >= 6) {
+      const len = new DataView(this.buf.buffer, this.buf.byteOffset).getUint32(0);
+      if (len < 2 || len > this.max || this.buf[4] !== VERSION) {
+        this.buf = new Uint8Array(0);
+        throw new RangeError("frame header refused");
+      }
+      if (this.buf.length < 4 + len) break;
+      frames.push({ kind: this.buf[5], body: decode(this.buf.slice(6, 4 + len)) });
+      this.buf = this.buf.slice(4 + len);
+    }
+    return frames;
+  }
+}
+
+async function post(url, body) {
+  const r = await fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const json = await r.json();
+  if (!r.ok) {
+    const e = new Error(json.reason || ("HTTP " + r.status));
+    e.code = json.code;
+    throw e;
+  }
+  return json;
+}
+
+export class Client {
+  /** `base`: the hub's page server; `token`: a single-use browser join token. */
+  constructor({ base, token }) {
+    this.base = base;
+    this.token = token;
+    this.pending = new Map(); // message id -> { frame, resolve, reject }
+    this.nextId = 1;
+    this.session = Date.now() * 1000;
+    // The sender incarnation of this page's command stream (docs/channels.md):
+    // one per page, so every resend shares the dedupe keyspace.
+    this.incarnation = Date.now() * 256 + Math.floor(Math.random() * 256);
+    this.generation = 0;
+    this.onReject = () => {};
+    this.onState = () => {};
+  }
+
+  /** Joins with the token, then negotiates the data channels. */
+  async connect() {
+    const j = await post(this.base + "/join", { token: this.token });
+    this.node = j.node;
+    this.secret = j.secret;
+    this.stream = j.stream;
+    this.cert = await RTCPeerConnection.generateCertificate({ name: "ECDSA", namedCurve: "P-256" });
+    await this.fresh();
+  }
+
+  /** A new session: new connection (same certificate, so the same fingerprint). */
+  async fresh() {
+    if (this.pc) this.pc.close();
+    this.session += 1;
+    this.generation = 0;
+    const pc = new RTCPeerConnection({ certificates: [this.cert] });
+    this.pc = pc;
+    this.channels = [];
+    this.reader = new FrameReader();
+    let opened = 0;
+    const open = new Promise((resolve) => {
+      for (let i = 0; i < CHANNELS; i++) {
+        const dc = pc.createDataChannel("il/" + i, { negotiated: true, id: i, ordered: true });
+        dc.binaryType = "arraybuffer";
+        dc.onopen = () => { if (++opened === CHANNELS) resolve(); };
+        dc.onmessage = (e) => this.onMessage(new Uint8Array(e.data));
+        dc.onclose = () => { if (this.pc === pc && !this.closing) this.recover(); };
+        this.channels.push(dc);
+      }
+    });
+    pc.oniceconnectionstatechange = () => {
+      this.onState(pc.iceConnectionState);
+      if (this.pc === pc && pc.iceConnectionState === "failed") this.restartIce();
+    };
+    await this.negotiate();
+    await open;
+    for (const p of this.pending.values()) this.send(p.frame);
+  }
+
+  /** Offer (with every candidate), post it, apply the answer. */
+  async negotiate() {
+    const pc = this.pc;
+    this.generation += 1;
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    if (pc.iceGatheringState !== "complete") {
+      await new Promise((resolve) => {
+        pc.addEventListener("icegatheringstatechange", () => {
+          if (pc.iceGatheringState === "complete") resolve();
+        });
+      });
+    }
+    const a = await post(this.base + "/offer", {
+      node: this.node,
+      secret: this.secret,
+      session: this.session,
+      generation: this.generation,
+      sdp: pc.localDescription.sdp,
+    });
+    await pc.setRemoteDescription({ type: "answer", sdp: a.sdp });
+  }
+
+  async restartIce() {
+    this.pc.restartIce();
+    await this.negotiate();
+    for (const p of this.pending.values()) this.send(p.frame);
+  }
+
+  async recover() {
+    try { await this.fresh(); } catch (e) { this.onState("recover failed: " + e.message); }
+  }
+
+  /** Sends `value` as a command; resolves with the handler's reply. */
+  command(value) {
+    const id = this.nextId++;
+    const envelope = ["Command", id, this.stream, Date.now(), 0, 0, null, encode(value)];
+    // Data: [stream, incarnation, seq 0 (unordered), id, class 0, delivery C, payload].
+    const frame = encodeFrame(KIND.Data, [this.stream, this.incarnation, 0, id, 0, 2, encode(envelope)]);
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { frame, resolve, reject });
+      this.send(frame);
+    });
+  }
+
+  /** Sends raw bytes on the control channel (tests). */
+  sendRaw(bytes) { this.channels[0].send(bytes); }
+
+  send(frame) {
+    const dc = this.channels && this.channels[0];
+    if (!dc || dc.readyState !== "open") return; // resent after reconnecting
+    for (let at = 0; at < frame.length; at += MAX_MESSAGE) {
+      dc.send(frame.subarray(at, Math.min(frame.length, at + MAX_MESSAGE)));
+    }
+  }
+
+  onMessage(bytes) {
+    let frames;
+    try { frames = this.reader.push(bytes); } catch (e) { return; }
+    for (const f of frames) {
+      if (f.kind === KIND.Probe) {
+        this.send(encodeFrame(KIND.ProbeAck, [f.body[0], f.body[1]]));
+      } else if (f.kind === KIND.Data) {
+        const env = decode(f.body[6]);
+        const [kind, id, , , , , , body] = env;
+        const p = this.pending.get(id);
+        if (kind !== "Reply" || !p) continue;
+        this.pending.delete(id);
+        const outcome = decode(body);
+        if (outcome && outcome.Ok !== undefined) p.resolve(decode(outcome.Ok));
+        else p.reject(new Error(JSON.stringify(outcome)));
+      } else if (f.kind === KIND.Reject) {
+        const [, messageId, code, reason] = f.body;
+        this.onReject(code, reason);
+        const p = messageId != null && this.pending.get(messageId);
+        if (p) { this.pending.delete(messageId); p.reject(Object.assign(new Error(reason), { code })); }
+      } else if (f.kind === KIND.Close) {
+        if (!this.closing) this.recover();
+      }
+    }
+  }
+
+  close() {
+    this.closing = true;
+    if (this.pc) this.pc.close();
+  }
+}
