@@ -63,8 +63,9 @@ use crate::transports::{EventSink, Fact, PeerAddr, Transport, TransportEvent};
 use crate::vocab::{NodeId, PathId, PathKind, Role, StreamId};
 use crate::wire::{Frame, Reject};
 
-/// Reject code sent back for a data frame whose stream has no inbox here.
-pub const REJECT_UNKNOWN_STREAM: u16 = 0x0201;
+/// Reject code sent back for a data frame whose stream has no inbox here
+/// (defined in [`crate::wire::codes::node`]).
+pub use crate::wire::codes::node::UNKNOWN_STREAM as REJECT_UNKNOWN_STREAM;
 
 /// Receives the frames of one stream (data, acks, rejects) from any path.
 ///

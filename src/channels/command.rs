@@ -100,8 +100,9 @@ use crate::sync::{LockRecover, lock};
 use crate::vocab::{ChannelKind, NodeId, PathId, StreamId, TrafficClass};
 use crate::wire::{Ack, Data, Frame, Reject};
 
-/// Reject code: a command channel could not decode a data frame's payload.
-pub const REJECT_UNDECODABLE: u16 = 0x0301;
+/// Reject code: a command channel could not decode a data frame's payload
+/// (defined in [`crate::wire::codes::channels`]).
+pub use crate::wire::codes::channels::UNDECODABLE as REJECT_UNDECODABLE;
 
 /// A wall clock in milliseconds since the Unix epoch (injectable for tests).
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;

@@ -28,36 +28,10 @@ use serde::{Deserialize, Serialize};
 use crate::sync::lock;
 use crate::vocab::{NodeId, Role};
 
-/// Admission refusal codes (`docs/wire.md` §7, `docs/root.md` §6), sent in
-/// `JoinRefused`, `RelayRefused`, `LookupReply` and as QUIC close codes.
-pub mod codes {
-    /// The destination of a relay, signal or lookup is not an admitted node.
-    pub const NOT_ADMITTED: u16 = 0x210;
-    /// The destination is admitted but not connected to the root.
-    pub const OFFLINE: u16 = 0x211;
-    /// The node's certificate (or the token's node) is revoked; also the
-    /// QUIC close code for a revoked node's connection.
-    pub const REVOKED: u16 = 0x212;
-    /// The route class's budget towards the destination is exhausted; the
-    /// frame was not forwarded (backpressure).
-    pub const OVER_BUDGET: u16 = 0x213;
-    /// No online node serves the capability asked about.
-    pub const NO_CAPABILITY: u16 = 0x214;
-    /// The join token is unknown (never issued, forged, or malformed).
-    pub const TOKEN_UNKNOWN: u16 = 0x218;
-    /// The join token has expired.
-    pub const TOKEN_EXPIRED: u16 = 0x219;
-    /// The join token was already used.
-    pub const TOKEN_REUSED: u16 = 0x21a;
-    /// The join request names another node than the token.
-    pub const NODE_MISMATCH: u16 = 0x21b;
-    /// The join request names another role than the token.
-    pub const ROLE_MISMATCH: u16 = 0x21c;
-    /// The join request is unusable (bad public key, wrong first frame).
-    pub const BAD_REQUEST: u16 = 0x21d;
-    /// The root failed to issue or persist (internal error).
-    pub const INTERNAL: u16 = 0x21e;
-}
+/// Root refusal codes (`docs/wire.md` §7, `docs/root.md` §6), sent in
+/// `JoinRefused`, `RelayRefused`, `LookupReply`, `Reject` and as QUIC close
+/// codes; defined in [`crate::wire::codes::root`].
+pub use crate::wire::codes::root as codes;
 
 /// Why a join (or an admitted node) is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -58,41 +58,9 @@ use crate::wire::{
     encode_to_bytes, read_frame,
 };
 
-/// Close and stop codes assigned to the QUIC transport, in the transport
-/// range `0x200–0x2ff` of `docs/wire.md` §7.
-///
-/// Codec errors on a stream are reported with the codec's own codes
-/// (`0x100–0x106`, [`crate::wire::codes`]) as the stream's STOP_SENDING
-/// code. Handshake refusals happen inside TLS, before any application code
-/// can be sent: the peer sees the QUIC `CRYPTO_ERROR` for the TLS alert
-/// (`0x100 + alert`, RFC 9001 §4.8); [`WRONG_ALPN`](codes::WRONG_ALPN) and
-/// [`UNTRUSTED_CERTIFICATE`](codes::UNTRUSTED_CERTIFICATE) name those
-/// refusals in counters, logs and facts.
-pub mod codes {
-    /// Connection closed because the endpoint is shutting down.
-    pub const SHUTDOWN: u16 = 0x200;
-    /// Handshake refused: the peer offered no ALPN this node speaks (on the
-    /// wire: TLS alert 120, QUIC code `0x178`).
-    pub const WRONG_ALPN: u16 = 0x201;
-    /// Handshake refused: missing, invalid or untrusted certificate (on the
-    /// wire: TLS alert 116 `certificate_required`, 48 `unknown_ca`, 42
-    /// `bad_certificate`…, QUIC code `0x100 + alert`).
-    pub const UNTRUSTED_CERTIFICATE: u16 = 0x202;
-    /// Connection closed: the verified certificate names no node.
-    pub const NO_IDENTITY: u16 = 0x203;
-    /// Connection closed: a `Hello` named a node other than the
-    /// certificate's.
-    pub const HELLO_MISMATCH: u16 = 0x204;
-    /// Stream stopped: a `Data` frame for a logical stream the peer is not
-    /// admitted to.
-    pub const NOT_ADMITTED: u16 = 0x205;
-    /// Connection closed in favour of the other connection between the
-    /// same two nodes (simultaneous dial or reconnect).
-    pub const DUPLICATE_CONNECTION: u16 = 0x206;
-    /// Stream stopped: the peer opened a bidirectional stream, which
-    /// version 1 does not use.
-    pub const UNEXPECTED_STREAM: u16 = 0x207;
-}
+/// Close and stop codes of the QUIC transport (`docs/wire.md` §7), defined
+/// in [`crate::wire::codes::quic`].
+pub use crate::wire::codes::quic as codes;
 
 /// Decides whether `peer` may send on a logical stream. Returning `false`
 /// stops the QUIC stream that carried the frame with

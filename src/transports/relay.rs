@@ -46,8 +46,8 @@ use super::{
 use crate::sync::lock;
 use crate::vocab::{NodeId, PathId, PathKind};
 use crate::wire::{
-    CodecConfig, Frame, Lookup, LookupReply, ProbeAck, Register, Relay, Signal, decode_frame,
-    encode_to_bytes,
+    CodecConfig, Frame, Lookup, LookupReply, ProbeAck, Register, Reject, Relay, Signal,
+    decode_frame, encode_to_bytes,
 };
 
 /// Refusal codes of the root that mean the relayed peer is gone (its path
@@ -525,6 +525,17 @@ async fn on_relay(inner: &Arc<Inner>, r: Relay) {
     let frame = match decode_frame(&r.frame, &inner.codec) {
         Ok(f) => f,
         Err(e) => {
+            // Refused with the codec's code, back to the sender through the
+            // root: a relayed frame is never dropped in silence.
+            let _ = inner.send_wrapped(
+                &from,
+                Frame::Reject(Reject {
+                    stream: None,
+                    message_id: None,
+                    code: e.reject_code(),
+                    reason: e.to_string(),
+                }),
+            );
             inner
                 .report(
                     &from,

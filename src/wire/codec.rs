@@ -52,7 +52,7 @@ use super::frame::{
     Ack, Close, Data, Frame, FrameKind, Hello, JoinGranted, JoinRefused, JoinRequest, Lookup,
     LookupReply, PROTOCOL_VERSION, Probe, ProbeAck, Register, Reject, Relay, RelayRefused, Signal,
 };
-use crate::vocab::{Role, StreamId};
+use crate::vocab::{Role, StreamId, TrafficClass};
 
 /// Bytes of the length prefix.
 pub const PREFIX_LEN: usize = 4;
@@ -67,57 +67,8 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = 1_048_576;
 /// (which is itself never a valid body, but is a well-formed header).
 pub const MIN_FRAME_LEN: usize = 2;
 
-pub mod codes {
-    //! Stable numeric codes for refusing input and closing streams.
-    //!
-    //! The same number is used as a [`Reject`](crate::wire::Reject) `code`
-    //! (u16) and as a [`Close`](crate::wire::Close) `code` / transport close
-    //! code (u32). Ranges:
-    //!
-    //! | range             | owner                                              |
-    //! |-------------------|----------------------------------------------------|
-    //! | `0x0000`          | [`NO_ERROR`]: orderly close                        |
-    //! | `0x0001..=0x00ff` | reserved (general)                                 |
-    //! | `0x0100..=0x01ff` | the wire codec (this module)                       |
-    //! | `0x0200..=0x02ff` | transports: wrong ALPN, untrusted certificate, not admitted, identity mismatch |
-    //! | `0x0300..=0x03ff` | reserved for routing and channels                  |
-    //! | `0x0400..=0xffff` | reserved                                           |
-    //!
-    //! Codec codes:
-    //!
-    //! | code    | constant                | meaning                                 |
-    //! |---------|-------------------------|-----------------------------------------|
-    //! | `0x100` | [`MALFORMED`]           | body failed to decode / trailing bytes  |
-    //! | `0x101` | [`TOO_LARGE`]           | `L` above the receiver's limit          |
-    //! | `0x102` | [`UNSUPPORTED_VERSION`] | version byte not spoken by the receiver |
-    //! | `0x103` | [`UNKNOWN_KIND`]        | kind byte not a known frame kind        |
-    //! | `0x104` | [`TOO_SHORT`]           | `L < 2`                                 |
-    //! | `0x105` | [`TRUNCATED`]           | input ended inside a frame              |
-    //! | `0x106` | [`TRAILING_BYTES`]      | bytes after a single complete frame     |
-
-    /// Orderly close; not an error.
-    pub const NO_ERROR: u16 = 0x0000;
-    /// The body did not decode as the kind's struct, or had trailing bytes.
-    pub const MALFORMED: u16 = 0x0100;
-    /// The length prefix exceeded the receiver's `max_frame_len` (or the
-    /// sender's, when encoding).
-    pub const TOO_LARGE: u16 = 0x0101;
-    /// The version byte is not [`PROTOCOL_VERSION`](crate::wire::PROTOCOL_VERSION).
-    pub const UNSUPPORTED_VERSION: u16 = 0x0102;
-    /// The kind byte is not a known [`FrameKind`](crate::wire::FrameKind) code.
-    pub const UNKNOWN_KIND: u16 = 0x0103;
-    /// The length prefix was 0 or 1: too short to hold version and kind.
-    pub const TOO_SHORT: u16 = 0x0104;
-    /// The input ended before the frame its prefix announced was complete.
-    pub const TRUNCATED: u16 = 0x0105;
-    /// A buffer meant to hold exactly one frame held more bytes after it.
-    pub const TRAILING_BYTES: u16 = 0x0106;
-    /// First code of the range reserved for transports (wrong ALPN,
-    /// untrusted certificate, not admitted, identity mismatch, ...).
-    pub const TRANSPORT_RANGE_START: u16 = 0x0200;
-    /// Last code of the range reserved for transports.
-    pub const TRANSPORT_RANGE_END: u16 = 0x02ff;
-}
+/// The codec's codes live with every other code in [`super::codes`].
+pub use super::codes;
 
 /// Codec settings shared by encoder and decoder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,6 +198,13 @@ pub enum DecodeError {
         /// What was wrong.
         detail: String,
     },
+    /// A [`Data`] frame's `class` is not a traffic class of
+    /// `docs/wire.md` §5 (codes 5–255 are refused, not passed on).
+    #[error("unknown traffic class {class}")]
+    UnknownClass {
+        /// The class byte received.
+        class: u8,
+    },
     /// [`decode_frame`] was given bytes after one complete frame.
     #[error("{extra} trailing bytes after the frame")]
     TrailingBytes {
@@ -266,6 +224,7 @@ impl DecodeError {
             DecodeError::UnknownKind { .. } => codes::UNKNOWN_KIND,
             DecodeError::Malformed { .. } => codes::MALFORMED,
             DecodeError::TrailingBytes { .. } => codes::TRAILING_BYTES,
+            DecodeError::UnknownClass { .. } => codes::UNKNOWN_CLASS,
         }
     }
 
@@ -822,7 +781,15 @@ fn decode_body<'a>(
         FrameKind::JoinGranted => de::<JoinGranted>(body).map(Frame::JoinGranted),
         FrameKind::JoinRefused => de::<JoinRefused>(body).map(Frame::JoinRefused),
     };
-    frame.map_err(malformed)
+    let frame = frame.map_err(malformed)?;
+    // Strictness about the traffic class lives here too, so no layer above
+    // ever sees a class outside `docs/wire.md` §5.
+    if let Frame::Data(d) = &frame
+        && TrafficClass::from_code(d.class).is_none()
+    {
+        return Err(DecodeError::UnknownClass { class: d.class });
+    }
+    Ok(frame)
 }
 
 #[cfg(test)]
@@ -909,7 +876,7 @@ mod tests {
                 Frame::Reject(Reject {
                     stream: None,
                     message_id: Some(5),
-                    code: 0x101,
+                    code: codes::TOO_LARGE,
                     reason: "big".into(),
                 }),
                 "0000000c 01 06 94 c0 05 cd 0101 a3 626967",
@@ -946,7 +913,7 @@ mod tests {
             ),
             (
                 Frame::JoinRefused(JoinRefused {
-                    code: 0x21a,
+                    code: codes::root::TOKEN_REUSED,
                     reason: String::new(),
                 }),
                 "00000007 01 10 92 cd 021a a0",
@@ -1055,7 +1022,17 @@ mod tests {
         assert_eq!(b[58], 0xce); // uint32
         assert_eq!(&b[63..65], &[0xcc, 255]); // uint8
         assert_eq!(&b[65..70], &[0xc6, 0, 1, 0x11, 0x70]); // bin32
-        assert_eq!(decode_frame(&b, &cfg()).unwrap(), f);
+        // Class 255 encodes (the encoder carries a plain u8) but is refused.
+        assert_eq!(
+            decode_frame(&b, &cfg()),
+            Err(DecodeError::UnknownClass { class: 255 })
+        );
+        let mut b = b;
+        b[64] = 4;
+        let Ok(Frame::Data(d)) = decode_frame(&b, &cfg()) else {
+            panic!("class 4 decodes")
+        };
+        assert_eq!(d.class, 4);
     }
 
     #[test]
@@ -1170,6 +1147,29 @@ mod tests {
             assert_eq!(e.close_code(), 0x103);
             let mut buf = BytesMut::from(&b[..6]);
             assert_eq!(FrameDecoder::default().decode(&mut buf), Err(e));
+        }
+    }
+
+    #[test]
+    fn unknown_traffic_classes_are_refused_by_the_decoder() {
+        for class in 0u8..=255 {
+            let Frame::Data(mut d) = data() else {
+                unreachable!()
+            };
+            d.class = class;
+            let b = enc(&Frame::Data(d));
+            let mut buf = BytesMut::from(&b[..]);
+            let got = FrameDecoder::default().decode(&mut buf);
+            if class <= 4 {
+                assert!(matches!(got, Ok(Some(Frame::Data(_)))), "class {class}");
+                assert!(buf.is_empty());
+            } else {
+                let e = DecodeError::UnknownClass { class };
+                assert_eq!(got, Err(e.clone()), "class {class}");
+                assert_eq!(e.reject_code(), codes::UNKNOWN_CLASS);
+                assert_eq!(buf.len(), b.len(), "nothing consumed on error");
+                assert_eq!(decode_frame(&b, &cfg()), Err(e));
+            }
         }
     }
 
