@@ -180,6 +180,28 @@ pub fn node_from_certificate(cert: &CertificateDer<'_>) -> Result<NodeId, TrustE
     Err(TrustError::NoIdentity)
 }
 
+/// Reads the role from a certificate's subject `OU` (`hub`, `root`,
+/// `member`, `sidecar`, `browser`), as issued by [`CertificateAuthority`].
+///
+/// Call it only on a verified certificate.
+pub fn role_from_certificate(cert: &CertificateDer<'_>) -> Result<Role, TrustError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TrustError::Parse(e.to_string()))?;
+    let mut units = parsed.subject().iter_organizational_unit();
+    let ou = units
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .ok_or(TrustError::NoIdentity)?;
+    if units.next().is_some() {
+        return Err(TrustError::Parse("more than one OU".into()));
+    }
+    Role::ALL
+        .iter()
+        .copied()
+        .find(|r| r.to_string() == ou)
+        .ok_or_else(|| TrustError::Parse(format!("unknown role {ou:?}")))
+}
+
 /// A node's credentials: its certificate chain (leaf first) and private key.
 #[derive(Debug)]
 pub struct NodeIdentity {
@@ -682,6 +704,11 @@ mod tests {
             assert_eq!(node_from_certificate(&ident.cert_chain[0]).unwrap(), node);
         }
         assert!(node_from_certificate(ca.certificate()).is_err());
+        for role in Role::ALL {
+            let ident = ca.issue_node(&NodeId::new("r"), role).unwrap();
+            assert_eq!(role_from_certificate(&ident.cert_chain[0]).unwrap(), role);
+        }
+        assert!(role_from_certificate(ca.certificate()).is_err());
     }
 
     #[test]

@@ -52,7 +52,7 @@ use super::{
 };
 use crate::sync::lock;
 use crate::trust::{self, NodeIdentity, TrustRoots};
-use crate::vocab::{NodeId, PathId, PathKind, StreamId, TrafficClass};
+use crate::vocab::{NodeId, PathId, PathKind, Role, StreamId, TrafficClass};
 use crate::wire::{
     CodecConfig, DecodeError, Frame, FrameDecoder, Hello, ProbeAck, ReadError, decode_frame,
     encode_to_bytes, read_frame,
@@ -153,6 +153,10 @@ pub struct QuicConfig {
     pub seed: u64,
     /// Which logical streams each peer may send on (`None`: all).
     pub admission: Option<Admission>,
+    /// How long after the handshake the peer's `Hello` may take; a
+    /// connection without one by then is closed with
+    /// [`codes::HELLO_MISSING`] (`docs/wire.md` §7.4).
+    pub hello_timeout: Duration,
 }
 
 impl std::fmt::Debug for QuicConfig {
@@ -183,6 +187,7 @@ impl QuicConfig {
             handshake_timeout: Duration::from_secs(5),
             seed: 0,
             admission: None,
+            hello_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -216,8 +221,12 @@ pub struct QuicCounters {
     pub handshake_failed: u64,
     /// Connections closed because the certificate names no node.
     pub refused_no_identity: u64,
-    /// Connections closed for a `Hello` naming another node.
+    /// Connections closed for a `Hello` naming another node or role.
     pub refused_hello_mismatch: u64,
+    /// Connections closed because no `Hello` arrived in time.
+    pub refused_hello_missing: u64,
+    /// Connections closed because the peer finished a stream inside a frame.
+    pub refused_truncated: u64,
     /// Streams stopped for undecodable bytes (malformed, truncated…).
     pub refused_malformed: u64,
     /// Streams stopped for an oversize frame.
@@ -244,6 +253,8 @@ struct Counters {
     handshake_failed: AtomicU64,
     refused_no_identity: AtomicU64,
     refused_hello_mismatch: AtomicU64,
+    refused_hello_missing: AtomicU64,
+    refused_truncated: AtomicU64,
     refused_malformed: AtomicU64,
     refused_too_large: AtomicU64,
     refused_version: AtomicU64,
@@ -268,6 +279,8 @@ impl Counters {
             handshake_failed: g(&self.handshake_failed),
             refused_no_identity: g(&self.refused_no_identity),
             refused_hello_mismatch: g(&self.refused_hello_mismatch),
+            refused_hello_missing: g(&self.refused_hello_missing),
+            refused_truncated: g(&self.refused_truncated),
             refused_malformed: g(&self.refused_malformed),
             refused_too_large: g(&self.refused_too_large),
             refused_version: g(&self.refused_version),
@@ -586,17 +599,32 @@ impl Inner {
     async fn install(self: &Arc<Self>, conn: Connection, peer: NodeId, dialer: NodeId) {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let preferred = std::cmp::min(&self.node, &peer).clone();
+        let hello = encode_to_bytes(
+            &Frame::Hello(Hello {
+                node: self.node.clone(),
+                role: self.config.identity.role,
+                features: 0,
+                token: None,
+            }),
+            &self.config.codec,
+        )
+        .unwrap_or_default();
         let up = {
             let mut peers = lock(&self.peers);
             if self.closed.load(Ordering::Acquire) {
                 conn.close(VarInt::from(codes::SHUTDOWN), b"shutdown");
                 return;
             }
+            // The control stream opens first and says hello: the Hello is
+            // queued on it before any other frame can be.
+            let mut senders: [Option<ClassSender>; 5] = Default::default();
+            senders[TrafficClass::Control.code() as usize] =
+                Some(self.class_sender(&conn, TrafficClass::Control, &peer, Some(&hello)));
             let entry = PeerConn {
                 generation,
                 conn: conn.clone(),
                 dialer: dialer.clone(),
-                senders: Default::default(),
+                senders,
             };
             match peers.get(&peer) {
                 Some(existing) if existing.conn.close_reason().is_none() => {
@@ -630,14 +658,6 @@ impl Inner {
             tracing::info!(node = %self.node, peer = %peer, remote = %conn.remote_address(), "quic: path up");
             self.report(&peer, Fact::Up).await;
         }
-        // The control stream opens first and says hello.
-        let hello = Frame::Hello(Hello {
-            node: self.node.clone(),
-            role: self.config.identity.role,
-            features: 0,
-            token: None,
-        });
-        let _ = self.enqueue(&peer, TrafficClass::Control, hello);
         tokio::spawn(boxed_drive(self.clone(), conn, peer, generation));
     }
 
@@ -657,17 +677,7 @@ impl Inner {
         };
         let slot = &mut entry.senders[class.code() as usize];
         if slot.as_ref().is_none_or(|s| s.tx.is_closed()) {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let depth = Arc::new(Depth::default());
-            self.runtime.spawn(write_loop(
-                entry.conn.clone(),
-                class,
-                rx,
-                depth.clone(),
-                self.node.clone(),
-                peer.clone(),
-            ));
-            *slot = Some(ClassSender { tx, depth });
+            *slot = Some(self.class_sender(&entry.conn, class, peer, None));
         }
         let Some(sender) = slot.as_ref() else {
             unreachable!("sender slot was just filled")
@@ -695,6 +705,34 @@ impl Inner {
             });
         }
         Ok(())
+    }
+
+    /// Starts the writer of `class` towards `peer` on `conn`, with `first`
+    /// queued ahead of anything else.
+    fn class_sender(
+        &self,
+        conn: &Connection,
+        class: TrafficClass,
+        peer: &NodeId,
+        first: Option<&Bytes>,
+    ) -> ClassSender {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let depth = Arc::new(Depth::default());
+        if let Some(b) = first
+            && tx.send(b.clone()).is_ok()
+        {
+            depth.frames.fetch_add(1, Ordering::Relaxed);
+            depth.bytes.fetch_add(b.len(), Ordering::Relaxed);
+        }
+        self.runtime.spawn(write_loop(
+            conn.clone(),
+            class,
+            rx,
+            depth.clone(),
+            self.node.clone(),
+            peer.clone(),
+        ));
+        ClassSender { tx, depth }
     }
 
     /// Frames and bytes queued towards `peer`, all classes.
@@ -828,13 +866,28 @@ async fn drive(inner: Arc<Inner>, conn: Connection, peer: NodeId, generation: u6
     stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = inner.shutdown.subscribe();
     let codec = inner.config.codec;
+    let hello = Arc::new(HelloCheck {
+        role: peer_role(&conn),
+        seen: AtomicBool::new(false),
+    });
+    let hello_deadline = Instant::now() + inner.config.hello_timeout;
+    let mut hello_checked = false;
     let cause = loop {
         let deadline = Instant::from_std(prober.next_deadline());
         tokio::select! {
             _ = shutdown.changed() => break DownCause::ClosedLocally,
+            _ = tokio::time::sleep_until(hello_deadline), if !hello_checked => {
+                hello_checked = true;
+                if !hello.seen.load(Ordering::Acquire) {
+                    bump(&inner.counters.refused_hello_missing);
+                    tracing::warn!(node = %inner.node, peer = %peer, code = codes::HELLO_MISSING, "quic: no hello in time; connection closed");
+                    conn.close(VarInt::from(codes::HELLO_MISSING), b"no hello");
+                    inner.report(&peer, Fact::Incident(format!("no hello within {:?}", inner.config.hello_timeout))).await;
+                }
+            }
             s = conn.accept_uni() => match s {
                 Ok(recv) => {
-                    tokio::spawn(read_loop(inner.clone(), conn.clone(), peer.clone(), recv));
+                    tokio::spawn(read_loop(inner.clone(), conn.clone(), peer.clone(), hello.clone(), recv));
                 }
                 Err(e) => break down_cause(&e),
             },
@@ -890,23 +943,53 @@ async fn drive(inner: Arc<Inner>, conn: Connection, peer: NodeId, generation: u6
     inner.connection_ended(peer, generation, cause).await;
 }
 
+/// What a connection's receiver checks the peer's `Hello` against.
+struct HelloCheck {
+    /// The role in the peer certificate's subject `OU`, if it has one.
+    role: Option<Role>,
+    /// Whether a matching `Hello` has arrived.
+    seen: AtomicBool,
+}
+
+/// The role in a connection's verified peer certificate.
+fn peer_role(conn: &Connection) -> Option<Role> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    trust::role_from_certificate(certs.first()?).ok()
+}
+
 /// Reads frames from one incoming stream and reports them.
-async fn read_loop(inner: Arc<Inner>, conn: Connection, peer: NodeId, mut recv: quinn::RecvStream) {
+async fn read_loop(
+    inner: Arc<Inner>,
+    conn: Connection,
+    peer: NodeId,
+    hello: Arc<HelloCheck>,
+    mut recv: quinn::RecvStream,
+) {
     let mut buf = BytesMut::new();
     let mut decoder = FrameDecoder::new(inner.config.codec);
     loop {
         match read_frame(&mut recv, &mut buf, &mut decoder).await {
             Ok(None) => return,
             Ok(Some(Frame::Hello(h))) => {
-                if h.node != peer {
+                if h.node != peer || Some(h.role) != hello.role {
                     bump(&inner.counters.refused_hello_mismatch);
-                    tracing::warn!(node = %inner.node, peer = %peer, hello = %h.node, code = codes::HELLO_MISMATCH, "quic: hello names another node; connection closed");
+                    tracing::warn!(node = %inner.node, peer = %peer, hello = %h.node, role = %h.role, certificate_role = ?hello.role, code = codes::HELLO_MISMATCH, "quic: hello names another node or role; connection closed");
                     conn.close(
                         VarInt::from(codes::HELLO_MISMATCH),
-                        b"hello names another node",
+                        b"hello names another node or role",
                     );
+                    inner
+                        .report(
+                            &peer,
+                            Fact::Incident(format!("hello as {} ({})", h.node, h.role)),
+                        )
+                        .await;
                     return;
                 }
+                hello.seen.store(true, Ordering::Release);
             }
             Ok(Some(Frame::Probe(p))) => {
                 let ack = Frame::ProbeAck(ProbeAck {
@@ -937,6 +1020,21 @@ async fn read_loop(inner: Arc<Inner>, conn: Connection, peer: NodeId, mut recv: 
                 inner.report(&peer, Fact::Frame(Frame::Data(d))).await;
             }
             Ok(Some(frame)) => inner.report(&peer, Fact::Frame(frame)).await,
+            Err(ReadError::Decode(e @ DecodeError::Truncated { .. })) => {
+                // The peer finished the stream inside a frame: its framing
+                // is broken, and stopping a finished stream would show it
+                // nothing, so the connection is closed (`docs/wire.md` §7.3).
+                bump(&inner.counters.refused_truncated);
+                tracing::warn!(node = %inner.node, peer = %peer, stream = %recv.id(), code = crate::wire::codes::TRUNCATED, error = %e, "quic: stream finished inside a frame; connection closed");
+                conn.close(
+                    VarInt::from(crate::wire::codes::TRUNCATED),
+                    b"stream finished inside a frame",
+                );
+                inner
+                    .report(&peer, Fact::Incident(format!("truncated stream: {e}")))
+                    .await;
+                return;
+            }
             Err(ReadError::Decode(e)) => {
                 let counter = match &e {
                     DecodeError::TooLarge { .. } => &inner.counters.refused_too_large,
