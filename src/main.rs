@@ -48,6 +48,10 @@ enum Command {
         /// How long the token is valid: e.g. 900s, 15m, 2h.
         #[arg(long, default_value = "15m")]
         ttl: String,
+        /// A capability the node may register for rendezvous (repeatable);
+        /// a `Register` naming any other is refused.
+        #[arg(long = "capability", value_name = "NAME")]
+        capabilities: Vec<String>,
     },
 }
 
@@ -84,6 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             node,
             role,
             ttl,
+            capabilities,
         } => {
             let role = parse_role(&role)?;
             let ttl = parse_duration(&ttl)?;
@@ -95,6 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 role,
                 ttl,
                 SystemTime::now(),
+                &capabilities,
             )?;
             println!("{token}");
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::contract::{data, recv_data, until, wait_down, wait_up};
-use common::rootkit::{LIMIT, direct, joined, relay, root, via_root, wait_online};
+use common::rootkit::{LIMIT, direct, joined, joined_with, relay, root, via_root, wait_online};
 use interlocking::root::codes;
 use interlocking::transports::relay::LookupError;
 use interlocking::transports::{ConnectError, Fact, PeerAddr, Transport};
@@ -221,7 +221,7 @@ async fn root_drops_a_retried_class_a_frame_and_replays_its_reply() {
 async fn rendezvous_then_direct_dial() {
     let root = root().await;
     let hub = joined(&root, "hub", Role::Hub).await;
-    let member = joined(&root, "m1", Role::Member).await;
+    let member = joined_with(&root, "m1", Role::Member, &["camera"]).await;
     let (hub_relay, _hub_rx) = relay(&root, hub.identity.clone(), hub.roots.clone());
     let (m_relay, _m_rx) = relay(&root, member.identity.clone(), member.roots.clone());
     let (m_direct, mut m_direct_rx) = direct(member.identity, member.roots);

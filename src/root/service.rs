@@ -38,6 +38,7 @@ use tokio::task::JoinHandle;
 
 use super::admission::{AdmissionBook, AdmissionError, JoinToken, codes, unix_ms};
 use super::dedupe::{DedupeTable, Verdict};
+use super::rendezvous::{self, Registration};
 use crate::actors::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::sync::lock;
 use crate::transports::probe::ProbeConfig;
@@ -46,8 +47,8 @@ use crate::transports::{Fact, PeerAddr, SendError, Transport, TransportEvent};
 use crate::trust::{self, CertificateAuthority, TrustError, TrustRoots};
 use crate::vocab::{NodeId, Role, TrafficClass};
 use crate::wire::{
-    CodecConfig, Frame, FrameDecoder, JoinGranted, JoinRefused, JoinRequest, Lookup, LookupReply,
-    Relay, RelayRefused, Signal, decode_frame, read_frame, write_frame,
+    CodecConfig, Frame, FrameDecoder, JoinGranted, JoinRefused, JoinRequest, Reject, Relay,
+    RelayRefused, Signal, decode_frame, read_frame, write_frame,
 };
 
 /// Configuration of a [`Root`].
@@ -162,13 +163,6 @@ struct Counters {
 
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
-}
-
-/// What a node registered for rendezvous.
-#[derive(Clone, Debug, Default)]
-struct Registration {
-    addrs: Vec<String>,
-    capabilities: Vec<String>,
 }
 
 struct Inner {
@@ -355,12 +349,26 @@ impl RootHandle {
         role: Role,
         ttl: Option<Duration>,
     ) -> Result<JoinToken, AdmissionError> {
+        self.issue_token_with(node, role, ttl, &[])
+    }
+
+    /// Like [`RootHandle::issue_token`], granting `capabilities`: the node,
+    /// once admitted with this token, may register exactly these for
+    /// rendezvous (`docs/root.md` §4).
+    pub fn issue_token_with(
+        &self,
+        node: &NodeId,
+        role: Role,
+        ttl: Option<Duration>,
+        capabilities: &[String],
+    ) -> Result<JoinToken, AdmissionError> {
         self.inner.book.issue(
             self.inner.ca.fingerprint(),
             node,
             role,
             ttl.unwrap_or(self.inner.config.token_ttl),
             SystemTime::now(),
+            capabilities,
         )
     }
 
@@ -608,59 +616,47 @@ async fn on_frame(inner: &Arc<Inner>, peer: NodeId, frame: Frame) {
             forward(inner, &peer, to, out);
         }
         Frame::Register(r) => {
-            lock(&inner.registry).insert(
-                peer,
-                Registration {
-                    addrs: r.addrs,
-                    capabilities: r.capabilities,
-                },
-            );
+            let allowed = inner.book.capabilities(&peer);
+            match rendezvous::check_register(&peer, &r, &allowed, &inner.config.codec) {
+                Ok(reg) => {
+                    lock(&inner.registry).insert(peer, reg);
+                }
+                Err((code, reason)) => {
+                    // The earlier registration (if any) stays.
+                    tracing::warn!(node = %peer, code, reason = %reason, "root: register refused");
+                    let _ = inner.quic.send(
+                        &peer,
+                        Frame::Reject(Reject {
+                            stream: None,
+                            message_id: None,
+                            code,
+                            reason,
+                        }),
+                    );
+                }
+            }
         }
         Frame::Lookup(l) => {
-            let reply = lookup(inner, l);
-            let _ = inner.quic.send(&peer, Frame::LookupReply(reply));
+            let reply = {
+                let registry = lock(&inner.registry);
+                rendezvous::answer(
+                    &l,
+                    &registry,
+                    |n| destination_refusal(inner, n).map(|(code, _)| code),
+                    |n| inner.book.is_revoked(n),
+                )
+            };
+            if let Err(SendError::Encode(e)) =
+                inner.quic.send(&peer, Frame::LookupReply(reply.clone()))
+            {
+                tracing::error!(node = %peer, error = %e, "root: lookup reply unsendable; refused instead");
+                let _ = inner
+                    .quic
+                    .send(&peer, Frame::LookupReply(rendezvous::unsendable(&reply)));
+            }
         }
         _ => {}
     }
-}
-
-fn lookup(inner: &Inner, l: Lookup) -> LookupReply {
-    let refused = |code| LookupReply {
-        request_id: l.request_id,
-        code,
-        node: None,
-        addrs: Vec::new(),
-        capabilities: Vec::new(),
-    };
-    let found = |node: NodeId, r: Registration| LookupReply {
-        request_id: l.request_id,
-        code: 0,
-        node: Some(node),
-        addrs: r.addrs,
-        capabilities: r.capabilities,
-    };
-    if let Some(node) = &l.node {
-        return match destination_refusal(inner, node) {
-            Some((code, _)) => refused(code),
-            None => {
-                let r = lock(&inner.registry).get(node).cloned().unwrap_or_default();
-                found(node.clone(), r)
-            }
-        };
-    }
-    if let Some(cap) = &l.capability {
-        let registry = lock(&inner.registry);
-        let mut serving: Vec<(&NodeId, &Registration)> = registry
-            .iter()
-            .filter(|(n, r)| r.capabilities.contains(cap) && !inner.book.is_revoked(n))
-            .collect();
-        serving.sort_by(|a, b| a.0.cmp(b.0));
-        return match serving.first() {
-            Some((n, r)) => found((*n).clone(), (*r).clone()),
-            None => refused(codes::NO_CAPABILITY),
-        };
-    }
-    refused(codes::BAD_REQUEST)
 }
 
 /// Accepts join connections until shutdown.
