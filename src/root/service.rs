@@ -88,6 +88,10 @@ pub struct RootConfig {
     pub codec: CodecConfig,
     /// Restart policy of the root's tasks.
     pub restart: RestartPolicy,
+    /// Time limit of each step of a join (`docs/root.md` §2.2): the
+    /// handshake, opening the bidirectional stream, the `JoinRequest`
+    /// arriving, and the joiner closing after the answer (default 10 s).
+    pub join_timeout: Duration,
 }
 
 impl Default for RootConfig {
@@ -111,6 +115,7 @@ impl Default for RootConfig {
             keep_alive: Duration::from_secs(1),
             codec: CodecConfig::default(),
             restart: RestartPolicy::default(),
+            join_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -673,7 +678,7 @@ async fn join_loop(inner: Arc<Inner>, ep: quinn::Endpoint, mut stop: watch::Rece
 
 /// Serves one join connection: one request, one answer.
 async fn handle_join(inner: Arc<Inner>, incoming: quinn::Incoming) {
-    let limit = Duration::from_secs(10);
+    let limit = inner.config.join_timeout;
     let Ok(Ok(conn)) = tokio::time::timeout(limit, async { incoming.accept()?.await }).await else {
         return;
     };
@@ -685,9 +690,17 @@ async fn handle_join(inner: Arc<Inner>, incoming: quinn::Incoming) {
     let request = tokio::time::timeout(limit, read_frame(&mut recv, &mut buf, &mut decoder)).await;
     let answer = match request {
         Ok(Ok(Some(Frame::JoinRequest(req)))) => admit(&inner, req),
-        _ => Err(AdmissionError::BadRequest(
-            "expected one JoinRequest".into(),
+        Ok(Ok(Some(other))) => Err(AdmissionError::BadRequest(format!(
+            "expected a JoinRequest, got {:?}",
+            other.kind()
+        ))),
+        Ok(Ok(None)) => Err(AdmissionError::BadRequest(
+            "stream finished before a JoinRequest".into(),
         )),
+        Ok(Err(e)) => Err(AdmissionError::BadRequest(format!("join stream: {e}"))),
+        Err(_) => Err(AdmissionError::BadRequest(format!(
+            "no JoinRequest within {limit:?}"
+        ))),
     };
     let frame = match answer {
         Ok(granted) => {
