@@ -46,7 +46,7 @@ pub use profile::{KeyType, key_type, whole_seconds};
 use profile::{leaf_basic_constraints, subject_key_identifier};
 
 /// The ALPN protocol id of this protocol version (`docs/wire.md` §1).
-pub const ALPN: &[u8] = b"interlocking/1";
+pub const ALPN: &[u8] = b"interlocking/2";
 
 /// The ALPN of the admission protocol (`docs/root.md` §2): server-only TLS,
 /// one `JoinRequest` answered by `JoinGranted` or `JoinRefused`.

@@ -200,22 +200,22 @@ fn a_drifted_example_is_caught() {
     // The checker itself: bytes the code no longer reads (here a field
     // count that changed), a wrong tag, trailing bytes, an unknown tag and
     // an untagged hex block all fail.
-    let doc = "<!-- golden: Close -->\n```\n00000005 01 07 92 00 a0\n```\n";
+    let doc = "<!-- golden: Close -->\n```\n00000005 02 07 92 00 a0\n```\n";
     let good = examples("t.md", doc);
     assert_eq!(good.len(), 1);
     assert!(check(&good[0]).is_ok());
     for bad in [
-        "<!-- golden: Close -->\n```\n00000006 01 07 93 00 a0 00\n```\n",
-        "<!-- golden: Probe -->\n```\n00000005 01 07 92 00 a0\n```\n",
-        "<!-- golden: frames -->\n```\n00000005 01 07 92 00 a0 00\n```\n",
-        "<!-- golden: Nope -->\n```\n00000005 01 07 92 00 a0\n```\n",
+        "<!-- golden: Close -->\n```\n00000006 02 07 93 00 a0 00\n```\n",
+        "<!-- golden: Probe -->\n```\n00000005 02 07 92 00 a0\n```\n",
+        "<!-- golden: frames -->\n```\n00000005 02 07 92 00 a0 00\n```\n",
+        "<!-- golden: Nope -->\n```\n00000005 02 07 92 00 a0\n```\n",
     ] {
         let e = examples("t.md", bad);
         assert!(check(&e[0]).is_err(), "{bad}");
     }
     // Non-canonical integer width decodes but does not re-encode the same.
-    let wide = "<!-- golden: Close -->\n```\n00000006 01 07 92 cc 00 a0\n```\n";
+    let wide = "<!-- golden: Close -->\n```\n00000006 02 07 92 cc 00 a0\n```\n";
     assert!(check(&examples("t.md", wide)[0]).is_err());
-    let untagged = "text\n```\n00000005 01 07 92 00 a0\n```\n";
+    let untagged = "text\n```\n00000005 02 07 92 00 a0\n```\n";
     assert!(std::panic::catch_unwind(|| examples("t.md", untagged)).is_err());
 }

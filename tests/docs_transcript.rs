@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use common::rootkit::LIMIT;
 use interlocking::root::admission::TokenClaims;
 use interlocking::root::{JoinToken, Root, RootConfig};
+use interlocking::transports::quic::QuicConfig;
 use interlocking::trust::{self, KeyType};
 use interlocking::vocab::{NodeId, Role};
 use interlocking::wire::{
@@ -235,7 +236,307 @@ async fn the_transcripts_join_request_is_granted_by_a_real_root() {
 fn the_transcript_has_the_documented_sequence() {
     let kinds: Vec<FrameKind> = frames().iter().map(|(_, f)| f.kind()).collect();
     assert_eq!(
-        &kinds[..2],
-        &[FrameKind::JoinRequest, FrameKind::JoinGranted]
+        kinds,
+        vec![
+            FrameKind::JoinRequest,
+            FrameKind::JoinGranted,
+            FrameKind::Hello,
+            FrameKind::Data,
+            FrameKind::Ack,
+            FrameKind::Data
+        ]
     );
+    // The command and the reply are envelopes of the command channel, and
+    // the ack and reply answer the command.
+    use interlocking::channels::command::{Envelope, EnvelopeKind, ReplyBody};
+    let f = frames();
+    let (Frame::Data(cmd), Frame::Ack(ack), Frame::Data(reply)) =
+        (f[3].1.clone(), f[4].1.clone(), f[5].1.clone())
+    else {
+        unreachable!()
+    };
+    let c = Envelope::decode(&cmd.payload).unwrap();
+    let r = Envelope::decode(&reply.payload).unwrap();
+    assert_eq!(
+        (c.kind, r.kind),
+        (EnvelopeKind::Command, EnvelopeKind::Reply)
+    );
+    assert_eq!(rmp_serde::from_slice::<String>(&c.body).unwrap(), "on");
+    assert_eq!(
+        rmp_serde::from_slice::<ReplyBody>(&r.body).unwrap(),
+        ReplyBody::Ok(rmp_serde::to_vec(&true).unwrap())
+    );
+    for (stream, inc, seq, id) in [
+        (&ack.stream, ack.incarnation, ack.seq, ack.message_id),
+        (
+            &reply.stream,
+            reply.incarnation,
+            reply.seq,
+            reply.message_id,
+        ),
+    ] {
+        assert_eq!(
+            (stream, inc, seq, id),
+            (&cmd.stream, cmd.incarnation, cmd.seq, cmd.message_id)
+        );
+    }
+    assert_eq!(
+        (cmd.stream.as_str(), cmd.incarnation, c.issued_at_ms),
+        (STREAM, INCARNATION, NOW_MS)
+    );
+}
+
+// ---- The command exchange ---------------------------------------------------
+
+/// The transcript's fixed inputs of the command exchange.
+const STREAM: &str = "command:member-7/hub";
+const INCARNATION: u64 = 0x018b_cfe5_6800_05a5;
+const NOW_MS: u64 = 1_700_000_000_000;
+
+/// A handler that turns a switch on: `"on"` → `true`.
+#[derive(Clone)]
+struct Switch;
+
+#[async_trait::async_trait]
+impl interlocking::channels::CommandHandler for Switch {
+    type Command = String;
+    type Reply = bool;
+    async fn handle(&self, cmd: String) -> Result<bool, String> {
+        Ok(cmd == "on")
+    }
+}
+
+fn fixed_clock() -> interlocking::channels::command::Clock {
+    Arc::new(|| NOW_MS)
+}
+
+/// member-7's `Hello`, then the command, ack and reply of the
+/// transcript, as bytes.
+fn exchange_bytes() -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
+    let f = frames();
+    assert_eq!(f.len(), 6, "admission, then hello, command, ack and reply");
+    (
+        f[2].0.clone(),
+        f[3].0.clone(),
+        f[4].0.clone(),
+        f[5].0.clone(),
+    )
+}
+
+fn hexs(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn quic_config(ca: &trust::CertificateAuthority, node: &str, role: Role) -> QuicConfig {
+    let ident = ca.issue_node(&NodeId::new(node), role).unwrap();
+    QuicConfig::new(ident, ca.roots())
+}
+
+/// Reads frames from every stream `conn`'s peer opens and passes each,
+/// with the exact bytes it arrived as, to `tx`.
+fn read_all(conn: quinn::Connection, tx: tokio::sync::mpsc::UnboundedSender<(Vec<u8>, Frame)>) {
+    tokio::spawn(async move {
+        while let Ok(mut recv) = conn.accept_uni().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let (mut buf, mut dec) = (BytesMut::new(), FrameDecoder::default());
+                let mut chunk = [0u8; 4096];
+                while let Ok(Some(n)) = recv.read(&mut chunk).await {
+                    buf.extend_from_slice(&chunk[..n]);
+                    loop {
+                        let before = buf.clone();
+                        match dec.decode(&mut buf) {
+                            Ok(Some(f)) => {
+                                let raw = before[..before.len() - buf.len()].to_vec();
+                                let _ = tx.send((raw, f));
+                            }
+                            Ok(None) => break,
+                            Err(_) => return,
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Waits for the next frame of `kind`, skipping others (e.g. `Hello`).
+async fn next_of(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(Vec<u8>, Frame)>,
+    kind: FrameKind,
+) -> (Vec<u8>, Frame) {
+    for _ in 0..100 {
+        let got = tokio::time::timeout(LIMIT, rx.recv())
+            .await
+            .expect("a frame in time")
+            .expect("the connection is open");
+        if got.1.kind() == kind {
+            return got;
+        }
+    }
+    panic!("no {kind:?} among 100 frames");
+}
+
+fn hello(node: &str, role: Role) -> Vec<u8> {
+    interlocking::wire::encode_to_bytes(
+        &Frame::Hello(interlocking::wire::Hello {
+            node: NodeId::new(node),
+            role,
+            features: 0,
+            token: None,
+        }),
+        &CodecConfig::default(),
+    )
+    .unwrap()
+    .to_vec()
+}
+
+/// A bare quinn endpoint speaking as `ident` (client or server side).
+fn bare(ident: &trust::NodeIdentity, roots: &trust::TrustRoots, server: bool) -> quinn::Endpoint {
+    if server {
+        let tls = trust::server_config(ident, roots).unwrap();
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+        quinn::Endpoint::server(
+            quinn::ServerConfig::with_crypto(Arc::new(quic)),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .unwrap()
+    } else {
+        let tls = trust::client_config(ident, roots).unwrap();
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+        ep
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_command_server_answers_the_transcripts_command_with_its_ack_and_reply() {
+    use interlocking::actors::node::NodeBuilder;
+    use interlocking::channels::CommandChannel;
+    use interlocking::channels::command::ServeConfig;
+    use interlocking::store::MemStore;
+    let (member_hello, command, ack, reply) = exchange_bytes();
+    let ca = trust::CertificateAuthority::generate("ca").unwrap();
+    let hub = NodeBuilder::new("hub", Role::Hub)
+        .quic(quic_config(&ca, "hub", Role::Hub))
+        .spawn()
+        .await
+        .unwrap();
+    CommandChannel::serve(
+        &hub,
+        interlocking::vocab::StreamId::new(STREAM),
+        NodeId::new("member-7"),
+        Switch,
+        Arc::new(MemStore::new()),
+        ServeConfig::default().clock(fixed_clock()),
+    )
+    .await
+    .unwrap();
+    let member = ca
+        .issue_node(&NodeId::new("member-7"), Role::Member)
+        .unwrap();
+    let ep = bare(&member, &ca.roots(), false);
+    let addr = hub
+        .listen_addr(interlocking::vocab::PathKind::Quic)
+        .unwrap();
+    let conn = tokio::time::timeout(
+        LIMIT,
+        ep.connect(addr, &trust::server_name(&NodeId::new("hub")))
+            .unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    read_all(conn.clone(), tx);
+    let mut s = conn.open_uni().await.unwrap();
+    s.write_all(&member_hello).await.unwrap();
+    s.write_all(&command).await.unwrap();
+    let (got_ack, _) = next_of(&mut rx, FrameKind::Ack).await;
+    let (got_reply, _) = next_of(&mut rx, FrameKind::Data).await;
+    assert_eq!(hexs(&got_ack), hexs(&ack), "the server's Ack");
+    assert_eq!(hexs(&got_reply), hexs(&reply), "the server's reply");
+    conn.close(0u8.into(), b"done");
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_command_sender_sends_the_transcripts_command_and_takes_its_reply() {
+    use interlocking::actors::node::NodeBuilder;
+    use interlocking::channels::command::SenderConfig;
+    use interlocking::channels::{CommandChannel, SendOptions};
+    use interlocking::store::{MemStore, Store};
+    use interlocking::transports::PeerAddr;
+    let (member_hello, command, ack, reply) = exchange_bytes();
+    let ca = trust::CertificateAuthority::generate("ca").unwrap();
+    // The hub is a bare endpoint that answers with the transcript's bytes.
+    let hub_ident = ca.issue_node(&NodeId::new("hub"), Role::Hub).unwrap();
+    let ep = bare(&hub_ident, &ca.roots(), true);
+    let hub_addr = ep.local_addr().unwrap();
+    let stream = interlocking::vocab::StreamId::new(STREAM);
+    let store = Arc::new(MemStore::new());
+    // The sender's incarnation is kept in its store: fix it.
+    assert_eq!(
+        store.sender_incarnation(&stream, INCARNATION).unwrap(),
+        INCARNATION
+    );
+    let member = NodeBuilder::new("member-7", Role::Member)
+        .quic(quic_config(&ca, "member-7", Role::Member))
+        .dial(
+            interlocking::vocab::PathKind::Quic,
+            PeerAddr::at("hub", hub_addr),
+        )
+        .spawn()
+        .await
+        .unwrap();
+    let incoming = tokio::time::timeout(LIMIT, ep.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let conn = incoming.await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    read_all(conn.clone(), tx);
+    // Answer probes so the member's path stays healthy.
+    let probes = conn.clone();
+    tokio::spawn(async move {
+        while let Ok(d) = probes.read_datagram().await {
+            if let Ok(Frame::Probe(p)) = decode_frame(&d, &CodecConfig::default()) {
+                let ack = Frame::ProbeAck(interlocking::wire::ProbeAck {
+                    nonce: p.nonce,
+                    sent_at_us: p.sent_at_us,
+                });
+                let b = interlocking::wire::encode_to_bytes(&ack, &CodecConfig::default()).unwrap();
+                let _ = probes.send_datagram(b);
+            }
+        }
+    });
+    let mut s = conn.open_uni().await.unwrap();
+    s.write_all(&hello("hub", Role::Hub)).await.unwrap();
+    let sender = CommandChannel::spawn_sender::<String, bool>(
+        &member,
+        stream,
+        NodeId::new("hub"),
+        store,
+        SenderConfig::default().clock(fixed_clock()),
+    )
+    .await
+    .unwrap();
+    let receipt = sender
+        .send("on".to_string(), SendOptions::class_a())
+        .await
+        .unwrap();
+    let (got_hello, _) = next_of(&mut rx, FrameKind::Hello).await;
+    assert_eq!(hexs(&got_hello), hexs(&member_hello), "the sender's Hello");
+    let (got_command, _) = next_of(&mut rx, FrameKind::Data).await;
+    assert_eq!(hexs(&got_command), hexs(&command), "the sender's command");
+    s.write_all(&ack).await.unwrap();
+    s.write_all(&reply).await.unwrap();
+    let answer = tokio::time::timeout(LIMIT, receipt.reply()).await.unwrap();
+    assert!(
+        answer.unwrap(),
+        "the transcript's reply resolves the receipt"
+    );
+    conn.close(0u8.into(), b"done");
+    member.shutdown().await;
 }

@@ -463,7 +463,7 @@ async fn certificates_served_and_granted_by_a_running_root_are_strict_der() {
         &server_name(root.node()),
     )
     .await;
-    // ...and on its node endpoint (mutual TLS, ALPN interlocking/1).
+    // ...and on its node endpoint (mutual TLS, ALPN interlocking/2).
     let node_chain = served_chain(
         trust::client_config(&a.identity, &a.roots).unwrap(),
         root.local_addr(),

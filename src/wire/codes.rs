@@ -18,7 +18,7 @@
 //! | `0x0200..=0x020f` | the QUIC transport ([`quic`])                       |
 //! | `0x0210..=0x022f` | the root: relay, rendezvous, admission ([`root`])   |
 //! | `0x0230..=0x02ff` | reserved for transports                             |
-//! | `0x0300..=0x030f` | node dispatch and channels ([`node`], [`channels`]) |
+//! | `0x0300..=0x030f` | channels ([`channels`])                             |
 //! | `0x0310..=0x031f` | stream sessions ([`stream`])                        |
 //! | `0x0320..=0x03ff` | reserved for routing and channels                   |
 //! | `0x0400..=0xffff` | reserved                                            |
@@ -139,16 +139,8 @@ pub mod root {
     pub const INTERNAL: u16 = 0x21e;
 }
 
-pub mod node {
-    //! Codes of a node's frame dispatch (`0x0300..=0x0307`).
-
-    /// `Reject`: a data frame named a stream that has no inbox on this
-    /// node (it serves no such stream).
-    pub const UNKNOWN_STREAM: u16 = 0x300;
-}
-
 pub mod channels {
-    //! Codes of the channels (`0x0308..=0x030f`).
+    //! Codes of the channels (`0x0300..=0x030f`).
 
     /// `Reject`: a command channel could not decode a data frame's payload.
     pub const UNDECODABLE: u16 = 0x301;
@@ -157,19 +149,27 @@ pub mod channels {
 pub mod stream {
     //! Codes of stream sessions (`0x0310..=0x031f`): refusals of a frame
     //! by the stream session it is addressed to, sent as `Reject` with the
-    //! frame's stream and message id.
+    //! frame's stream and message id; re-exported as
+    //! [`crate::actors::session::codes`].
 
-    /// The stream is bound to another peer than the frame's sender.
+    /// The frame names a stream this node has bound to another peer.
     pub const NOT_BOUND: u16 = 0x310;
-    /// The stream's inbox or credit window is exhausted; retry later.
+    /// The stream's inbox is full; retry after a short delay (no frame was
+    /// lost: the sender still holds it).
     pub const BUSY: u16 = 0x311;
-    /// The frame carries an older sender incarnation than the session's.
+    /// The frame carries a sender incarnation older than the one this
+    /// receiver has moved on to, or a reply for another incarnation than
+    /// the sender's own.
     pub const STALE_INCARNATION: u16 = 0x312;
-    /// The session exists but is not ready yet (recovering its state).
+    /// No stream of that name is being served here (yet): the node may be
+    /// starting, or the stream is unknown. Retryable.
     pub const NOT_READY: u16 = 0x313;
-    /// A duplicate of a message whose record (and answer) is gone: the
-    /// receiver cannot say what happened to it (expired or unknown).
+    /// A retransmit of a message the receiver applied long ago and whose
+    /// answer it no longer retains: the outcome cannot be reported again.
     pub const ANSWER_GONE: u16 = 0x314;
+    /// The frame is malformed for its stream (e.g. an unknown delivery
+    /// class).
+    pub const BAD_FRAME: u16 = 0x315;
 }
 
 /// One code of the table: its value, its constant's name and the group
@@ -180,8 +180,7 @@ pub struct Code {
     pub value: u16,
     /// The constant's name.
     pub name: &'static str,
-    /// The group: `"codec"`, `"quic"`, `"root"`, `"node"`, `"channels"`,
-    /// `"stream"`.
+    /// The group: `"codec"`, `"quic"`, `"root"`, `"channels"`, `"stream"`.
     pub group: &'static str,
 }
 
@@ -233,13 +232,13 @@ table![
     "root": root::ROLE_MISMATCH,
     "root": root::BAD_REQUEST,
     "root": root::INTERNAL,
-    "node": node::UNKNOWN_STREAM,
     "channels": channels::UNDECODABLE,
     "stream": stream::NOT_BOUND,
     "stream": stream::BUSY,
     "stream": stream::STALE_INCARNATION,
     "stream": stream::NOT_READY,
     "stream": stream::ANSWER_GONE,
+    "stream": stream::BAD_FRAME,
 ];
 
 /// The code with this value, if one is defined.
@@ -305,7 +304,6 @@ mod tests {
                 "codec" => 0x100..=0x1ff,
                 "quic" => 0x200..=0x20f,
                 "root" => 0x210..=0x22f,
-                "node" => 0x300..=0x307,
                 "channels" => 0x300..=0x30f,
                 "stream" => 0x310..=0x31f,
                 other => panic!("unknown group {other}"),
