@@ -29,7 +29,13 @@
 //! * If both sides dial at once, the connection dialled by the lower node
 //!   id survives; the other is closed with [`codes::DUPLICATE_CONNECTION`].
 
+mod counters;
 pub mod faults;
+mod hello;
+
+pub use counters::QuicCounters;
+use counters::{Counters, bump};
+use hello::{HelloCheck, peer_role};
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -52,7 +58,7 @@ use super::{
 };
 use crate::sync::lock;
 use crate::trust::{self, NodeIdentity, TrustRoots};
-use crate::vocab::{NodeId, PathId, PathKind, Role, StreamId, TrafficClass};
+use crate::vocab::{NodeId, PathId, PathKind, StreamId, TrafficClass};
 use crate::wire::{
     CodecConfig, DecodeError, Frame, FrameDecoder, Hello, ProbeAck, ReadError, decode_frame,
     encode_to_bytes, read_frame,
@@ -205,92 +211,6 @@ pub enum QuicError {
     /// The socket could not be bound.
     #[error("bind failed: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// Counters of refused input and connection events (monotonic).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct QuicCounters {
-    /// Connections accepted and authenticated.
-    pub accepted: u64,
-    /// Handshakes refused for a wrong ALPN.
-    pub refused_alpn: u64,
-    /// Handshakes refused for a missing or untrusted certificate.
-    pub refused_certificate: u64,
-    /// Handshakes that failed otherwise (timeout, transport error).
-    pub handshake_failed: u64,
-    /// Connections closed because the certificate names no node.
-    pub refused_no_identity: u64,
-    /// Connections closed for a `Hello` naming another node or role.
-    pub refused_hello_mismatch: u64,
-    /// Connections closed because no `Hello` arrived in time.
-    pub refused_hello_missing: u64,
-    /// Connections closed because the peer finished a stream inside a frame.
-    pub refused_truncated: u64,
-    /// Streams stopped for undecodable bytes (malformed, truncated…).
-    pub refused_malformed: u64,
-    /// Streams stopped for an oversize frame.
-    pub refused_too_large: u64,
-    /// Streams stopped for an unknown protocol version.
-    pub refused_version: u64,
-    /// Streams stopped for a frame on a stream the peer is not admitted to.
-    pub refused_not_admitted: u64,
-    /// Streams stopped because the peer opened a bidirectional stream.
-    pub refused_unexpected_stream: u64,
-    /// Datagrams dropped as undecodable or not a probe.
-    pub bad_datagrams: u64,
-    /// Connections closed as duplicates.
-    pub duplicates_closed: u64,
-    /// Re-dial attempts.
-    pub reconnect_attempts: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    accepted: AtomicU64,
-    refused_alpn: AtomicU64,
-    refused_certificate: AtomicU64,
-    handshake_failed: AtomicU64,
-    refused_no_identity: AtomicU64,
-    refused_hello_mismatch: AtomicU64,
-    refused_hello_missing: AtomicU64,
-    refused_truncated: AtomicU64,
-    refused_malformed: AtomicU64,
-    refused_too_large: AtomicU64,
-    refused_version: AtomicU64,
-    refused_not_admitted: AtomicU64,
-    refused_unexpected_stream: AtomicU64,
-    bad_datagrams: AtomicU64,
-    duplicates_closed: AtomicU64,
-    reconnect_attempts: AtomicU64,
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
-
-impl Counters {
-    fn snapshot(&self) -> QuicCounters {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        QuicCounters {
-            accepted: g(&self.accepted),
-            refused_alpn: g(&self.refused_alpn),
-            refused_certificate: g(&self.refused_certificate),
-            handshake_failed: g(&self.handshake_failed),
-            refused_no_identity: g(&self.refused_no_identity),
-            refused_hello_mismatch: g(&self.refused_hello_mismatch),
-            refused_hello_missing: g(&self.refused_hello_missing),
-            refused_truncated: g(&self.refused_truncated),
-            refused_malformed: g(&self.refused_malformed),
-            refused_too_large: g(&self.refused_too_large),
-            refused_version: g(&self.refused_version),
-            refused_not_admitted: g(&self.refused_not_admitted),
-            refused_unexpected_stream: g(&self.refused_unexpected_stream),
-            bad_datagrams: g(&self.bad_datagrams),
-            duplicates_closed: g(&self.duplicates_closed),
-            reconnect_attempts: g(&self.reconnect_attempts),
-        }
-    }
 }
 
 /// Frames and bytes queued on one class sender.
@@ -941,23 +861,6 @@ async fn drive(inner: Arc<Inner>, conn: Connection, peer: NodeId, generation: u6
         }
     };
     inner.connection_ended(peer, generation, cause).await;
-}
-
-/// What a connection's receiver checks the peer's `Hello` against.
-struct HelloCheck {
-    /// The role in the peer certificate's subject `OU`, if it has one.
-    role: Option<Role>,
-    /// Whether a matching `Hello` has arrived.
-    seen: AtomicBool,
-}
-
-/// The role in a connection's verified peer certificate.
-fn peer_role(conn: &Connection) -> Option<Role> {
-    let certs = conn
-        .peer_identity()?
-        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-        .ok()?;
-    trust::role_from_certificate(certs.first()?).ok()
 }
 
 /// Reads frames from one incoming stream and reports them.
