@@ -524,3 +524,39 @@ async fn frames_over_the_route_budget_are_refused_back_while_control_flows() {
     tb.shutdown().await;
     root.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_frame_of_an_unknown_class_is_refused_back_and_never_delivered() {
+    let root = root().await;
+    let a = joined(&root, "a", Role::Hub).await;
+    let b = joined(&root, "b", Role::Member).await;
+    let (ta, mut ra) = relay(&root, a.identity, a.roots);
+    let (tb, mut rb) = relay(&root, b.identity, b.roots);
+    tb.register(vec![], vec![]).await.unwrap();
+    wait_online(&root, "b", true).await;
+    ta.connect(&via_root("b")).await.unwrap();
+    wait_up(&mut ra, &NodeId::new("b")).await;
+    // Traffic class 9 does not exist (`docs/wire.md` §5).
+    ta.send(&NodeId::new("b"), data("command:a/b", 9, 1, 8))
+        .unwrap();
+    let (ev, _) = until(&mut ra, LIMIT, |e| {
+        matches!(&e.fact, Fact::Frame(Frame::Reject(_)))
+    })
+    .await;
+    assert_eq!(ev.path.peer, NodeId::new("b"));
+    let Fact::Frame(Frame::Reject(r)) = ev.fact else {
+        unreachable!()
+    };
+    assert_eq!(r.code, interlocking::wire::codes::UNKNOWN_CLASS);
+    assert!(r.reason.contains("9"), "{}", r.reason);
+    // The next valid frame is the first b delivers.
+    ta.send(&NodeId::new("b"), data("command:a/b", 4, 2, 8))
+        .unwrap();
+    assert_eq!(
+        recv_data(&mut rb, &NodeId::new("a"), "command:a/b", 1).await,
+        vec![2]
+    );
+    ta.shutdown().await;
+    tb.shutdown().await;
+    root.shutdown().await;
+}
