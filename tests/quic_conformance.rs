@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use common::contract::{data, recv_data, until, wait_up};
+use common::contract::{data, data_bytes_with_class, recv_data, until, wait_up};
 use interlocking::transports::quic::{QuicConfig, QuicTransport, codes};
 use interlocking::transports::{Fact, Transport, TransportEvent};
 use interlocking::trust::{self, CertificateAuthority, NodeIdentity};
@@ -247,7 +247,7 @@ async fn a_data_frame_of_an_unknown_class_is_refused_and_never_delivered() {
     let mut st = conn.open_uni().await.unwrap();
     st.write_all(&hello("m1", Role::Member)).await.unwrap();
     let mut bad = conn.open_uni().await.unwrap();
-    bad.write_all(&encoded(&data("command:m1/server", 9, 1, 8)))
+    bad.write_all(&data_bytes_with_class("command:m1/server", 9, 1, 8))
         .await
         .unwrap();
     let code = tokio::time::timeout(LIMIT, bad.stopped())

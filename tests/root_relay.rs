@@ -10,7 +10,7 @@ use interlocking::actors::session::{Binding, DEFAULT_INBOX_CAPACITY, Permit, Sid
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::contract::{data, recv_data, until, wait_down, wait_up};
+use common::contract::{data, data_bytes_with_class, recv_data, until, wait_down, wait_up};
 use common::rootkit::{LIMIT, direct, joined, joined_with, relay, root, via_root, wait_online};
 use interlocking::root::codes;
 use interlocking::transports::relay::LookupError;
@@ -536,8 +536,22 @@ async fn a_relayed_frame_of_an_unknown_class_is_refused_back_and_never_delivered
     wait_online(&root, "b", true).await;
     ta.connect(&via_root("b")).await.unwrap();
     wait_up(&mut ra, &NodeId::new("b")).await;
-    // Traffic class 9 does not exist (`docs/wire.md` §5).
-    ta.send(&NodeId::new("b"), data("command:a/b", 9, 1, 8))
+    // Traffic class 9 does not exist (`docs/wire.md` §5): the relay
+    // transport refuses to send it…
+    assert!(matches!(
+        ta.send(&NodeId::new("b"), data("command:a/b", 9, 1, 8)),
+        Err(interlocking::transports::SendError::Encode(_))
+    ));
+    // …so a misbehaving peer's bytes are injected on the root link.
+    ta.link()
+        .send(
+            root.node(),
+            Frame::Relay(Relay {
+                to: NodeId::new("b"),
+                from: NodeId::new("a"),
+                frame: Bytes::from(data_bytes_with_class("command:a/b", 9, 1, 8)),
+            }),
+        )
         .unwrap();
     let (ev, _) = until(&mut ra, LIMIT, |e| {
         matches!(&e.fact, Fact::Frame(Frame::Reject(_)))

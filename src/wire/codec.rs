@@ -112,6 +112,14 @@ pub enum EncodeError {
         /// The configured limit.
         max: usize,
     },
+    /// A [`Data`] frame's `class` is not a traffic class of
+    /// `docs/wire.md` §5: a sender never sends codes 5–255. Nothing was
+    /// appended to the buffer.
+    #[error("unknown traffic class {class}")]
+    UnknownClass {
+        /// The class of the refused frame.
+        class: u8,
+    },
     /// The MessagePack serializer failed (not expected for the frame types;
     /// kept so encoding is total). Nothing was appended to the buffer.
     #[error("cannot serialize {kind:?} frame: {detail}")]
@@ -128,6 +136,7 @@ impl EncodeError {
     pub fn reject_code(&self) -> u16 {
         match self {
             EncodeError::TooLarge { .. } => codes::TOO_LARGE,
+            EncodeError::UnknownClass { .. } => codes::UNKNOWN_CLASS,
             EncodeError::Serialize { .. } => codes::MALFORMED,
         }
     }
@@ -257,6 +266,11 @@ impl DecodeError {
 pub fn encode(frame: &Frame, buf: &mut BytesMut, cfg: &CodecConfig) -> Result<(), EncodeError> {
     let max = cfg.limit();
     let kind = frame.kind();
+    if let Frame::Data(d) = frame
+        && TrafficClass::from_code(d.class).is_none()
+    {
+        return Err(EncodeError::UnknownClass { class: d.class });
+    }
     let predicted = encoded_len(frame);
     if predicted - PREFIX_LEN > max {
         return Err(EncodeError::TooLarge {
@@ -1029,7 +1043,7 @@ mod tests {
             incarnation: 1,
             seq: u64::MAX,
             message_id: 0x1_0000,
-            class: 255,
+            class: 4,
             delivery: 2,
             payload: Bytes::from(vec![9u8; 70_000]),
         });
@@ -1039,20 +1053,35 @@ mod tests {
         assert_eq!(b[49], 1); // incarnation, fixint
         assert_eq!(b[50], 0xcf); // uint64
         assert_eq!(b[59], 0xce); // uint32
-        assert_eq!(&b[64..66], &[0xcc, 255]); // uint8
-        assert_eq!(b[66], 2); // delivery
-        assert_eq!(&b[67..72], &[0xc6, 0, 1, 0x11, 0x70]); // bin32
-        // Class 255 encodes (the encoder carries a plain u8) but is refused.
+        assert_eq!(b[64], 4); // class, fixint
+        assert_eq!(b[65], 2); // delivery
+        assert_eq!(&b[66..71], &[0xc6, 0, 1, 0x11, 0x70]); // bin32
+        assert_eq!(decode_frame(&b, &cfg()).unwrap(), f);
+        // A sender never sends an unknown class…
+        let Frame::Data(d) = &f else { unreachable!() };
+        let bad = Frame::Data(Data {
+            class: 255,
+            ..d.clone()
+        });
         assert_eq!(
-            decode_frame(&b, &cfg()),
+            encode_to_bytes(&bad, &cfg()),
+            Err(EncodeError::UnknownClass { class: 255 })
+        );
+        // …and a receiver refuses one, whatever its integer width (here
+        // uint8 `cc ff`), while accepting a known class in a wide form.
+        let with_class = |marker: &[u8]| {
+            let mut w = b[..64].to_vec();
+            w.extend_from_slice(marker);
+            w.extend_from_slice(&b[65..]);
+            let l = (w.len() - PREFIX_LEN) as u32;
+            w[..4].copy_from_slice(&l.to_be_bytes());
+            w
+        };
+        assert_eq!(
+            decode_frame(&with_class(&[0xcc, 255]), &cfg()),
             Err(DecodeError::UnknownClass { class: 255 })
         );
-        let mut b = b;
-        b[65] = 4;
-        let Ok(Frame::Data(d)) = decode_frame(&b, &cfg()) else {
-            panic!("class 4 decodes")
-        };
-        assert_eq!(d.class, 4);
+        assert_eq!(decode_frame(&with_class(&[0xcc, 4]), &cfg()).unwrap(), f);
     }
 
     #[test]
@@ -1171,19 +1200,34 @@ mod tests {
     }
 
     #[test]
-    fn unknown_traffic_classes_are_refused_by_the_decoder() {
+    fn unknown_traffic_classes_are_refused_by_encoder_and_decoder() {
+        // `data()` encodes its class (0) as one fixint at offset 33; write
+        // each class as `uint8` there instead (any width is accepted).
+        let golden = enc(&data());
+        assert_eq!(golden[33], 0);
         for class in 0u8..=255 {
-            let Frame::Data(mut d) = data() else {
-                unreachable!()
-            };
-            d.class = class;
-            let b = enc(&Frame::Data(d));
+            let mut b = golden[..33].to_vec();
+            b.extend_from_slice(&[0xcc, class]);
+            b.extend_from_slice(&golden[34..]);
+            let l = (b.len() - PREFIX_LEN) as u32;
+            b[..4].copy_from_slice(&l.to_be_bytes());
             let mut buf = BytesMut::from(&b[..]);
             let got = FrameDecoder::default().decode(&mut buf);
             if class <= 4 {
-                assert!(matches!(got, Ok(Some(Frame::Data(_)))), "class {class}");
+                assert!(
+                    matches!(&got, Ok(Some(Frame::Data(d))) if d.class == class),
+                    "class {class}"
+                );
                 assert!(buf.is_empty());
             } else {
+                let Frame::Data(d) = data() else {
+                    unreachable!()
+                };
+                assert_eq!(
+                    encode_to_bytes(&Frame::Data(Data { class, ..d }), &cfg()),
+                    Err(EncodeError::UnknownClass { class }),
+                    "a sender refuses class {class}"
+                );
                 let e = DecodeError::UnknownClass { class };
                 assert_eq!(got, Err(e.clone()), "class {class}");
                 assert_eq!(e.reject_code(), codes::UNKNOWN_CLASS);
