@@ -67,6 +67,10 @@ enum Command {
         /// How long the token is valid: e.g. 900s, 15m, 2h.
         #[arg(long, default_value = "15m")]
         ttl: String,
+        /// A capability the node may register for rendezvous (repeatable);
+        /// a `Register` naming any other is refused.
+        #[arg(long = "capability", value_name = "NAME")]
+        capabilities: Vec<String>,
     },
 }
 
@@ -106,7 +110,8 @@ fn main() -> std::process::ExitCode {
             node,
             role,
             ttl,
-        } => token(&state_dir, node, &role, &ttl),
+            capabilities,
+        } => token(&state_dir, node, &role, &ttl, &capabilities),
         Command::Policies { json } => policies(json),
     };
     match result {
@@ -124,6 +129,7 @@ fn token(
     node: String,
     role: &str,
     ttl: &str,
+    capabilities: &[String],
 ) -> Result<(), Box<dyn std::error::Error>> {
     let role = parse_role(role)?;
     let ttl = parse_duration(ttl)?;
@@ -135,6 +141,7 @@ fn token(
         role,
         ttl,
         SystemTime::now(),
+        capabilities,
     )?;
     println!("{token}");
     Ok(())

@@ -9,6 +9,8 @@
 //!   `Signal` frames between admitted nodes under the route class's budget,
 //!   the rendezvous registry (`Register` / `Lookup`), and the
 //!   [`dedupe::DedupeTable`] for relayed class-A frames;
+//! * [`rendezvous`]: the checks on `Register` (size, addresses, granted
+//!   capabilities) and the answer to every `Lookup`;
 //! * [`mod@join`]: the joining node's side of admission ([`join()`]).
 //!
 //! The relay *transport* that nodes use to reach peers through the root is
@@ -21,6 +23,7 @@
 pub mod admission;
 pub mod dedupe;
 pub mod join;
+pub mod rendezvous;
 pub mod service;
 
 pub use admission::{AdmissionBook, AdmissionError, JoinToken, codes};

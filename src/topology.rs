@@ -34,7 +34,7 @@ use crate::transports::probe::ProbeConfig;
 use crate::transports::quic::faults::FaultHandle;
 use crate::transports::quic::{Backoff, QuicConfig};
 use crate::transports::relay::RelayConfig;
-use crate::vocab::{NodeId, PathKind, Role, StreamId};
+use crate::vocab::{ChannelKind, NodeId, PathKind, Role, StreamId};
 
 /// How to run [`hub_root_member`].
 #[derive(Clone, Debug)]
@@ -385,7 +385,14 @@ async fn run(
     let mut members = Vec::new();
     for i in 1..=opts.members {
         let name = format!("member-{i}");
-        let stream = StreamId::new(format!("command:{name}/hub"));
+        // `docs/wire.md` §4.1: `<kind>:<sender>/<receiver>`; the hub serves
+        // one command stream per member.
+        let stream = StreamId::between(
+            ChannelKind::Command,
+            &NodeId::new(name.as_str()),
+            &NodeId::new("hub"),
+            None,
+        );
         CommandChannel::serve(
             &hub,
             stream.clone(),

@@ -40,6 +40,11 @@ use rustls::server::WebPkiClientVerifier;
 
 use crate::vocab::{NodeId, Role};
 
+mod profile;
+
+pub use profile::{KeyType, key_type, whole_seconds};
+use profile::{leaf_basic_constraints, subject_key_identifier};
+
 /// The ALPN protocol id of this protocol version (`docs/wire.md` §1).
 pub const ALPN: &[u8] = b"interlocking/2";
 
@@ -175,6 +180,28 @@ pub fn node_from_certificate(cert: &CertificateDer<'_>) -> Result<NodeId, TrustE
     Err(TrustError::NoIdentity)
 }
 
+/// Reads the role from a certificate's subject `OU` (`hub`, `root`,
+/// `member`, `sidecar`, `browser`), as issued by [`CertificateAuthority`].
+///
+/// Call it only on a verified certificate.
+pub fn role_from_certificate(cert: &CertificateDer<'_>) -> Result<Role, TrustError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TrustError::Parse(e.to_string()))?;
+    let mut units = parsed.subject().iter_organizational_unit();
+    let ou = units
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .ok_or(TrustError::NoIdentity)?;
+    if units.next().is_some() {
+        return Err(TrustError::Parse("more than one OU".into()));
+    }
+    Role::ALL
+        .iter()
+        .copied()
+        .find(|r| r.to_string() == ou)
+        .ok_or_else(|| TrustError::Parse(format!("unknown role {ou:?}")))
+}
+
 /// A node's credentials: its certificate chain (leaf first) and private key.
 #[derive(Debug)]
 pub struct NodeIdentity {
@@ -293,6 +320,7 @@ const BACKDATE: Duration = Duration::from_secs(300);
 fn node_params(
     node: &NodeId,
     role: Role,
+    spki_der: &[u8],
     not_before: SystemTime,
     not_after: SystemTime,
 ) -> Result<CertificateParams, TrustError> {
@@ -307,7 +335,15 @@ fn node_params(
         SanType::URI(node_uri(node).as_str().try_into()?),
         SanType::DnsName(server_name(node).as_str().try_into()?),
     ];
-    params.is_ca = IsCa::ExplicitNoCa;
+    // Not a CA. rcgen's `IsCa::ExplicitNoCa` writes BasicConstraints as
+    // `SEQUENCE { BOOLEAN FALSE }`, which is not DER (a value equal to the
+    // DEFAULT must be omitted) and strict parsers refuse it; `IsCa::NoCa`
+    // writes neither BasicConstraints nor a subject key identifier. So the
+    // leaf carries both as explicit extensions: BasicConstraints as the
+    // empty SEQUENCE (cA FALSE by default, valid DER), critical, and the
+    // subject key identifier of `docs/wire.md` §7.1.
+    params.is_ca = IsCa::NoCa;
+    params.custom_extensions = vec![leaf_basic_constraints(), subject_key_identifier(spki_der)];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
@@ -393,8 +429,9 @@ impl CertificateAuthority {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<NodeIdentity, TrustError> {
-        let params = node_params(node, role, not_before, not_after)?;
         let key = KeyPair::generate()?;
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let params = node_params(node, role, &spki, not_before, not_after)?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(NodeIdentity {
             node: node.clone(),
@@ -415,10 +452,13 @@ impl CertificateAuthority {
         spki_der: &[u8],
         lifetime: Duration,
     ) -> Result<(CertificateDer<'static>, SystemTime), TrustError> {
+        key_type(spki_der)?;
         let key = rcgen::SubjectPublicKeyInfo::from_der(spki_der)?;
         let now = SystemTime::now();
-        let not_after = now + lifetime;
-        let params = node_params(node, role, now - BACKDATE, not_after)?;
+        // X.509 times have whole seconds: cut `notAfter` to the second so
+        // the returned time (`JoinGranted.expires_at_ms`) equals it exactly.
+        let not_after = whole_seconds(now + lifetime);
+        let params = node_params(node, role, spki_der, now - BACKDATE, not_after)?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((cert.der().clone(), not_after))
     }
@@ -611,6 +651,51 @@ mod tests {
     }
 
     #[test]
+    fn accepted_key_types_are_exactly_p256_p384_and_ed25519() {
+        let ca = CertificateAuthority::generate("test-ca").unwrap();
+        let node = NodeId::new("m1");
+        for (alg, want) in [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, KeyType::EcdsaP256),
+            (&rcgen::PKCS_ECDSA_P384_SHA384, KeyType::EcdsaP384),
+            (&rcgen::PKCS_ED25519, KeyType::Ed25519),
+        ] {
+            let key = KeyPair::generate_for(alg).unwrap();
+            let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+            assert_eq!(key_type(&spki).unwrap(), want);
+            let (cert, _) = ca
+                .issue_for_key(&node, Role::Member, &spki, Duration::from_secs(60))
+                .unwrap();
+            assert_eq!(node_from_certificate(&cert).unwrap(), node);
+            // Trailing bytes and a cut key are refused.
+            let mut long = spki.clone();
+            long.push(0);
+            assert!(key_type(&long).is_err());
+            assert!(key_type(&spki[..spki.len() - 1]).is_err());
+        }
+        // rsaEncryption with a (tiny) key: a well-formed SPKI of a refused type.
+        let rsa = [
+            0x30, 0x1a, 0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01,
+            0x01, 0x05, 0x00, 0x03, 0x09, 0x00, 0x30, 0x06, 0x02, 0x01, 0x03, 0x02, 0x01, 0x03,
+        ];
+        let err = key_type(&rsa).unwrap_err().to_string();
+        assert!(err.contains("1.2.840.113549.1.1.1"), "{err}");
+        assert!(
+            ca.issue_for_key(&node, Role::Member, &rsa, Duration::from_secs(60))
+                .is_err()
+        );
+        assert!(key_type(b"not der").is_err());
+    }
+
+    #[test]
+    fn whole_seconds_cuts_the_fraction() {
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_999);
+        assert_eq!(
+            whole_seconds(t),
+            std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+        );
+    }
+
+    #[test]
     fn issued_certificate_names_its_node() {
         let ca = CertificateAuthority::generate("test-ca").unwrap();
         for id in ["hub-1", "m/7 ü", "x"] {
@@ -619,6 +704,11 @@ mod tests {
             assert_eq!(node_from_certificate(&ident.cert_chain[0]).unwrap(), node);
         }
         assert!(node_from_certificate(ca.certificate()).is_err());
+        for role in Role::ALL {
+            let ident = ca.issue_node(&NodeId::new("r"), role).unwrap();
+            assert_eq!(role_from_certificate(&ident.cert_chain[0]).unwrap(), role);
+        }
+        assert!(role_from_certificate(ca.certificate()).is_err());
     }
 
     #[test]

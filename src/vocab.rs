@@ -66,6 +66,17 @@ pub enum Role {
     Browser,
 }
 
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 5] = [
+        Role::Hub,
+        Role::Root,
+        Role::Member,
+        Role::Sidecar,
+        Role::Browser,
+    ];
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -6,17 +6,19 @@
 //! * [`frame`]: what a frame can say (one struct per [`FrameKind`]).
 //! * [`codec`]: the byte layout, size limit, errors and close codes
 //!   (pure, no I/O). `docs/wire.md` is the normative description.
+//! * [`codes`]: every numeric code of the protocol, in one table.
 //! * [`io`]: async adapters running the codec over tokio streams.
 
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod codes;
 pub mod frame;
 pub mod io;
 
 pub use codec::{
     CodecConfig, DEFAULT_MAX_FRAME_LEN, DecodeError, EncodeError, FrameDecoder, HEADER_LEN,
-    MIN_FRAME_LEN, PREFIX_LEN, codes, decode_frame, encode, encode_to_bytes, encoded_len,
+    MIN_FRAME_LEN, PREFIX_LEN, decode_frame, encode, encode_to_bytes, encoded_len,
 };
 pub use frame::*;
 pub use io::{MIN_READ, ReadError, WriteError, read_frame, write_frame, write_frame_buf};

@@ -10,8 +10,8 @@ use interlocking::actors::session::{Binding, DEFAULT_INBOX_CAPACITY, Permit, Sid
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::contract::{data, recv_data, until, wait_down, wait_up};
-use common::rootkit::{LIMIT, direct, joined, relay, root, via_root, wait_online};
+use common::contract::{data, data_bytes_with_class, recv_data, until, wait_down, wait_up};
+use common::rootkit::{LIMIT, direct, joined, joined_with, relay, root, via_root, wait_online};
 use interlocking::root::codes;
 use interlocking::transports::relay::LookupError;
 use interlocking::transports::{ConnectError, Fact, PeerAddr, Transport};
@@ -226,7 +226,7 @@ async fn root_drops_a_retried_class_a_frame_and_replays_its_reply() {
 async fn rendezvous_then_direct_dial() {
     let root = root().await;
     let hub = joined(&root, "hub", Role::Hub).await;
-    let member = joined(&root, "m1", Role::Member).await;
+    let member = joined_with(&root, "m1", Role::Member, &["camera"]).await;
     let (hub_relay, _hub_rx) = relay(&root, hub.identity.clone(), hub.roots.clone());
     let (m_relay, _m_rx) = relay(&root, member.identity.clone(), member.roots.clone());
     let (m_direct, mut m_direct_rx) = direct(member.identity, member.roots);
@@ -518,6 +518,56 @@ async fn frames_over_the_route_budget_are_refused_back_while_control_flows() {
         .unwrap();
     assert_eq!(
         recv_data(&mut rb, &NodeId::new("a"), "sync:a/b", 1).await,
+        vec![2]
+    );
+    ta.shutdown().await;
+    tb.shutdown().await;
+    root.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_frame_of_an_unknown_class_is_refused_back_and_never_delivered() {
+    let root = root().await;
+    let a = joined(&root, "a", Role::Hub).await;
+    let b = joined(&root, "b", Role::Member).await;
+    let (ta, mut ra) = relay(&root, a.identity, a.roots);
+    let (tb, mut rb) = relay(&root, b.identity, b.roots);
+    tb.register(vec![], vec![]).await.unwrap();
+    wait_online(&root, "b", true).await;
+    ta.connect(&via_root("b")).await.unwrap();
+    wait_up(&mut ra, &NodeId::new("b")).await;
+    // Traffic class 9 does not exist (`docs/wire.md` §5): the relay
+    // transport refuses to send it…
+    assert!(matches!(
+        ta.send(&NodeId::new("b"), data("command:a/b", 9, 1, 8)),
+        Err(interlocking::transports::SendError::Encode(_))
+    ));
+    // …so a misbehaving peer's bytes are injected on the root link.
+    ta.link()
+        .send(
+            root.node(),
+            Frame::Relay(Relay {
+                to: NodeId::new("b"),
+                from: NodeId::new("a"),
+                frame: Bytes::from(data_bytes_with_class("command:a/b", 9, 1, 8)),
+            }),
+        )
+        .unwrap();
+    let (ev, _) = until(&mut ra, LIMIT, |e| {
+        matches!(&e.fact, Fact::Frame(Frame::Reject(_)))
+    })
+    .await;
+    assert_eq!(ev.path.peer, NodeId::new("b"));
+    let Fact::Frame(Frame::Reject(r)) = ev.fact else {
+        unreachable!()
+    };
+    assert_eq!(r.code, interlocking::wire::codes::UNKNOWN_CLASS);
+    assert!(r.reason.contains("9"), "{}", r.reason);
+    // The next valid frame is the first b delivers.
+    ta.send(&NodeId::new("b"), data("command:a/b", 4, 2, 8))
+        .unwrap();
+    assert_eq!(
+        recv_data(&mut rb, &NodeId::new("a"), "command:a/b", 1).await,
         vec![2]
     );
     ta.shutdown().await;

@@ -88,6 +88,21 @@ async fn connect_reports_up_on_both_sides_and_delivers_in_order() {
     }
     let got = drain_data(&mut brx, Duration::from_millis(50)).await;
     assert_eq!(got, (0..50).collect::<Vec<_>>());
+    // An unknown traffic class is refused as the codec would refuse it
+    // (`docs/wire.md` §5), and nothing is delivered.
+    let Frame::Data(d) = data(50) else {
+        unreachable!()
+    };
+    let bad = Frame::Data(Data { class: 9, ..d });
+    assert!(matches!(
+        a.send(&NodeId::new("b"), bad),
+        Err(interlocking::transports::SendError::Encode(_))
+    ));
+    a.send(&NodeId::new("b"), data(51)).unwrap();
+    assert_eq!(
+        drain_data(&mut brx, Duration::from_millis(50)).await,
+        vec![51]
+    );
 }
 
 #[tokio::test(start_paused = true)]

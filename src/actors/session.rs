@@ -19,27 +19,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::vocab::{ChannelKind, NodeId, PathId};
 use crate::wire::Frame;
 
-/// Reject codes of the stream-session layer (`docs/wire.md`, code table).
-pub mod codes {
-    /// The frame names a stream this node has bound to another peer.
-    pub const NOT_BOUND: u16 = 0x0310;
-    /// The stream's inbox is full; retry after a short delay (no frame was
-    /// lost: the sender still holds it).
-    pub const BUSY: u16 = 0x0311;
-    /// The frame carries a sender incarnation older than the one this
-    /// receiver has moved on to, or a reply for another incarnation than
-    /// the sender's own.
-    pub const STALE_INCARNATION: u16 = 0x0312;
-    /// No stream of that name is being served here (yet): the node may be
-    /// starting, or the stream is unknown. Retryable.
-    pub const NOT_READY: u16 = 0x0313;
-    /// A retransmit of a message the receiver applied long ago and whose
-    /// answer it no longer retains: the outcome cannot be reported again.
-    pub const ANSWER_GONE: u16 = 0x0314;
-    /// The frame is malformed for its stream (e.g. an unknown delivery
-    /// class).
-    pub const BAD_FRAME: u16 = 0x0315;
-}
+/// Reject codes of the stream-session layer (`docs/wire.md` §7), defined
+/// with every other code in [`crate::wire::codes::stream`].
+pub use crate::wire::codes::stream as codes;
 
 /// Which end of a stream this node is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -115,6 +115,8 @@ fn token_for(root: &Config, node: &Config) -> Result<Option<String>, String> {
             node.role,
             Duration::from_secs(15 * 60),
             SystemTime::now(),
+            // Node configs name no rendezvous capabilities (yet).
+            &[],
         )
         .map_err(|e| e.to_string())?;
     Ok(Some(token.to_string()))

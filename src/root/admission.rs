@@ -2,7 +2,8 @@
 //! list.
 //!
 //! Owns the root's admission state and its persistence. A join token is a
-//! random 256-bit secret plus claims (node, role, expiry) kept by the root;
+//! random 256-bit secret plus claims (node, role, expiry, the capabilities
+//! the node may register) kept by the root;
 //! the string handed to an operator also carries the CA fingerprint so the
 //! joining node can authenticate the root ([`JoinToken`]). The root keeps
 //! only the SHA-256 of each secret.
@@ -13,12 +14,13 @@
 //! operator's `interlocking token` command (another process) can add tokens
 //! while the root runs. (An embedded database would hold an exclusive file
 //! lock and shut the operator out.) Without a state directory the same
-//! rules hold in memory. Revoked node ids are kept in `revoked.json`.
+//! rules hold in memory. Revoked node ids are kept in `revoked.json`, and
+//! the capabilities each admitted node may register in `grants.json`.
 //!
 //! Must not touch: sockets, frames, certificates (issuance is
 //! [`crate::trust`]'s), hub semantics.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,36 +30,10 @@ use serde::{Deserialize, Serialize};
 use crate::sync::lock;
 use crate::vocab::{NodeId, Role};
 
-/// Admission refusal codes (`docs/wire.md` §7, `docs/root.md` §6), sent in
-/// `JoinRefused`, `RelayRefused`, `LookupReply` and as QUIC close codes.
-pub mod codes {
-    /// The destination of a relay, signal or lookup is not an admitted node.
-    pub const NOT_ADMITTED: u16 = 0x210;
-    /// The destination is admitted but not connected to the root.
-    pub const OFFLINE: u16 = 0x211;
-    /// The node's certificate (or the token's node) is revoked; also the
-    /// QUIC close code for a revoked node's connection.
-    pub const REVOKED: u16 = 0x212;
-    /// The route class's budget towards the destination is exhausted; the
-    /// frame was not forwarded (backpressure).
-    pub const OVER_BUDGET: u16 = 0x213;
-    /// No online node serves the capability asked about.
-    pub const NO_CAPABILITY: u16 = 0x214;
-    /// The join token is unknown (never issued, forged, or malformed).
-    pub const TOKEN_UNKNOWN: u16 = 0x218;
-    /// The join token has expired.
-    pub const TOKEN_EXPIRED: u16 = 0x219;
-    /// The join token was already used.
-    pub const TOKEN_REUSED: u16 = 0x21a;
-    /// The join request names another node than the token.
-    pub const NODE_MISMATCH: u16 = 0x21b;
-    /// The join request names another role than the token.
-    pub const ROLE_MISMATCH: u16 = 0x21c;
-    /// The join request is unusable (bad public key, wrong first frame).
-    pub const BAD_REQUEST: u16 = 0x21d;
-    /// The root failed to issue or persist (internal error).
-    pub const INTERNAL: u16 = 0x21e;
-}
+/// Root refusal codes (`docs/wire.md` §7, `docs/root.md` §6), sent in
+/// `JoinRefused`, `RelayRefused`, `LookupReply`, `Reject` and as QUIC close
+/// codes; defined in [`crate::wire::codes::root`].
+pub use crate::wire::codes::root as codes;
 
 /// Why a join (or an admitted node) is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -230,6 +206,39 @@ pub struct TokenClaims {
     pub role: Role,
     /// When it expires, Unix milliseconds.
     pub expires_at_ms: u64,
+    /// The capabilities the node may register for rendezvous once admitted
+    /// (`docs/root.md` §4); none unless the operator named some.
+    #[serde(default)]
+    pub capabilities: BTreeSet<String>,
+}
+
+/// The longest capability name a token may grant, in bytes.
+pub const MAX_CAPABILITY_LEN: usize = 128;
+
+/// The most capabilities one token may grant (and one `Register` may list).
+pub const MAX_CAPABILITIES: usize = 32;
+
+/// Checks capability names an operator grants: 1 to
+/// [`MAX_CAPABILITY_LEN`] bytes, no control characters or spaces, at most
+/// [`MAX_CAPABILITIES`] of them.
+pub fn check_capabilities(caps: &[String]) -> Result<(), AdmissionError> {
+    if caps.len() > MAX_CAPABILITIES {
+        return Err(AdmissionError::BadRequest(format!(
+            "{} capabilities, at most {MAX_CAPABILITIES}",
+            caps.len()
+        )));
+    }
+    for c in caps {
+        if c.is_empty()
+            || c.len() > MAX_CAPABILITY_LEN
+            || c.chars().any(|ch| ch.is_control() || ch.is_whitespace())
+        {
+            return Err(AdmissionError::BadRequest(format!(
+                "capability {c:?}: 1..={MAX_CAPABILITY_LEN} bytes, no spaces or control characters"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Default)]
@@ -237,6 +246,9 @@ struct Memory {
     tokens: HashMap<String, TokenClaims>,
     used: HashMap<String, TokenClaims>,
     revoked: BTreeSet<NodeId>,
+    /// The capabilities each admitted node may register (from the token it
+    /// last joined with).
+    grants: BTreeMap<NodeId, BTreeSet<String>>,
 }
 
 /// The root's admission book: tokens and revocations, in memory or under a
@@ -277,6 +289,11 @@ impl AdmissionBook {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(e)),
         }
+        match std::fs::read(dir.join("grants.json")) {
+            Ok(bytes) => mem.grants = serde_json::from_slice(&bytes).map_err(io_err)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e)),
+        }
         Ok(Self {
             dir: Some(dir.to_path_buf()),
             mem: Mutex::new(mem),
@@ -288,7 +305,8 @@ impl AdmissionBook {
     }
 
     /// Issues a single-use token for `node` in `role`, valid for `ttl` from
-    /// `now`, for a root whose CA has `ca_fingerprint`.
+    /// `now`, for a root whose CA has `ca_fingerprint`, granting
+    /// `capabilities` (checked with [`check_capabilities`]).
     pub fn issue(
         &self,
         ca_fingerprint: [u8; 32],
@@ -296,7 +314,9 @@ impl AdmissionBook {
         role: Role,
         ttl: Duration,
         now: SystemTime,
+        capabilities: &[String],
     ) -> Result<JoinToken, AdmissionError> {
+        check_capabilities(capabilities)?;
         let mut secret = [0u8; 32];
         rand::Rng::fill(&mut rand::rng(), &mut secret[..]);
         let token = JoinToken {
@@ -307,6 +327,7 @@ impl AdmissionBook {
             node: node.clone(),
             role,
             expires_at_ms: unix_ms(now + ttl),
+            capabilities: capabilities.iter().cloned().collect(),
         };
         match &self.dir {
             Some(dir) => {
@@ -385,7 +406,28 @@ impl AdmissionBook {
         if self.is_revoked(node) {
             return Err(AdmissionError::Revoked(node.clone()));
         }
+        self.grant(node, claims.capabilities.clone())?;
         Ok(claims)
+    }
+
+    /// Records that `node` may register `capabilities` (replacing what an
+    /// earlier admission granted); persisted with a state dir.
+    fn grant(&self, node: &NodeId, capabilities: BTreeSet<String>) -> Result<(), AdmissionError> {
+        let mut mem = self.mem();
+        mem.grants.insert(node.clone(), capabilities);
+        if let Some(dir) = &self.dir {
+            let body = serde_json::to_vec(&mem.grants).map_err(io_err)?;
+            let tmp = dir.join(".grants.json.tmp");
+            std::fs::write(&tmp, body).map_err(io_err)?;
+            std::fs::rename(&tmp, dir.join("grants.json")).map_err(io_err)?;
+        }
+        Ok(())
+    }
+
+    /// The capabilities `node` may register: those of the token it was last
+    /// admitted with; none for a node admitted out of band.
+    pub fn capabilities(&self, node: &NodeId) -> BTreeSet<String> {
+        self.mem().grants.get(node).cloned().unwrap_or_default()
     }
 
     /// Adds `node` to the revocation list (persisted with a state dir).
@@ -432,6 +474,7 @@ mod tests {
                 Role::Member,
                 Duration::from_secs(1),
                 SystemTime::now(),
+                &[],
             )
             .unwrap();
         let s = t.to_string();
@@ -448,7 +491,9 @@ mod tests {
         let m = NodeId::new("m");
         for book in books {
             let ttl = Duration::from_secs(900);
-            let t = book.issue([1; 32], &m, Role::Member, ttl, now).unwrap();
+            let t = book
+                .issue([1; 32], &m, Role::Member, ttl, now, &[])
+                .unwrap();
             assert!(book.redeem(&t, &m, Role::Member, now).is_ok());
             assert_eq!(
                 book.redeem(&t, &m, Role::Member, now),
@@ -462,28 +507,70 @@ mod tests {
                 book.redeem(&forged, &m, Role::Member, now),
                 Err(AdmissionError::Unknown)
             );
-            let t = book.issue([1; 32], &m, Role::Member, ttl, now).unwrap();
+            let t = book
+                .issue([1; 32], &m, Role::Member, ttl, now, &[])
+                .unwrap();
             assert_eq!(
                 book.redeem(&t, &m, Role::Member, now + ttl),
                 Err(AdmissionError::Expired)
             );
-            let t = book.issue([1; 32], &m, Role::Member, ttl, now).unwrap();
+            let t = book
+                .issue([1; 32], &m, Role::Member, ttl, now, &[])
+                .unwrap();
             assert!(matches!(
                 book.redeem(&t, &NodeId::new("x"), Role::Member, now),
                 Err(AdmissionError::NodeMismatch { .. })
             ));
-            let t = book.issue([1; 32], &m, Role::Member, ttl, now).unwrap();
+            let t = book
+                .issue([1; 32], &m, Role::Member, ttl, now, &[])
+                .unwrap();
             assert!(matches!(
                 book.redeem(&t, &m, Role::Hub, now),
                 Err(AdmissionError::RoleMismatch { .. })
             ));
             book.revoke(&m).unwrap();
-            let t = book.issue([1; 32], &m, Role::Member, ttl, now).unwrap();
+            let t = book
+                .issue([1; 32], &m, Role::Member, ttl, now, &[])
+                .unwrap();
             assert_eq!(
                 book.redeem(&t, &m, Role::Member, now),
                 Err(AdmissionError::Revoked(m.clone()))
             );
         }
+    }
+
+    #[test]
+    fn capability_grants_are_checked_and_follow_the_last_admission() {
+        let book = AdmissionBook::in_memory();
+        let (m, now, ttl) = (NodeId::new("m"), SystemTime::now(), Duration::from_secs(60));
+        for bad in [
+            vec![String::new()],
+            vec!["a b".to_string()],
+            vec!["x".repeat(MAX_CAPABILITY_LEN + 1)],
+            (0..=MAX_CAPABILITIES).map(|i| format!("c{i}")).collect(),
+        ] {
+            assert!(matches!(
+                book.issue([1; 32], &m, Role::Member, ttl, now, &bad),
+                Err(AdmissionError::BadRequest(_))
+            ));
+        }
+        assert!(book.capabilities(&m).is_empty());
+        let t = book
+            .issue([1; 32], &m, Role::Member, ttl, now, &["cam".into()])
+            .unwrap();
+        book.redeem(&t, &m, Role::Member, now).unwrap();
+        assert_eq!(book.capabilities(&m), BTreeSet::from(["cam".to_string()]));
+        // A refused redemption grants nothing; a later admission replaces.
+        let t = book
+            .issue([1; 32], &m, Role::Member, ttl, now, &["mic".into()])
+            .unwrap();
+        assert!(book.redeem(&t, &m, Role::Hub, now).is_err());
+        assert_eq!(book.capabilities(&m), BTreeSet::from(["cam".to_string()]));
+        let t = book
+            .issue([1; 32], &m, Role::Member, ttl, now, &[])
+            .unwrap();
+        book.redeem(&t, &m, Role::Member, now).unwrap();
+        assert!(book.capabilities(&m).is_empty());
     }
 
     #[test]
@@ -493,11 +580,23 @@ mod tests {
         let root = AdmissionBook::open(dir.path()).unwrap();
         let now = SystemTime::now();
         let m = NodeId::new("m");
+        let caps = vec!["camera".to_string(), "mic/1".to_string()];
         let t = operator
-            .issue([1; 32], &m, Role::Member, Duration::from_secs(60), now)
+            .issue(
+                [1; 32],
+                &m,
+                Role::Member,
+                Duration::from_secs(60),
+                now,
+                &caps,
+            )
             .unwrap();
         assert!(root.redeem(&t, &m, Role::Member, now).is_ok());
         root.revoke(&m).unwrap();
-        assert!(AdmissionBook::open(dir.path()).unwrap().is_revoked(&m));
+        let again = AdmissionBook::open(dir.path()).unwrap();
+        assert!(again.is_revoked(&m));
+        // The grant of the token survives a restart of the book.
+        assert_eq!(again.capabilities(&m), caps.iter().cloned().collect());
+        assert!(again.capabilities(&NodeId::new("other")).is_empty());
     }
 }

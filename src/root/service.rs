@@ -38,6 +38,7 @@ use tokio::task::JoinHandle;
 
 use super::admission::{AdmissionBook, AdmissionError, JoinToken, codes, unix_ms};
 use super::dedupe::{DedupeTable, Verdict};
+use super::rendezvous::{self, Registration};
 use crate::actors::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::sync::lock;
 use crate::transports::probe::ProbeConfig;
@@ -46,8 +47,8 @@ use crate::transports::{Fact, PeerAddr, SendError, Transport, TransportEvent};
 use crate::trust::{self, CertificateAuthority, TrustError, TrustRoots};
 use crate::vocab::{DeliveryClass, NodeId, Role};
 use crate::wire::{
-    CodecConfig, Frame, FrameDecoder, JoinGranted, JoinRefused, JoinRequest, Lookup, LookupReply,
-    Relay, RelayRefused, Signal, decode_frame, read_frame, write_frame,
+    CodecConfig, Frame, FrameDecoder, JoinGranted, JoinRefused, JoinRequest, Reject, Relay,
+    RelayRefused, Signal, decode_frame, read_frame, write_frame,
 };
 
 /// Configuration of a [`Root`].
@@ -89,6 +90,10 @@ pub struct RootConfig {
     pub codec: CodecConfig,
     /// Restart policy of the root's tasks.
     pub restart: RestartPolicy,
+    /// Time limit of each step of a join (`docs/root.md` §2.2): the
+    /// handshake, opening the bidirectional stream, the `JoinRequest`
+    /// arriving, and the joiner closing after the answer (default 10 s).
+    pub join_timeout: Duration,
 }
 
 impl Default for RootConfig {
@@ -113,6 +118,7 @@ impl Default for RootConfig {
             keep_alive: Duration::from_secs(1),
             codec: CodecConfig::default(),
             restart: RestartPolicy::default(),
+            join_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -165,13 +171,6 @@ struct Counters {
 
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
-}
-
-/// What a node registered for rendezvous.
-#[derive(Clone, Debug, Default)]
-struct Registration {
-    addrs: Vec<String>,
-    capabilities: Vec<String>,
 }
 
 struct Inner {
@@ -361,12 +360,26 @@ impl RootHandle {
         role: Role,
         ttl: Option<Duration>,
     ) -> Result<JoinToken, AdmissionError> {
+        self.issue_token_with(node, role, ttl, &[])
+    }
+
+    /// Like [`RootHandle::issue_token`], granting `capabilities`: the node,
+    /// once admitted with this token, may register exactly these for
+    /// rendezvous (`docs/root.md` §4).
+    pub fn issue_token_with(
+        &self,
+        node: &NodeId,
+        role: Role,
+        ttl: Option<Duration>,
+        capabilities: &[String],
+    ) -> Result<JoinToken, AdmissionError> {
         self.inner.book.issue(
             self.inner.ca.fingerprint(),
             node,
             role,
             ttl.unwrap_or(self.inner.config.token_ttl),
             SystemTime::now(),
+            capabilities,
         )
     }
 
@@ -615,59 +628,47 @@ async fn on_frame(inner: &Arc<Inner>, peer: NodeId, frame: Frame) {
             forward(inner, &peer, to, out);
         }
         Frame::Register(r) => {
-            lock(&inner.registry).insert(
-                peer,
-                Registration {
-                    addrs: r.addrs,
-                    capabilities: r.capabilities,
-                },
-            );
+            let allowed = inner.book.capabilities(&peer);
+            match rendezvous::check_register(&peer, &r, &allowed, &inner.config.codec) {
+                Ok(reg) => {
+                    lock(&inner.registry).insert(peer, reg);
+                }
+                Err((code, reason)) => {
+                    // The earlier registration (if any) stays.
+                    tracing::warn!(node = %peer, code, reason = %reason, "root: register refused");
+                    let _ = inner.quic.send(
+                        &peer,
+                        Frame::Reject(Reject {
+                            stream: None,
+                            message_id: None,
+                            code,
+                            reason,
+                        }),
+                    );
+                }
+            }
         }
         Frame::Lookup(l) => {
-            let reply = lookup(inner, l);
-            let _ = inner.quic.send(&peer, Frame::LookupReply(reply));
+            let reply = {
+                let registry = lock(&inner.registry);
+                rendezvous::answer(
+                    &l,
+                    &registry,
+                    |n| destination_refusal(inner, n).map(|(code, _)| code),
+                    |n| inner.book.is_revoked(n),
+                )
+            };
+            if let Err(SendError::Encode(e)) =
+                inner.quic.send(&peer, Frame::LookupReply(reply.clone()))
+            {
+                tracing::error!(node = %peer, error = %e, "root: lookup reply unsendable; refused instead");
+                let _ = inner
+                    .quic
+                    .send(&peer, Frame::LookupReply(rendezvous::unsendable(&reply)));
+            }
         }
         _ => {}
     }
-}
-
-fn lookup(inner: &Inner, l: Lookup) -> LookupReply {
-    let refused = |code| LookupReply {
-        request_id: l.request_id,
-        code,
-        node: None,
-        addrs: Vec::new(),
-        capabilities: Vec::new(),
-    };
-    let found = |node: NodeId, r: Registration| LookupReply {
-        request_id: l.request_id,
-        code: 0,
-        node: Some(node),
-        addrs: r.addrs,
-        capabilities: r.capabilities,
-    };
-    if let Some(node) = &l.node {
-        return match destination_refusal(inner, node) {
-            Some((code, _)) => refused(code),
-            None => {
-                let r = lock(&inner.registry).get(node).cloned().unwrap_or_default();
-                found(node.clone(), r)
-            }
-        };
-    }
-    if let Some(cap) = &l.capability {
-        let registry = lock(&inner.registry);
-        let mut serving: Vec<(&NodeId, &Registration)> = registry
-            .iter()
-            .filter(|(n, r)| r.capabilities.contains(cap) && !inner.book.is_revoked(n))
-            .collect();
-        serving.sort_by(|a, b| a.0.cmp(b.0));
-        return match serving.first() {
-            Some((n, r)) => found((*n).clone(), (*r).clone()),
-            None => refused(codes::NO_CAPABILITY),
-        };
-    }
-    refused(codes::BAD_REQUEST)
 }
 
 /// Accepts join connections until shutdown.
@@ -684,7 +685,7 @@ async fn join_loop(inner: Arc<Inner>, ep: quinn::Endpoint, mut stop: watch::Rece
 
 /// Serves one join connection: one request, one answer.
 async fn handle_join(inner: Arc<Inner>, incoming: quinn::Incoming) {
-    let limit = Duration::from_secs(10);
+    let limit = inner.config.join_timeout;
     let Ok(Ok(conn)) = tokio::time::timeout(limit, async { incoming.accept()?.await }).await else {
         return;
     };
@@ -696,9 +697,17 @@ async fn handle_join(inner: Arc<Inner>, incoming: quinn::Incoming) {
     let request = tokio::time::timeout(limit, read_frame(&mut recv, &mut buf, &mut decoder)).await;
     let answer = match request {
         Ok(Ok(Some(Frame::JoinRequest(req)))) => admit(&inner, req),
-        _ => Err(AdmissionError::BadRequest(
-            "expected one JoinRequest".into(),
+        Ok(Ok(Some(other))) => Err(AdmissionError::BadRequest(format!(
+            "expected a JoinRequest, got {:?}",
+            other.kind()
+        ))),
+        Ok(Ok(None)) => Err(AdmissionError::BadRequest(
+            "stream finished before a JoinRequest".into(),
         )),
+        Ok(Err(e)) => Err(AdmissionError::BadRequest(format!("join stream: {e}"))),
+        Err(_) => Err(AdmissionError::BadRequest(format!(
+            "no JoinRequest within {limit:?}"
+        ))),
     };
     let frame = match answer {
         Ok(granted) => {

@@ -643,6 +643,15 @@ impl Transport for MemoryTransport {
     }
 
     fn send(&self, peer: &NodeId, frame: Frame) -> Result<(), SendError> {
+        // Frames are not encoded here; refuse what the codec would.
+        if let Frame::Data(d) = &frame
+            && crate::vocab::TrafficClass::from_code(d.class).is_none()
+        {
+            return Err(SendError::Encode(format!(
+                "unknown traffic class {}",
+                d.class
+            )));
+        }
         if !self.inner.peers().contains_key(peer) {
             return Err(SendError::NoPath {
                 peer: peer.clone(),

@@ -29,7 +29,13 @@
 //! * If both sides dial at once, the connection dialled by the lower node
 //!   id survives; the other is closed with [`codes::DUPLICATE_CONNECTION`].
 
+mod counters;
 pub mod faults;
+mod hello;
+
+pub use counters::QuicCounters;
+use counters::{Counters, bump};
+use hello::{HelloCheck, peer_role};
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -58,41 +64,9 @@ use crate::wire::{
     encode_to_bytes, read_frame,
 };
 
-/// Close and stop codes assigned to the QUIC transport, in the transport
-/// range `0x200–0x2ff` of `docs/wire.md` §7.
-///
-/// Codec errors on a stream are reported with the codec's own codes
-/// (`0x100–0x106`, [`crate::wire::codes`]) as the stream's STOP_SENDING
-/// code. Handshake refusals happen inside TLS, before any application code
-/// can be sent: the peer sees the QUIC `CRYPTO_ERROR` for the TLS alert
-/// (`0x100 + alert`, RFC 9001 §4.8); [`WRONG_ALPN`](codes::WRONG_ALPN) and
-/// [`UNTRUSTED_CERTIFICATE`](codes::UNTRUSTED_CERTIFICATE) name those
-/// refusals in counters, logs and facts.
-pub mod codes {
-    /// Connection closed because the endpoint is shutting down.
-    pub const SHUTDOWN: u16 = 0x200;
-    /// Handshake refused: the peer offered no ALPN this node speaks (on the
-    /// wire: TLS alert 120, QUIC code `0x178`).
-    pub const WRONG_ALPN: u16 = 0x201;
-    /// Handshake refused: missing, invalid or untrusted certificate (on the
-    /// wire: TLS alert 116 `certificate_required`, 48 `unknown_ca`, 42
-    /// `bad_certificate`…, QUIC code `0x100 + alert`).
-    pub const UNTRUSTED_CERTIFICATE: u16 = 0x202;
-    /// Connection closed: the verified certificate names no node.
-    pub const NO_IDENTITY: u16 = 0x203;
-    /// Connection closed: a `Hello` named a node other than the
-    /// certificate's.
-    pub const HELLO_MISMATCH: u16 = 0x204;
-    /// Stream stopped: a `Data` frame for a logical stream the peer is not
-    /// admitted to.
-    pub const NOT_ADMITTED: u16 = 0x205;
-    /// Connection closed in favour of the other connection between the
-    /// same two nodes (simultaneous dial or reconnect).
-    pub const DUPLICATE_CONNECTION: u16 = 0x206;
-    /// Stream stopped: the peer opened a bidirectional stream, which
-    /// version 1 does not use.
-    pub const UNEXPECTED_STREAM: u16 = 0x207;
-}
+/// Close and stop codes of the QUIC transport (`docs/wire.md` §7), defined
+/// in [`crate::wire::codes::quic`].
+pub use crate::wire::codes::quic as codes;
 
 /// Decides whether `peer` may send on a logical stream. Returning `false`
 /// stops the QUIC stream that carried the frame with
@@ -185,6 +159,10 @@ pub struct QuicConfig {
     pub seed: u64,
     /// Which logical streams each peer may send on (`None`: all).
     pub admission: Option<Admission>,
+    /// How long after the handshake the peer's `Hello` may take; a
+    /// connection without one by then is closed with
+    /// [`codes::HELLO_MISSING`] (`docs/wire.md` §7.4).
+    pub hello_timeout: Duration,
 }
 
 impl std::fmt::Debug for QuicConfig {
@@ -215,6 +193,7 @@ impl QuicConfig {
             handshake_timeout: Duration::from_secs(5),
             seed: 0,
             admission: None,
+            hello_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -232,84 +211,6 @@ pub enum QuicError {
     /// The socket could not be bound.
     #[error("bind failed: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// Counters of refused input and connection events (monotonic).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct QuicCounters {
-    /// Connections accepted and authenticated.
-    pub accepted: u64,
-    /// Handshakes refused for a wrong ALPN.
-    pub refused_alpn: u64,
-    /// Handshakes refused for a missing or untrusted certificate.
-    pub refused_certificate: u64,
-    /// Handshakes that failed otherwise (timeout, transport error).
-    pub handshake_failed: u64,
-    /// Connections closed because the certificate names no node.
-    pub refused_no_identity: u64,
-    /// Connections closed for a `Hello` naming another node.
-    pub refused_hello_mismatch: u64,
-    /// Streams stopped for undecodable bytes (malformed, truncated…).
-    pub refused_malformed: u64,
-    /// Streams stopped for an oversize frame.
-    pub refused_too_large: u64,
-    /// Streams stopped for an unknown protocol version.
-    pub refused_version: u64,
-    /// Streams stopped for a frame on a stream the peer is not admitted to.
-    pub refused_not_admitted: u64,
-    /// Streams stopped because the peer opened a bidirectional stream.
-    pub refused_unexpected_stream: u64,
-    /// Datagrams dropped as undecodable or not a probe.
-    pub bad_datagrams: u64,
-    /// Connections closed as duplicates.
-    pub duplicates_closed: u64,
-    /// Re-dial attempts.
-    pub reconnect_attempts: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    accepted: AtomicU64,
-    refused_alpn: AtomicU64,
-    refused_certificate: AtomicU64,
-    handshake_failed: AtomicU64,
-    refused_no_identity: AtomicU64,
-    refused_hello_mismatch: AtomicU64,
-    refused_malformed: AtomicU64,
-    refused_too_large: AtomicU64,
-    refused_version: AtomicU64,
-    refused_not_admitted: AtomicU64,
-    refused_unexpected_stream: AtomicU64,
-    bad_datagrams: AtomicU64,
-    duplicates_closed: AtomicU64,
-    reconnect_attempts: AtomicU64,
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
-
-impl Counters {
-    fn snapshot(&self) -> QuicCounters {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        QuicCounters {
-            accepted: g(&self.accepted),
-            refused_alpn: g(&self.refused_alpn),
-            refused_certificate: g(&self.refused_certificate),
-            handshake_failed: g(&self.handshake_failed),
-            refused_no_identity: g(&self.refused_no_identity),
-            refused_hello_mismatch: g(&self.refused_hello_mismatch),
-            refused_malformed: g(&self.refused_malformed),
-            refused_too_large: g(&self.refused_too_large),
-            refused_version: g(&self.refused_version),
-            refused_not_admitted: g(&self.refused_not_admitted),
-            refused_unexpected_stream: g(&self.refused_unexpected_stream),
-            bad_datagrams: g(&self.bad_datagrams),
-            duplicates_closed: g(&self.duplicates_closed),
-            reconnect_attempts: g(&self.reconnect_attempts),
-        }
-    }
 }
 
 /// Frames and bytes queued on one class sender.
@@ -618,17 +519,32 @@ impl Inner {
     async fn install(self: &Arc<Self>, conn: Connection, peer: NodeId, dialer: NodeId) {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let preferred = std::cmp::min(&self.node, &peer).clone();
+        let hello = encode_to_bytes(
+            &Frame::Hello(Hello {
+                node: self.node.clone(),
+                role: self.config.identity.role,
+                features: 0,
+                token: None,
+            }),
+            &self.config.codec,
+        )
+        .unwrap_or_default();
         let up = {
             let mut peers = lock(&self.peers);
             if self.closed.load(Ordering::Acquire) {
                 conn.close(VarInt::from(codes::SHUTDOWN), b"shutdown");
                 return;
             }
+            // The control stream opens first and says hello: the Hello is
+            // queued on it before any other frame can be.
+            let mut senders: [Option<ClassSender>; 5] = Default::default();
+            senders[TrafficClass::Control.code() as usize] =
+                Some(self.class_sender(&conn, TrafficClass::Control, &peer, Some(&hello)));
             let entry = PeerConn {
                 generation,
                 conn: conn.clone(),
                 dialer: dialer.clone(),
-                senders: Default::default(),
+                senders,
             };
             match peers.get(&peer) {
                 Some(existing) if existing.conn.close_reason().is_none() => {
@@ -662,14 +578,6 @@ impl Inner {
             tracing::info!(node = %self.node, peer = %peer, remote = %conn.remote_address(), "quic: path up");
             self.report(&peer, Fact::Up).await;
         }
-        // The control stream opens first and says hello.
-        let hello = Frame::Hello(Hello {
-            node: self.node.clone(),
-            role: self.config.identity.role,
-            features: 0,
-            token: None,
-        });
-        let _ = self.enqueue(&peer, TrafficClass::Control, hello);
         tokio::spawn(boxed_drive(self.clone(), conn, peer, generation));
     }
 
@@ -689,17 +597,7 @@ impl Inner {
         };
         let slot = &mut entry.senders[class.code() as usize];
         if slot.as_ref().is_none_or(|s| s.tx.is_closed()) {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let depth = Arc::new(Depth::default());
-            self.runtime.spawn(write_loop(
-                entry.conn.clone(),
-                class,
-                rx,
-                depth.clone(),
-                self.node.clone(),
-                peer.clone(),
-            ));
-            *slot = Some(ClassSender { tx, depth });
+            *slot = Some(self.class_sender(&entry.conn, class, peer, None));
         }
         let Some(sender) = slot.as_ref() else {
             unreachable!("sender slot was just filled")
@@ -727,6 +625,34 @@ impl Inner {
             });
         }
         Ok(())
+    }
+
+    /// Starts the writer of `class` towards `peer` on `conn`, with `first`
+    /// queued ahead of anything else.
+    fn class_sender(
+        &self,
+        conn: &Connection,
+        class: TrafficClass,
+        peer: &NodeId,
+        first: Option<&Bytes>,
+    ) -> ClassSender {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let depth = Arc::new(Depth::default());
+        if let Some(b) = first
+            && tx.send(b.clone()).is_ok()
+        {
+            depth.frames.fetch_add(1, Ordering::Relaxed);
+            depth.bytes.fetch_add(b.len(), Ordering::Relaxed);
+        }
+        self.runtime.spawn(write_loop(
+            conn.clone(),
+            class,
+            rx,
+            depth.clone(),
+            self.node.clone(),
+            peer.clone(),
+        ));
+        ClassSender { tx, depth }
     }
 
     /// Frames and bytes queued towards `peer`, all classes.
@@ -860,13 +786,28 @@ async fn drive(inner: Arc<Inner>, conn: Connection, peer: NodeId, generation: u6
     stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = inner.shutdown.subscribe();
     let codec = inner.config.codec;
+    let hello = Arc::new(HelloCheck {
+        role: peer_role(&conn),
+        seen: AtomicBool::new(false),
+    });
+    let hello_deadline = Instant::now() + inner.config.hello_timeout;
+    let mut hello_checked = false;
     let cause = loop {
         let deadline = Instant::from_std(prober.next_deadline());
         tokio::select! {
             _ = shutdown.changed() => break DownCause::ClosedLocally,
+            _ = tokio::time::sleep_until(hello_deadline), if !hello_checked => {
+                hello_checked = true;
+                if !hello.seen.load(Ordering::Acquire) {
+                    bump(&inner.counters.refused_hello_missing);
+                    tracing::warn!(node = %inner.node, peer = %peer, code = codes::HELLO_MISSING, "quic: no hello in time; connection closed");
+                    conn.close(VarInt::from(codes::HELLO_MISSING), b"no hello");
+                    inner.report(&peer, Fact::Incident(format!("no hello within {:?}", inner.config.hello_timeout))).await;
+                }
+            }
             s = conn.accept_uni() => match s {
                 Ok(recv) => {
-                    tokio::spawn(read_loop(inner.clone(), conn.clone(), peer.clone(), recv));
+                    tokio::spawn(read_loop(inner.clone(), conn.clone(), peer.clone(), hello.clone(), recv));
                 }
                 Err(e) => break down_cause(&e),
             },
@@ -923,22 +864,35 @@ async fn drive(inner: Arc<Inner>, conn: Connection, peer: NodeId, generation: u6
 }
 
 /// Reads frames from one incoming stream and reports them.
-async fn read_loop(inner: Arc<Inner>, conn: Connection, peer: NodeId, mut recv: quinn::RecvStream) {
+async fn read_loop(
+    inner: Arc<Inner>,
+    conn: Connection,
+    peer: NodeId,
+    hello: Arc<HelloCheck>,
+    mut recv: quinn::RecvStream,
+) {
     let mut buf = BytesMut::new();
     let mut decoder = FrameDecoder::new(inner.config.codec);
     loop {
         match read_frame(&mut recv, &mut buf, &mut decoder).await {
             Ok(None) => return,
             Ok(Some(Frame::Hello(h))) => {
-                if h.node != peer {
+                if h.node != peer || Some(h.role) != hello.role {
                     bump(&inner.counters.refused_hello_mismatch);
-                    tracing::warn!(node = %inner.node, peer = %peer, hello = %h.node, code = codes::HELLO_MISMATCH, "quic: hello names another node; connection closed");
+                    tracing::warn!(node = %inner.node, peer = %peer, hello = %h.node, role = %h.role, certificate_role = ?hello.role, code = codes::HELLO_MISMATCH, "quic: hello names another node or role; connection closed");
                     conn.close(
                         VarInt::from(codes::HELLO_MISMATCH),
-                        b"hello names another node",
+                        b"hello names another node or role",
                     );
+                    inner
+                        .report(
+                            &peer,
+                            Fact::Incident(format!("hello as {} ({})", h.node, h.role)),
+                        )
+                        .await;
                     return;
                 }
+                hello.seen.store(true, Ordering::Release);
             }
             Ok(Some(Frame::Probe(p))) => {
                 let ack = Frame::ProbeAck(ProbeAck {
@@ -969,6 +923,21 @@ async fn read_loop(inner: Arc<Inner>, conn: Connection, peer: NodeId, mut recv: 
                 inner.report(&peer, Fact::Frame(Frame::Data(d))).await;
             }
             Ok(Some(frame)) => inner.report(&peer, Fact::Frame(frame)).await,
+            Err(ReadError::Decode(e @ DecodeError::Truncated { .. })) => {
+                // The peer finished the stream inside a frame: its framing
+                // is broken, and stopping a finished stream would show it
+                // nothing, so the connection is closed (`docs/wire.md` §7.3).
+                bump(&inner.counters.refused_truncated);
+                tracing::warn!(node = %inner.node, peer = %peer, stream = %recv.id(), code = crate::wire::codes::TRUNCATED, error = %e, "quic: stream finished inside a frame; connection closed");
+                conn.close(
+                    VarInt::from(crate::wire::codes::TRUNCATED),
+                    b"stream finished inside a frame",
+                );
+                inner
+                    .report(&peer, Fact::Incident(format!("truncated stream: {e}")))
+                    .await;
+                return;
+            }
             Err(ReadError::Decode(e)) => {
                 let counter = match &e {
                     DecodeError::TooLarge { .. } => &inner.counters.refused_too_large,

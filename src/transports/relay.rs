@@ -46,8 +46,8 @@ use super::{
 use crate::sync::lock;
 use crate::vocab::{NodeId, PathId, PathKind};
 use crate::wire::{
-    CodecConfig, Frame, Lookup, LookupReply, ProbeAck, Register, Relay, Signal, decode_frame,
-    encode_to_bytes,
+    CodecConfig, Frame, Lookup, LookupReply, ProbeAck, Register, Reject, Relay, Signal,
+    decode_frame, encode_to_bytes,
 };
 
 /// Refusal codes of the root that mean the relayed peer is gone (its path
@@ -129,6 +129,7 @@ struct Inner {
     closed: AtomicBool,
     shutdown: watch::Sender<bool>,
     registration: Mutex<Option<Register>>,
+    register_refused: watch::Sender<Option<(u16, String)>>,
     signals: broadcast::Sender<Signal>,
     dial_lock: tokio::sync::Mutex<()>,
     reached: AtomicBool,
@@ -174,6 +175,7 @@ impl RelayTransport {
             closed: AtomicBool::new(false),
             shutdown,
             registration: Mutex::new(None),
+            register_refused: watch::channel(None).0,
             signals: broadcast::channel(256).0,
             dial_lock: tokio::sync::Mutex::new(()),
             reached: AtomicBool::new(false),
@@ -215,11 +217,21 @@ impl RelayTransport {
             capabilities,
         };
         *lock(&self.inner.registration) = Some(reg.clone());
+        self.inner.register_refused.send_replace(None);
         self.inner.ensure_root().await?;
         self.inner
             .link
             .send(&self.inner.root.node, Frame::Register(reg))
             .map_err(|e| LookupError::Unreachable(e.to_string()))
+    }
+
+    /// The root's refusal of the latest [`RelayTransport::register`], if it
+    /// refused it: `(code, reason)` with a code of `docs/wire.md` §7
+    /// (`0x215` too large, `0x216` bad address, `0x217` capability not
+    /// granted). `None` while no refusal came; the root does not confirm an
+    /// accepted registration.
+    pub fn register_refusal(&self) -> watch::Receiver<Option<(u16, String)>> {
+        self.inner.register_refused.subscribe()
     }
 
     /// Sends a signalling message to `to` through the root (`kind` e.g.
@@ -491,6 +503,13 @@ async fn link_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<TransportEvent>) {
             Fact::Frame(Frame::Signal(sig)) => {
                 let _ = inner.signals.send(sig);
             }
+            Fact::Frame(Frame::Reject(r)) if r.stream.is_none() => {
+                // The root refuses a `Register` this way (`docs/root.md` §4).
+                tracing::warn!(node = %inner.node, code = r.code, reason = %r.reason, "relay: the root refused the registration");
+                inner
+                    .register_refused
+                    .send_replace(Some((r.code, r.reason)));
+            }
             Fact::Frame(Frame::LookupReply(reply)) => {
                 if let Some(tx) = lock(&inner.pending).remove(&reply.request_id) {
                     let _ = tx.send(reply);
@@ -526,6 +545,17 @@ async fn on_relay(inner: &Arc<Inner>, r: Relay) {
     let frame = match decode_frame(&r.frame, &inner.codec) {
         Ok(f) => f,
         Err(e) => {
+            // Refused with the codec's code, back to the sender through the
+            // root: a relayed frame is never dropped in silence.
+            let _ = inner.send_wrapped(
+                &from,
+                Frame::Reject(Reject {
+                    stream: None,
+                    message_id: None,
+                    code: e.reject_code(),
+                    reason: e.to_string(),
+                }),
+            );
             inner
                 .report(
                     &from,

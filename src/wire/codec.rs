@@ -52,7 +52,7 @@ use super::frame::{
     Ack, Close, Data, Frame, FrameKind, Hello, JoinGranted, JoinRefused, JoinRequest, Lookup,
     LookupReply, PROTOCOL_VERSION, Probe, ProbeAck, Register, Reject, Relay, RelayRefused, Signal,
 };
-use crate::vocab::{Role, StreamId};
+use crate::vocab::{Role, StreamId, TrafficClass};
 
 /// Bytes of the length prefix.
 pub const PREFIX_LEN: usize = 4;
@@ -67,57 +67,8 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = 1_048_576;
 /// (which is itself never a valid body, but is a well-formed header).
 pub const MIN_FRAME_LEN: usize = 2;
 
-pub mod codes {
-    //! Stable numeric codes for refusing input and closing streams.
-    //!
-    //! The same number is used as a [`Reject`](crate::wire::Reject) `code`
-    //! (u16) and as a [`Close`](crate::wire::Close) `code` / transport close
-    //! code (u32). Ranges:
-    //!
-    //! | range             | owner                                              |
-    //! |-------------------|----------------------------------------------------|
-    //! | `0x0000`          | [`NO_ERROR`]: orderly close                        |
-    //! | `0x0001..=0x00ff` | reserved (general)                                 |
-    //! | `0x0100..=0x01ff` | the wire codec (this module)                       |
-    //! | `0x0200..=0x02ff` | transports: wrong ALPN, untrusted certificate, not admitted, identity mismatch |
-    //! | `0x0300..=0x03ff` | reserved for routing and channels                  |
-    //! | `0x0400..=0xffff` | reserved                                           |
-    //!
-    //! Codec codes:
-    //!
-    //! | code    | constant                | meaning                                 |
-    //! |---------|-------------------------|-----------------------------------------|
-    //! | `0x100` | [`MALFORMED`]           | body failed to decode / trailing bytes  |
-    //! | `0x101` | [`TOO_LARGE`]           | `L` above the receiver's limit          |
-    //! | `0x102` | [`UNSUPPORTED_VERSION`] | version byte not spoken by the receiver |
-    //! | `0x103` | [`UNKNOWN_KIND`]        | kind byte not a known frame kind        |
-    //! | `0x104` | [`TOO_SHORT`]           | `L < 2`                                 |
-    //! | `0x105` | [`TRUNCATED`]           | input ended inside a frame              |
-    //! | `0x106` | [`TRAILING_BYTES`]      | bytes after a single complete frame     |
-
-    /// Orderly close; not an error.
-    pub const NO_ERROR: u16 = 0x0000;
-    /// The body did not decode as the kind's struct, or had trailing bytes.
-    pub const MALFORMED: u16 = 0x0100;
-    /// The length prefix exceeded the receiver's `max_frame_len` (or the
-    /// sender's, when encoding).
-    pub const TOO_LARGE: u16 = 0x0101;
-    /// The version byte is not [`PROTOCOL_VERSION`](crate::wire::PROTOCOL_VERSION).
-    pub const UNSUPPORTED_VERSION: u16 = 0x0102;
-    /// The kind byte is not a known [`FrameKind`](crate::wire::FrameKind) code.
-    pub const UNKNOWN_KIND: u16 = 0x0103;
-    /// The length prefix was 0 or 1: too short to hold version and kind.
-    pub const TOO_SHORT: u16 = 0x0104;
-    /// The input ended before the frame its prefix announced was complete.
-    pub const TRUNCATED: u16 = 0x0105;
-    /// A buffer meant to hold exactly one frame held more bytes after it.
-    pub const TRAILING_BYTES: u16 = 0x0106;
-    /// First code of the range reserved for transports (wrong ALPN,
-    /// untrusted certificate, not admitted, identity mismatch, ...).
-    pub const TRANSPORT_RANGE_START: u16 = 0x0200;
-    /// Last code of the range reserved for transports.
-    pub const TRANSPORT_RANGE_END: u16 = 0x02ff;
-}
+/// The codec's codes live with every other code in [`super::codes`].
+pub use super::codes;
 
 /// Codec settings shared by encoder and decoder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +112,14 @@ pub enum EncodeError {
         /// The configured limit.
         max: usize,
     },
+    /// A [`Data`] frame's `class` is not a traffic class of
+    /// `docs/wire.md` §5: a sender never sends codes 5–255. Nothing was
+    /// appended to the buffer.
+    #[error("unknown traffic class {class}")]
+    UnknownClass {
+        /// The class of the refused frame.
+        class: u8,
+    },
     /// The MessagePack serializer failed (not expected for the frame types;
     /// kept so encoding is total). Nothing was appended to the buffer.
     #[error("cannot serialize {kind:?} frame: {detail}")]
@@ -177,6 +136,7 @@ impl EncodeError {
     pub fn reject_code(&self) -> u16 {
         match self {
             EncodeError::TooLarge { .. } => codes::TOO_LARGE,
+            EncodeError::UnknownClass { .. } => codes::UNKNOWN_CLASS,
             EncodeError::Serialize { .. } => codes::MALFORMED,
         }
     }
@@ -247,6 +207,13 @@ pub enum DecodeError {
         /// What was wrong.
         detail: String,
     },
+    /// A [`Data`] frame's `class` is not a traffic class of
+    /// `docs/wire.md` §5 (codes 5–255 are refused, not passed on).
+    #[error("unknown traffic class {class}")]
+    UnknownClass {
+        /// The class byte received.
+        class: u8,
+    },
     /// [`decode_frame`] was given bytes after one complete frame.
     #[error("{extra} trailing bytes after the frame")]
     TrailingBytes {
@@ -266,6 +233,7 @@ impl DecodeError {
             DecodeError::UnknownKind { .. } => codes::UNKNOWN_KIND,
             DecodeError::Malformed { .. } => codes::MALFORMED,
             DecodeError::TrailingBytes { .. } => codes::TRAILING_BYTES,
+            DecodeError::UnknownClass { .. } => codes::UNKNOWN_CLASS,
         }
     }
 
@@ -298,6 +266,11 @@ impl DecodeError {
 pub fn encode(frame: &Frame, buf: &mut BytesMut, cfg: &CodecConfig) -> Result<(), EncodeError> {
     let max = cfg.limit();
     let kind = frame.kind();
+    if let Frame::Data(d) = frame
+        && TrafficClass::from_code(d.class).is_none()
+    {
+        return Err(EncodeError::UnknownClass { class: d.class });
+    }
     let predicted = encoded_len(frame);
     if predicted - PREFIX_LEN > max {
         return Err(EncodeError::TooLarge {
@@ -834,7 +807,15 @@ fn decode_body<'a>(
         FrameKind::JoinGranted => de::<JoinGranted>(body).map(Frame::JoinGranted),
         FrameKind::JoinRefused => de::<JoinRefused>(body).map(Frame::JoinRefused),
     };
-    frame.map_err(malformed)
+    let frame = frame.map_err(malformed)?;
+    // Strictness about the traffic class lives here too, so no layer above
+    // ever sees a class outside `docs/wire.md` §5.
+    if let Frame::Data(d) = &frame
+        && TrafficClass::from_code(d.class).is_none()
+    {
+        return Err(DecodeError::UnknownClass { class: d.class });
+    }
+    Ok(frame)
 }
 
 #[cfg(test)]
@@ -925,7 +906,7 @@ mod tests {
                 Frame::Reject(Reject {
                     stream: None,
                     message_id: Some(5),
-                    code: 0x101,
+                    code: codes::TOO_LARGE,
                     reason: "big".into(),
                 }),
                 "0000000c 02 06 94 c0 05 cd 0101 a3 626967",
@@ -962,7 +943,7 @@ mod tests {
             ),
             (
                 Frame::JoinRefused(JoinRefused {
-                    code: 0x21a,
+                    code: codes::root::TOKEN_REUSED,
                     reason: String::new(),
                 }),
                 "00000007 02 10 92 cd 021a a0",
@@ -1062,7 +1043,7 @@ mod tests {
             incarnation: 1,
             seq: u64::MAX,
             message_id: 0x1_0000,
-            class: 255,
+            class: 4,
             delivery: 2,
             payload: Bytes::from(vec![9u8; 70_000]),
         });
@@ -1072,10 +1053,35 @@ mod tests {
         assert_eq!(b[49], 1); // incarnation, fixint
         assert_eq!(b[50], 0xcf); // uint64
         assert_eq!(b[59], 0xce); // uint32
-        assert_eq!(&b[64..66], &[0xcc, 255]); // uint8
-        assert_eq!(b[66], 2); // delivery
-        assert_eq!(&b[67..72], &[0xc6, 0, 1, 0x11, 0x70]); // bin32
+        assert_eq!(b[64], 4); // class, fixint
+        assert_eq!(b[65], 2); // delivery
+        assert_eq!(&b[66..71], &[0xc6, 0, 1, 0x11, 0x70]); // bin32
         assert_eq!(decode_frame(&b, &cfg()).unwrap(), f);
+        // A sender never sends an unknown class…
+        let Frame::Data(d) = &f else { unreachable!() };
+        let bad = Frame::Data(Data {
+            class: 255,
+            ..d.clone()
+        });
+        assert_eq!(
+            encode_to_bytes(&bad, &cfg()),
+            Err(EncodeError::UnknownClass { class: 255 })
+        );
+        // …and a receiver refuses one, whatever its integer width (here
+        // uint8 `cc ff`), while accepting a known class in a wide form.
+        let with_class = |marker: &[u8]| {
+            let mut w = b[..64].to_vec();
+            w.extend_from_slice(marker);
+            w.extend_from_slice(&b[65..]);
+            let l = (w.len() - PREFIX_LEN) as u32;
+            w[..4].copy_from_slice(&l.to_be_bytes());
+            w
+        };
+        assert_eq!(
+            decode_frame(&with_class(&[0xcc, 255]), &cfg()),
+            Err(DecodeError::UnknownClass { class: 255 })
+        );
+        assert_eq!(decode_frame(&with_class(&[0xcc, 4]), &cfg()).unwrap(), f);
     }
 
     #[test]
@@ -1190,6 +1196,44 @@ mod tests {
             assert_eq!(e.close_code(), 0x103);
             let mut buf = BytesMut::from(&b[..6]);
             assert_eq!(FrameDecoder::default().decode(&mut buf), Err(e));
+        }
+    }
+
+    #[test]
+    fn unknown_traffic_classes_are_refused_by_encoder_and_decoder() {
+        // `data()` encodes its class (0) as one fixint at offset 33; write
+        // each class as `uint8` there instead (any width is accepted).
+        let golden = enc(&data());
+        assert_eq!(golden[33], 0);
+        for class in 0u8..=255 {
+            let mut b = golden[..33].to_vec();
+            b.extend_from_slice(&[0xcc, class]);
+            b.extend_from_slice(&golden[34..]);
+            let l = (b.len() - PREFIX_LEN) as u32;
+            b[..4].copy_from_slice(&l.to_be_bytes());
+            let mut buf = BytesMut::from(&b[..]);
+            let got = FrameDecoder::default().decode(&mut buf);
+            if class <= 4 {
+                assert!(
+                    matches!(&got, Ok(Some(Frame::Data(d))) if d.class == class),
+                    "class {class}"
+                );
+                assert!(buf.is_empty());
+            } else {
+                let Frame::Data(d) = data() else {
+                    unreachable!()
+                };
+                assert_eq!(
+                    encode_to_bytes(&Frame::Data(Data { class, ..d }), &cfg()),
+                    Err(EncodeError::UnknownClass { class }),
+                    "a sender refuses class {class}"
+                );
+                let e = DecodeError::UnknownClass { class };
+                assert_eq!(got, Err(e.clone()), "class {class}");
+                assert_eq!(e.reject_code(), codes::UNKNOWN_CLASS);
+                assert_eq!(buf.len(), b.len(), "nothing consumed on error");
+                assert_eq!(decode_frame(&b, &cfg()), Err(e));
+            }
         }
     }
 

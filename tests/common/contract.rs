@@ -37,6 +37,25 @@ pub fn data(stream: &str, class: u8, seq: u64, len: usize) -> Frame {
     })
 }
 
+/// The encoded bytes of `data(stream, _, seq, len)` with a traffic class
+/// the encoder refuses to write (5–255, `docs/wire.md` §5): what a
+/// misbehaving peer would send.
+pub fn data_bytes_with_class(stream: &str, class: u8, seq: u64, len: usize) -> Vec<u8> {
+    assert!(class <= 0x7f, "a fixint class");
+    let enc = |c| {
+        interlocking::wire::encode_to_bytes(&data(stream, c, seq, len), &Default::default())
+            .unwrap()
+            .to_vec()
+    };
+    // Classes 3 and 4 differ in the class byte only.
+    let (three, mut out) = (enc(3), enc(4));
+    let at = (0..out.len())
+        .find(|&i| out[i] != three[i])
+        .expect("the class byte");
+    out[at] = class;
+    out
+}
+
 /// Receives events until `pred` matches one; panics after `limit`.
 pub async fn until(
     rx: &mut mpsc::Receiver<TransportEvent>,

@@ -37,8 +37,23 @@ pub async fn root() -> RootHandle {
 
 /// Joins `root` as `name` in `role` with a fresh token.
 pub async fn joined(root: &RootHandle, name: &str, role: Role) -> Joined {
+    joined_with(root, name, role, &[]).await
+}
+
+/// Joins `root` as `name` in `role` with a fresh token granting
+/// `capabilities`.
+pub async fn joined_with(
+    root: &RootHandle,
+    name: &str,
+    role: Role,
+    capabilities: &[&str],
+) -> Joined {
     let node = NodeId::new(name);
-    let token = root.issue_token(&node, role, None).unwrap().to_string();
+    let caps: Vec<String> = capabilities.iter().map(|c| c.to_string()).collect();
+    let token = root
+        .issue_token_with(&node, role, None, &caps)
+        .unwrap()
+        .to_string();
     join(root.join_addr(), root.node(), &token, &node, role, LIMIT)
         .await
         .expect("join succeeds")

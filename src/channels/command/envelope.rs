@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::vocab::StreamId;
 
-/// Reject code: a command channel could not decode a data frame's payload.
-pub const REJECT_UNDECODABLE: u16 = 0x0301;
+/// Reject code: a command channel could not decode a data frame's payload
+/// (defined in [`crate::wire::codes::channels`]).
+pub use crate::wire::codes::channels::UNDECODABLE as REJECT_UNDECODABLE;
 
 /// What an envelope carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

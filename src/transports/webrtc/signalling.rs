@@ -28,32 +28,8 @@ pub const KIND_REFUSED: &str = "webrtc/refused";
 pub const MAX_SIGNAL_LEN: usize = 64 * 1024;
 
 /// Refusal codes of the WebRTC transport and its signalling: the range
-/// `0x0220..=0x022f` of `docs/wire.md` §7.
-pub mod codes {
-    /// The payload is not a valid message of its kind, or the kind is unknown.
-    pub const MALFORMED: u16 = 0x0220;
-    /// The message belongs to an older generation (or session) than the
-    /// current one and was dropped.
-    pub const STALE_GENERATION: u16 = 0x0221;
-    /// The message names a session this node does not have.
-    pub const UNKNOWN_SESSION: u16 = 0x0222;
-    /// The SDP could not be parsed or applied.
-    pub const BAD_SDP: u16 = 0x0223;
-    /// The sender is not admitted to negotiate with this node.
-    pub const NOT_ADMITTED: u16 = 0x0224;
-    /// The ICE candidate could not be parsed or applied.
-    pub const BAD_CANDIDATE: u16 = 0x0225;
-    /// Both sides offered at once and this side's offer wins (glare rule).
-    pub const GLARE: u16 = 0x0226;
-    /// A browser join token is unknown, already used or expired.
-    pub const TOKEN_REFUSED: u16 = 0x0227;
-    /// A browser's DTLS fingerprint differs from the one bound at admission.
-    pub const FINGERPRINT_MISMATCH: u16 = 0x0228;
-    /// The peer opened a data channel this transport does not serve.
-    pub const UNEXPECTED_CHANNEL: u16 = 0x0229;
-    /// The signalling payload is over [`super::MAX_SIGNAL_LEN`].
-    pub const TOO_LARGE: u16 = 0x022a;
-}
+/// `0x0220..=0x022f` of `docs/wire.md` §7 (defined in [`crate::wire::codes`]).
+pub use crate::wire::codes::webrtc as codes;
 
 /// How the WebRTC transport sends and receives `Signal` frames. The relay
 /// transport implements it over its link to the root; the root forwards
