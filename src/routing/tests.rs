@@ -114,6 +114,15 @@ fn preferred_kind_appearing_turns_nominal_into_fallback() {
     // No freeze after the initial selection: only hold-down holds the return.
     assert_eq!(core.poll_timeout(), Some(t0 + s(4)));
     core.handle_timeout(t0 + s(4));
+    // Held down, but quic's only evidence is 3 s old: the return waits for
+    // fresh answers, three in a row (adding the path counted as one).
+    assert!(drain(&mut core).is_empty());
+    let rtt = Observation::ProbeAnswered {
+        rtt: Duration::from_millis(5),
+    };
+    core.observe(t0 + s(4), &quic, rtt.clone());
+    assert!(drain(&mut core).is_empty());
+    core.observe(t0 + s(4), &quic, rtt);
     let d = drain(&mut core);
     assert_eq!(d[0].rule, Rule::ReturnToPreferred);
     assert_eq!(d[0].next, Some(quic));
