@@ -30,9 +30,8 @@ use crate::routing::{Decision, RoutingConfig, Rule};
 use crate::store::RedbStore;
 use crate::sync::{LockRecover, lock};
 use crate::transports::PeerAddr;
-use crate::transports::probe::ProbeConfig;
+use crate::transports::quic::QuicConfig;
 use crate::transports::quic::faults::FaultHandle;
-use crate::transports::quic::{Backoff, QuicConfig};
 use crate::transports::relay::RelayConfig;
 use crate::vocab::{NodeId, PathKind, Role, StreamId};
 
@@ -201,27 +200,14 @@ impl CommandHandler for Ledger {
 /// A boxed error for the topology's set-up steps.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
-fn probe() -> ProbeConfig {
-    ProbeConfig {
-        interval: Duration::from_millis(100),
-        timeout: Duration::from_millis(300),
-    }
-}
-
+/// The library's defaults throughout: probes, reconnect backoff, idle and
+/// handshake timeouts (the figures this topology reports are the ones a user
+/// gets without tuning).
 fn quic_config(
     identity: crate::trust::NodeIdentity,
     roots: crate::trust::TrustRoots,
 ) -> QuicConfig {
-    let mut c = QuicConfig::new(identity, roots);
-    c.probe = probe();
-    c.reconnect = Backoff {
-        initial: Duration::from_millis(50),
-        max: Duration::from_millis(500),
-        multiplier: 2.0,
-        jitter: 0.5,
-        max_attempts: None,
-    };
-    c
+    QuicConfig::new(identity, roots)
 }
 
 struct Member {
@@ -253,8 +239,7 @@ async fn admitted(
     )
     .await?;
     let quic = quic_config(joined.identity.clone(), joined.roots.clone());
-    let mut relay = RelayConfig::new(quic.clone(), root.peer_addr());
-    relay.probe = probe();
+    let relay = RelayConfig::new(quic.clone(), root.peer_addr());
     let builder = NodeBuilder::new(name, role).routing(routing.clone());
     let builder = match faults {
         Some(f) => builder.quic_with_faults(quic, f),
@@ -366,11 +351,7 @@ async fn run(
     log: &impl Fn(String),
     started: Instant,
 ) -> Result<Report, Error> {
-    let root = Root::spawn(RootConfig {
-        probe: probe(),
-        ..RootConfig::default()
-    })
-    .await?;
+    let root = Root::spawn(RootConfig::default()).await?;
 
     let hub = admitted(&root, "hub", Role::Hub, &opts.routing, None)
         .await?

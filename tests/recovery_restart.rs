@@ -229,6 +229,19 @@ async fn killed_hub_is_seen_down_by_probes_and_back_within_a_second_of_listening
         answered >= 5
     })
     .await;
+    // The cost of default probing on an idle path: what the member sends
+    // (its probes, its answers to the hub's probes, QUIC acks, keep-alives).
+    let conn = member.connection(&NodeId::new("hub")).unwrap();
+    let (b0, t0) = (conn.stats().udp_tx.bytes, Instant::now());
+    let mut answered = 0;
+    view.until("30 more probes answered", |f, _| {
+        answered += matches!(f, Fact::ProbeAnswered { .. }) as u32;
+        answered >= 30
+    })
+    .await;
+    let rate = (conn.stats().udp_tx.bytes - b0) as f64 / t0.elapsed().as_secs_f64();
+    eprintln!("idle path under default probes: {rate:.0} bytes/s sent per direction");
+    assert!(rate < 10_000.0, "probing costs {rate:.0} B/s");
 
     let (mut seen_down, mut back) = (Vec::new(), Vec::new());
     for round in 0..rounds() {

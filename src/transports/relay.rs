@@ -57,6 +57,9 @@ use crate::wire::{
 /// goes down): not admitted, offline, revoked (`docs/wire.md` §7).
 const PEER_GONE: [u16; 3] = [0x210, 0x211, 0x212];
 
+/// Default [`RelayConfig::root_misses`].
+pub const DEFAULT_ROOT_MISSES: u32 = 8;
+
 /// Configuration of a [`RelayTransport`].
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
@@ -75,8 +78,11 @@ pub struct RelayConfig {
     pub eager: bool,
     /// This many probes of the root link missed in a row take the link
     /// down: every relayed path is reported down and the link is re-dialled
-    /// (0 is treated as 1). Default 5, the routing core's default for
-    /// failing a path.
+    /// (0 is treated as 1). Default 8 (about 1 s with the default probes):
+    /// later than the routing core fails each relayed path on its own
+    /// end-to-end probes (5 misses), because tearing the link down costs a
+    /// new handshake and every relayed path at once, so a CPU stall of the
+    /// root must not trigger it.
     pub root_misses: u32,
 }
 
@@ -90,7 +96,7 @@ impl RelayConfig {
             probe: ProbeConfig::default(),
             lookup_timeout: Duration::from_secs(5),
             eager: true,
-            root_misses: crate::routing::health::DEFAULT_MISSES_TO_FAIL,
+            root_misses: DEFAULT_ROOT_MISSES,
         }
     }
 }
