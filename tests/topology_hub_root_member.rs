@@ -39,3 +39,25 @@ async fn chaos_on_the_direct_path_loses_nothing_and_returns_after_the_freeze() {
         "commands were answered over the relay while the direct path was dark: {ctx}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_members_joining_at_once_settle_on_the_direct_path() {
+    let seed = std::env::var("TOPOLOGY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(11);
+    let mut opts = Options::new(seed);
+    opts.members = 20;
+    opts.interval = std::time::Duration::from_millis(100);
+    opts.routing = interlocking::routing::RoutingConfig::default();
+    opts.duration = std::time::Duration::from_millis(500);
+    let log = std::sync::Mutex::new(Vec::new());
+    let report = hub_root_member(opts, |l| log.lock().unwrap().push(l)).await;
+    let log = log.into_inner().unwrap().join("\n");
+    let report = report.unwrap_or_else(|e| panic!("seed {seed}: {e}\n{log}"));
+    eprintln!(
+        "20 members settled on direct {} ms after sending began",
+        report.settle_ms
+    );
+    assert_eq!(report.lost, 0, "seed {seed}\n{log}");
+}

@@ -889,7 +889,11 @@ async fn drive(inner: Arc<Inner>, conn: Connection, peer: NodeId, generation: u6
     let codec = inner.config.codec;
     let cause = loop {
         let deadline = Instant::from_std(prober.next_deadline());
+        // Biased: input that has already arrived (answers above all) is
+        // taken before the probe timer, so a late wake-up never declares
+        // a probe missed whose answer is waiting to be read.
         tokio::select! {
+            biased;
             _ = shutdown.changed() => break DownCause::ClosedLocally,
             s = conn.accept_uni() => match s {
                 Ok(recv) => {

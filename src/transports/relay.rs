@@ -431,7 +431,9 @@ async fn probe_loop(inner: Arc<Inner>, peer: NodeId, mut acks: mpsc::UnboundedRe
     let mut prober = Prober::new(inner.config.probe, Instant::now().into_std());
     loop {
         let deadline = Instant::from_std(prober.next_deadline());
+        // Biased: an answer already received is taken before the timer.
         tokio::select! {
+            biased;
             ack = acks.recv() => match ack {
                 Some(ack) => {
                     if let Some(rtt) = prober.on_ack(Instant::now().into_std(), &ack) {
