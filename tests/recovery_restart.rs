@@ -360,8 +360,10 @@ async fn killed_root_link_is_dropped_by_probes_and_back_within_a_second_of_liste
     relay.shutdown().await;
     let (down_s, back_s) = (stats(&mut seen_down), stats(&mut back));
     eprintln!("root SIGKILL → link down: {down_s}; root listening again → link up: {back_s}");
+    // `RelayConfig::root_misses` (8) probes at 100 ms / 250 ms: 0.95–1.05 s,
+    // plus scheduling on a loaded machine.
     assert!(
-        seen_down.iter().all(|d| *d <= Duration::from_millis(1_000)),
+        seen_down.iter().all(|d| *d <= Duration::from_millis(1_500)),
         "kill → link down {down_s}"
     );
     assert!(

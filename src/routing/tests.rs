@@ -175,7 +175,9 @@ fn capability_target_sticks_to_its_node_and_leaves_on_withdrawal() {
 #[test]
 fn explanation_lists_candidates_and_history() {
     let t0 = Instant::now();
-    let mut core = RoutingCore::new(RoutingConfig::default());
+    let mut config = RoutingConfig::default();
+    config.health.misses_to_fail = 3;
+    let mut core = RoutingCore::new(config);
     let quic = p("m1", PathKind::Quic);
     let relay = p("m1", PathKind::Relay);
     core.path_added(t0, quic.clone());
