@@ -23,6 +23,9 @@
 //! | [`channels`] | channel semantics as pure cores: the sender outbox (credit window, resend, route-change replay), receiver dedupe, in-order delivery (`docs/channels.md`) | sockets, path choice |
 //! | [`store`] | durability behind the [`store::Store`] trait: redb (group-committed outbox, idempotency records, dedupe replies, cursors) and an in-memory store for simulations | channel logic, transports |
 //! | [`root`] | the root service: admission (single-use join tokens, short-lived certificates, revocation), relay forwarding between admitted nodes, rendezvous, dedupe of relayed class-A frames (`docs/root.md`) | hub semantics: outbox, handlers, channel state, routing decisions |
+//! | [`config`] | a node's TOML configuration: schema, semantic checks, errors naming file, line and key (`docs/config.md`) | sockets, running parts |
+//! | [`app`] | the entry point a config drives: builds a root, hub or member as a process, built-in handlers (`echo`, `kv`), credentials kept in the state dir, graceful stop | protocol semantics |
+//! | [`control`] | the control API (axum): health, readiness tree and degraded modes, routes, `why`, peers, channels, Prometheus metrics, the dashboard, and its client (`docs/control.md`) | routing decisions, frames |
 //! | [`topology`] | ready-made topologies (hub–root–member) for examples, tests and the binary | behaviour of its own |
 //! | [`actors`] | the supervision tree: restart policy, generic supervisor, the node that wires routing, transports and channels together and pumps transport events | protocol semantics |
 //!
@@ -61,7 +64,10 @@
 //! ```
 
 pub mod actors;
+pub mod app;
 pub mod channels;
+pub mod config;
+pub mod control;
 pub mod root;
 pub mod routing;
 pub mod store;

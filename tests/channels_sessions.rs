@@ -519,3 +519,55 @@ async fn class_c_receipts_resolve_under_loss_and_without_a_path() {
     m1.shutdown().await;
     hub.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_receiver_that_is_not_serving_yet_is_retried_soon_not_after_the_rto() {
+    let net = MemoryNetwork::new(16);
+    let hub = node(&net, "hub", Role::Hub, None).await;
+    let m1 = node(&net, "m1", Role::Member, Some("hub")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stream = StreamId::new("command:m1/hub");
+    let sender: CommandSender<u64, u64> = CommandChannel::spawn_sender(
+        &m1,
+        stream.clone(),
+        NodeId::new("hub"),
+        Arc::new(MemStore::new()),
+        SenderConfig::default(),
+    )
+    .await
+    .unwrap();
+    // The hub is up but does not serve the stream yet (a restart that has
+    // not reached its channels): it answers NOT_READY.
+    let r = sender.send(21, SendOptions::class_a()).await.unwrap();
+    until(Duration::from_secs(5), "a not-ready answer", || {
+        hub.refused(codes::NOT_READY) >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let retries_before = hub.refused(codes::NOT_READY);
+    assert!(
+        retries_before >= 2,
+        "retried soon after NOT_READY: {retries_before}"
+    );
+    let served_at = tokio::time::Instant::now();
+    CommandChannel::serve(
+        &hub,
+        stream.clone(),
+        NodeId::new("m1"),
+        Ledger::default(),
+        Arc::new(MemStore::new()),
+        ServeConfig::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.reply().await, Ok(42));
+    let waited = served_at.elapsed();
+    // The outbox's RTO starts at 1 s and doubles; the not-ready retry
+    // backs off from 50 ms and is capped by the RTO.
+    assert!(
+        waited < Duration::from_millis(1500),
+        "reply {waited:?} after serving"
+    );
+    m1.shutdown().await;
+    hub.shutdown().await;
+}
