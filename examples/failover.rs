@@ -57,10 +57,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::time::pause();
     let start = Instant::now();
 
-    let probe = ProbeConfig {
-        interval: Duration::from_millis(100),
-        timeout: Duration::from_millis(300),
-    };
+    // The library's default probes (100 ms, 250 ms timeout).
+    let probe = ProbeConfig::default();
     let routing = RoutingConfig::default();
     let net = MemoryNetwork::new(seed);
     net.record_trace(false);

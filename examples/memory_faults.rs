@@ -85,10 +85,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Virtual time: the whole schedule runs in milliseconds of wall time.
     tokio::time::pause();
     let net = MemoryNetwork::new(seed);
-    let probe = ProbeConfig {
-        interval: Duration::from_millis(100),
-        timeout: Duration::from_millis(300),
-    };
+    // The library's default probes (100 ms, 250 ms timeout).
+    let probe = ProbeConfig::default();
     let (a_id, b_id) = (NodeId::new("hub"), NodeId::new("member-1"));
     let (atx, mut arx) = mpsc::channel::<TransportEvent>(65536);
     let (btx, mut brx) = mpsc::channel::<TransportEvent>(65536);

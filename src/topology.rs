@@ -30,9 +30,8 @@ use crate::routing::{Decision, RoutingConfig, Rule};
 use crate::store::RedbStore;
 use crate::sync::{LockRecover, lock};
 use crate::transports::PeerAddr;
-use crate::transports::probe::ProbeConfig;
+use crate::transports::quic::QuicConfig;
 use crate::transports::quic::faults::FaultHandle;
-use crate::transports::quic::{Backoff, QuicConfig};
 use crate::transports::relay::RelayConfig;
 use crate::vocab::{ChannelKind, NodeId, PathKind, Role, StreamId};
 
@@ -154,6 +153,14 @@ pub struct Report {
     pub blackholings: u64,
     /// Wall-clock length of the run.
     pub run_ms: u64,
+    /// From the members' first commands until every stream was on its
+    /// direct path.
+    pub settle_ms: u64,
+    /// From blackholing a member's direct path to the routing decision
+    /// that left it (failover or no path): detection plus decision.
+    pub detection_ms: Percentiles,
+    /// Every detection sample, in cycle order (ms).
+    pub detection_samples_ms: Vec<u64>,
 }
 
 /// A command of the demo: which member sent it and its number.
@@ -201,27 +208,14 @@ impl CommandHandler for Ledger {
 /// A boxed error for the topology's set-up steps.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
-fn probe() -> ProbeConfig {
-    ProbeConfig {
-        interval: Duration::from_millis(100),
-        timeout: Duration::from_millis(300),
-    }
-}
-
+/// The library's defaults throughout: probes, reconnect backoff, idle and
+/// handshake timeouts (the figures this topology reports are the ones a user
+/// gets without tuning).
 fn quic_config(
     identity: crate::trust::NodeIdentity,
     roots: crate::trust::TrustRoots,
 ) -> QuicConfig {
-    let mut c = QuicConfig::new(identity, roots);
-    c.probe = probe();
-    c.reconnect = Backoff {
-        initial: Duration::from_millis(50),
-        max: Duration::from_millis(500),
-        multiplier: 2.0,
-        jitter: 0.5,
-        max_attempts: None,
-    };
-    c
+    QuicConfig::new(identity, roots)
 }
 
 struct Member {
@@ -253,8 +247,7 @@ async fn admitted(
     )
     .await?;
     let quic = quic_config(joined.identity.clone(), joined.roots.clone());
-    let mut relay = RelayConfig::new(quic.clone(), root.peer_addr());
-    relay.probe = probe();
+    let relay = RelayConfig::new(quic.clone(), root.peer_addr());
     let builder = NodeBuilder::new(name, role).routing(routing.clone());
     let builder = match faults {
         Some(f) => builder.quic_with_faults(quic, f),
@@ -273,6 +266,9 @@ struct RouteLog {
     freeze_until: Option<std::time::Instant>,
     /// When the stream last failed over to the relay.
     failed_over_at: Option<Instant>,
+    /// When a decision (at its own instant) last took the stream off the
+    /// direct path, since the current blackholing.
+    left_direct_at: Option<std::time::Instant>,
 }
 
 /// Reads route decisions into the report as they arrive.
@@ -300,6 +296,10 @@ impl<L: Fn(String)> Observer<'_, L> {
         ));
         let r = self.routes.entry(d.stream.clone()).or_default();
         let next_kind = d.next.as_ref().map(|p| p.kind);
+        let was_direct = d.previous.as_ref().map(|p| p.kind) == Some(PathKind::Quic);
+        if was_direct && next_kind != Some(PathKind::Quic) && r.left_direct_at.is_none() {
+            r.left_direct_at = Some(d.at);
+        }
         if d.is_switch() {
             self.report.path_switches += 1;
             if d.rule == Rule::ReturnToPreferred {
@@ -366,11 +366,7 @@ async fn run(
     log: &impl Fn(String),
     started: Instant,
 ) -> Result<Report, Error> {
-    let root = Root::spawn(RootConfig {
-        probe: probe(),
-        ..RootConfig::default()
-    })
-    .await?;
+    let root = Root::spawn(RootConfig::default()).await?;
 
     let hub = admitted(&root, "hub", Role::Hub, &opts.routing, None)
         .await?
@@ -507,19 +503,26 @@ async fn run(
 
     // Settle: every stream on its direct path.
     let streams: Vec<StreamId> = members.iter().map(|m| m.stream.clone()).collect();
-    obs.run_until(Instant::now() + Duration::from_secs(15), |o| {
+    let sending = Instant::now();
+    obs.run_until(sending + Duration::from_secs(15), |o| {
         streams.iter().all(|s| o.kind(s) == Some(PathKind::Quic))
     })
     .await;
-    if streams.iter().any(|s| obs.kind(s) != Some(PathKind::Quic)) {
-        return Err("streams did not settle on the direct path within 15 s".into());
+    if let Some(s) = streams.iter().find(|s| obs.kind(s) != Some(PathKind::Quic)) {
+        return Err(format!(
+            "streams did not settle on the direct path within 15 s ({s} on {:?})",
+            obs.kind(s)
+        )
+        .into());
     }
+    obs.report.settle_ms = sending.elapsed().as_millis() as u64;
 
     if opts.chaos_cycles == 0 {
         obs.run_until(Instant::now() + opts.duration, |_| false)
             .await;
     }
     let mut failover_ms = Vec::new();
+    let mut detection_ms = Vec::new();
     for cycle in 1..=opts.chaos_cycles {
         // A seeded quiet spell, then one member's direct path goes dark.
         let quiet = Duration::from_millis(rng.random_range(opts.quiet_ms.0..=opts.quiet_ms.1));
@@ -542,6 +545,7 @@ async fn run(
         let cut = Instant::now();
         if let Some(r) = obs.routes.get_mut(&victim.stream) {
             r.failed_over_at = None;
+            r.left_direct_at = None;
         }
         // The first reply to the victim after its failover is a command
         // applied via the relay.
@@ -596,6 +600,14 @@ async fn run(
         if let Some(ms) = measured {
             failover_ms.push(ms.as_millis() as u64);
         }
+        if let Some(at) = obs
+            .routes
+            .get(&victim.stream)
+            .and_then(|r| r.left_direct_at)
+        {
+            let ms = at.saturating_duration_since(cut.into_std()).as_millis() as u64;
+            detection_ms.push(ms);
+        }
     }
 
     // Stop sending, then wait (bounded) for every accepted command's reply.
@@ -632,6 +644,8 @@ async fn run(
         .as_millis() as u64;
     report.failover_ms = Percentiles::of(failover_ms.clone());
     report.failover_samples_ms = failover_ms;
+    report.detection_ms = Percentiles::of(detection_ms.clone());
+    report.detection_samples_ms = detection_ms;
     report.run_ms = started.elapsed().as_millis() as u64;
 
     for m in members {

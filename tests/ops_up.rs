@@ -137,6 +137,18 @@ async fn up_shows_a_failover_in_routes_and_on_the_dashboard_and_stops_cleanly() 
     })
     .await;
     assert_eq!(echo["reply"], json!({"hello": "hub"}));
+    // member-2 may have started on the relay (its relay link came up
+    // first); it returns after the hold-down. Wait for that before the cut,
+    // which is now detected in under a second.
+    eventually(
+        "member-2 on its direct path",
+        Duration::from_secs(40),
+        || async {
+            let v = m2.get("/control/routes").await.ok()?;
+            (v[0]["path"] == "quic@hub").then_some(())
+        },
+    )
+    .await;
 
     // Cut member-1's direct path: its QUIC socket drops every datagram.
     let cut = Instant::now();

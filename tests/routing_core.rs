@@ -225,6 +225,9 @@ fn return_waits_for_hold_down_after_the_freeze() {
 fn flap(channel: ChannelKind, flapping: PathId, steady: PathId, hold_down: Duration) -> Sim {
     let mut config = RoutingConfig::default();
     config.policy_mut(channel).hold_down = hold_down;
+    // The flapping path's only evidence is `Up`: one piece counts, so that
+    // hold-down and damping alone decide.
+    config.health.recovery_evidence = 1;
     let mut sim = Sim::new(config);
     sim.add(s(0), &flapping);
     sim.add(s(0), &steady);
@@ -376,7 +379,9 @@ fn fallback_limit_degrades_exactly_at_the_deadline() {
 
 #[test]
 fn probe_misses_fail_a_path_unless_acks_arrive_between() {
-    let mut sim = on_quic(RoutingConfig::default());
+    let mut config = RoutingConfig::default();
+    config.health.misses_to_fail = 3;
+    let mut sim = on_quic(config);
     for t in [100, 200] {
         sim.obs(ms(t), &quic(), Observation::ProbeMissed);
     }

@@ -148,8 +148,12 @@ async fn partitioned_preferred_path_fails_over_within_the_detection_bound_and_re
     assert_eq!(last.previous.as_ref(), Some(&quic));
     let freeze_until = why.freeze_until.expect("a failover starts a freeze");
 
-    // Heal at once: the voluntary return waits for the freeze and then the
-    // hold-down of the preferred path.
+    // Heal once the failover can no longer be undone (an answer within the
+    // policy's `undo_within` would take the stream straight back, see
+    // tests/routing_recovery.rs): the voluntary return then waits for the
+    // freeze and the hold-down of the preferred path.
+    let undo = interlocking::routing::Policy::for_channel(ChannelKind::Command).undo_within;
+    tokio::time::sleep(undo + Duration::from_millis(100)).await;
     net.heal(PathKind::Quic, &NodeId::new("hub"), &NodeId::new("m1"));
     let (back_at, back) = wait_for(&updates, Duration::from_secs(60), |u| {
         u.decision.rule == Rule::ReturnToPreferred

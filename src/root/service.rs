@@ -233,6 +233,10 @@ impl Root {
         quic_cfg.codec = config.codec;
         quic_cfg.queue = config.route_budget;
         quic_cfg.reconnect.max_attempts = Some(0);
+        // The root's certificate is reissued at every start; its CA key is
+        // what persists (in `state_dir`), so the reset key comes from it and
+        // a restarted root resets its predecessor's connections at once.
+        quic_cfg.reset_secret = Some(ca.key_der());
         let (tx, rx) = mpsc::channel(8192);
         let quic = QuicTransport::bind(quic_cfg, tx)?;
 

@@ -35,6 +35,9 @@ pub struct RouteUpdate {
 pub type RouteListener = Arc<dyn Fn(RouteUpdate) + Send + Sync>;
 
 /// Messages of the [`RoutingAuthority`] actor.
+// `Register` carries a whole `Need` (with its optional policy); it is sent
+// once per stream, so its size costs nothing on the hot path (`Observe`).
+#[allow(clippy::large_enum_variant)]
 pub enum RoutingMsg {
     /// A path to a peer opened.
     PathAdded(PathId),

@@ -125,6 +125,9 @@ pub struct RoutingCore {
     by_capability: BTreeMap<String, BTreeSet<StreamId>>,
     /// Streams waiting for an ack on the path they just switched to.
     pub(super) transitioning: BTreeMap<PathId, BTreeSet<StreamId>>,
+    /// Streams whose voluntary switch to a path waits for fresh evidence on
+    /// it (see `HealthConfig::fresh_within`).
+    awaiting: BTreeMap<PathId, BTreeSet<StreamId>>,
     /// When a path's health changes by itself (stale, pressured).
     path_timers: BTreeSet<(Instant, PathId)>,
     /// When a stream must be evaluated again without input.
@@ -152,6 +155,7 @@ impl RoutingCore {
             by_node: BTreeMap::new(),
             by_capability: BTreeMap::new(),
             transitioning: BTreeMap::new(),
+            awaiting: BTreeMap::new(),
             path_timers: BTreeSet::new(),
             stream_timers: BTreeSet::new(),
             dirty: BTreeSet::new(),
@@ -221,6 +225,14 @@ impl RoutingCore {
                     }
                 }
                 affected = waiting;
+            }
+        }
+        if matches!(
+            obs,
+            Observation::Up | Observation::ProbeAnswered { .. } | Observation::DataAcked
+        ) {
+            if let Some(waiting) = self.awaiting.get(path) {
+                affected.extend(waiting.iter().cloned());
             }
         }
         let hc = &self.config.health;
@@ -312,6 +324,9 @@ impl RoutingCore {
         }
         if let Some(w) = st.rt.wake {
             self.stream_timers.remove(&(w, stream.clone()));
+        }
+        if let Some(p) = &st.rt.awaiting {
+            remove_from(&mut self.awaiting, p, stream);
         }
         self.dirty.remove(stream);
     }
@@ -481,9 +496,19 @@ impl RoutingCore {
         };
         let waiting_before = waiting_on(st);
         let wake_before = st.rt.wake;
+        let awaiting_before = st.rt.awaiting.clone();
         let decision = stream::evaluate(sid, &st.need, &mut st.rt, &view, now, registering);
         let waiting_after = waiting_on(st);
         let wake_after = st.rt.wake;
+        let awaiting_after = st.rt.awaiting.clone();
+        if awaiting_before != awaiting_after {
+            if let Some(p) = awaiting_before {
+                remove_from(&mut self.awaiting, &p, sid);
+            }
+            if let Some(p) = awaiting_after {
+                self.awaiting.entry(p).or_default().insert(sid.clone());
+            }
+        }
         if let Some(d) = &decision {
             if self.config.history > 0 {
                 st.rt.history.push_back(d.clone());

@@ -78,6 +78,10 @@ pub enum Rule {
     /// The assessment changed without a path change because the set of
     /// paths changed (e.g. a more preferred kind appeared or went away).
     Reassessed,
+    /// A failover on missed probes was premature: the path it left answered
+    /// again within the policy's `undo_within`. The stream goes back at once
+    /// and the failover's freeze and flap penalty are withdrawn.
+    FailoverUndone,
 }
 
 impl Rule {
@@ -94,6 +98,7 @@ impl Rule {
             Rule::Degraded => "degraded",
             Rule::TransitionComplete => "transition-complete",
             Rule::Reassessed => "reassessed",
+            Rule::FailoverUndone => "failover-undone",
         }
     }
 
@@ -178,6 +183,13 @@ pub enum Cause {
         /// The most preferred existing kind now, if any.
         preferred: Option<PathKind>,
     },
+    /// The path a failover left answered again soon after.
+    HealedAfter {
+        /// The path that healed.
+        path: PathId,
+        /// Time from the failover to the evidence.
+        after: Duration,
+    },
 }
 
 fn secs(d: Duration) -> String {
@@ -224,6 +236,11 @@ impl fmt::Display for Cause {
                 Some(k) => write!(f, "preferred kind now {k}"),
                 None => f.write_str("no preferred kind"),
             },
+            Cause::HealedAfter { path, after } => write!(
+                f,
+                "{path} answered {}ms after the failover",
+                after.as_millis()
+            ),
         }
     }
 }

@@ -15,14 +15,25 @@ use super::decision::Cause;
 
 /// Default time without evidence after which a path is stale.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(5);
-/// Default number of consecutive missed probes that fail a path.
-pub const DEFAULT_MISSES_TO_FAIL: u32 = 3;
+/// Default number of consecutive missed probes that fail a path (with the
+/// default 100 ms probes: a cut is declared 0.65–0.75 s after it happens,
+/// and 5 % loss each way fails a healthy path about once in 3 hours; see
+/// `docs/routing.md`).
+pub const DEFAULT_MISSES_TO_FAIL: u32 = 5;
 /// Default queue budget in frames (the control class's pending budget).
 pub const DEFAULT_QUEUE_BUDGET_FRAMES: usize = 256;
 /// Default queue budget in bytes (8 MiB, the control class's pending budget).
 pub const DEFAULT_QUEUE_BUDGET_BYTES: usize = 8 * 1024 * 1024;
 /// Default time a queue must stay over budget before the path is pressured.
 pub const DEFAULT_PRESSURED_FOR: Duration = Duration::from_secs(2);
+/// Default number of consecutive pieces of evidence (answered probes, acks)
+/// a path needs since its last miss or failure before a voluntary switch may
+/// go to it.
+pub const DEFAULT_RECOVERY_EVIDENCE: u32 = 3;
+/// Default age beyond which a path's last evidence is too old for a
+/// voluntary switch to go to it (one default probe timeout: older evidence
+/// means a probe is in flight whose fate is unknown).
+pub const DEFAULT_FRESH_WITHIN: Duration = Duration::from_millis(250);
 
 /// Thresholds that turn observations into health states.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +51,13 @@ pub struct HealthConfig {
     /// A queue over budget continuously for this long makes the path
     /// pressured.
     pub pressured_for: Duration,
+    /// A voluntary switch (return to preferred, handover) goes only to a
+    /// path with this many consecutive pieces of evidence since its last
+    /// missed probe or failure (0 is treated as 1).
+    pub recovery_evidence: u32,
+    /// A voluntary switch goes only to a path whose last evidence is at most
+    /// this old; otherwise the stream waits for the next evidence on it.
+    pub fresh_within: Duration,
 }
 
 impl Default for HealthConfig {
@@ -50,6 +68,8 @@ impl Default for HealthConfig {
             queue_budget_frames: DEFAULT_QUEUE_BUDGET_FRAMES,
             queue_budget_bytes: DEFAULT_QUEUE_BUDGET_BYTES,
             pressured_for: DEFAULT_PRESSURED_FOR,
+            recovery_evidence: DEFAULT_RECOVERY_EVIDENCE,
+            fresh_within: DEFAULT_FRESH_WITHIN,
         }
     }
 }
@@ -152,6 +172,8 @@ pub(crate) struct PathState {
     failure: Option<Cause>,
     /// Consecutive missed probes since the last evidence.
     misses: u32,
+    /// Consecutive pieces of evidence since the last miss or failure.
+    evidence_run: u32,
     /// Since when every queue-depth report has been over budget.
     over_budget_since: Option<Instant>,
     /// When the path last turned healthy through an input; hold-down is
@@ -173,6 +195,7 @@ impl PathState {
             last_evidence: now,
             failure: None,
             misses: 0,
+            evidence_run: 1,
             over_budget_since: None,
             healthy_since: now,
             rtt: None,
@@ -221,6 +244,23 @@ impl PathState {
         self.misses
     }
 
+    /// Whether a voluntary switch may go to this path at `now`: enough
+    /// evidence in a row since its last miss or failure, and the last of it
+    /// recent. A path that is still cut but not yet declared failed has
+    /// neither (its probes are overdue or missed), so a stream never
+    /// returns to it.
+    pub(crate) fn fresh(&self, now: Instant, cfg: &HealthConfig) -> bool {
+        self.misses == 0
+            && self.evidence_run >= cfg.recovery_evidence.max(1)
+            && now.saturating_duration_since(self.last_evidence) <= cfg.fresh_within
+    }
+
+    /// The last evidence (Up, ProbeAnswered, DataAcked, or the time the
+    /// path was added).
+    pub(crate) fn last_evidence(&self) -> Instant {
+        self.last_evidence
+    }
+
     /// What stream evaluation depends on: a change here means the streams on
     /// this path's peer must be evaluated again.
     pub(crate) fn signature(
@@ -256,6 +296,7 @@ impl PathState {
             Observation::Down { cause } => self.fail(Cause::Down(cause)),
             Observation::Incident { what } => self.fail(Cause::Incident(what)),
             Observation::ProbeMissed => {
+                self.evidence_run = 0;
                 self.misses = self.misses.saturating_add(1);
                 if self.misses >= cfg.misses_to_fail.max(1) && self.failure.is_none() {
                     self.failure = Some(Cause::ProbesMissed(self.misses));
@@ -282,10 +323,12 @@ impl PathState {
     fn evidence(&mut self, now: Instant) {
         self.last_evidence = now;
         self.misses = 0;
+        self.evidence_run = self.evidence_run.saturating_add(1);
         self.failure = None;
     }
 
     fn fail(&mut self, cause: Cause) {
+        self.evidence_run = 0;
         self.failure = Some(cause);
     }
 }
@@ -311,7 +354,10 @@ mod tests {
 
     #[test]
     fn misses_fail_and_acks_reset_the_count() {
-        let cfg = HealthConfig::default();
+        let cfg = HealthConfig {
+            misses_to_fail: 3,
+            ..HealthConfig::default()
+        };
         let t0 = Instant::now();
         let mut p = PathState::new(t0);
         p.apply(t0, Observation::ProbeMissed, &cfg);

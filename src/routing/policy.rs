@@ -38,6 +38,9 @@ pub const DEFAULT_FLAP_MULTIPLIER: f64 = 2.0;
 pub const DEFAULT_FLAP_CAP: Duration = Duration::from_secs(120);
 /// Half-life of one switch's weight in the flap penalty.
 pub const DEFAULT_FLAP_DECAY: Duration = Duration::from_secs(60);
+/// How soon after a failover on missed probes an answer from the path it
+/// left undoes the failover.
+pub const DEFAULT_UNDO_WITHIN: Duration = Duration::from_millis(300);
 /// Decisions kept per stream for [`crate::routing::RoutingCore::explain`].
 pub const DEFAULT_HISTORY: usize = 16;
 
@@ -190,6 +193,15 @@ pub struct Policy {
     /// After this long on a non-preferred path (or without a path), the
     /// stream is assessed degraded.
     pub max_on_fallback: Option<Duration>,
+    /// A failover on missed probes is undone (rule `FailoverUndone`, no
+    /// freeze, no flap penalty) when the path it left answers within this
+    /// long; at most once per `freeze`. Zero disables undoing.
+    #[serde(default = "default_undo_within")]
+    pub undo_within: Duration,
+}
+
+fn default_undo_within() -> Duration {
+    DEFAULT_UNDO_WITHIN
 }
 
 impl Policy {
@@ -203,6 +215,7 @@ impl Policy {
             flap: FlapDamping::default(),
             direct_only: false,
             max_on_fallback: None,
+            undo_within: DEFAULT_UNDO_WITHIN,
         }
     }
 
@@ -239,6 +252,12 @@ impl Policy {
     /// Restricts the stream to direct paths.
     pub fn direct_only(mut self) -> Self {
         self.direct_only = true;
+        self
+    }
+
+    /// Sets how soon an answer from the path a failover left undoes it.
+    pub fn with_undo_within(mut self, undo_within: Duration) -> Self {
+        self.undo_within = undo_within;
         self
     }
 

@@ -54,6 +54,26 @@ pub(crate) struct RouteState {
     pub history: VecDeque<Decision>,
     /// When the stream must be evaluated again without any input.
     pub wake: Option<Instant>,
+    /// A voluntary switch is due to this path except that its evidence is
+    /// not fresh: the next evidence on it evaluates the stream again.
+    pub awaiting: Option<PathId>,
+    /// The last failover on missed probes, while it may still be undone.
+    undo: Option<Undo>,
+    /// When a failover was last undone (one undo per freeze).
+    last_undo: Option<Instant>,
+}
+
+/// What undoing a premature failover restores.
+#[derive(Clone, Debug)]
+struct Undo {
+    /// The path the failover left.
+    from: PathId,
+    /// The path it went to.
+    to: PathId,
+    /// When.
+    at: Instant,
+    /// The freeze deadline before the failover.
+    freeze_before: Option<Instant>,
 }
 
 impl StreamState {
@@ -76,6 +96,9 @@ impl StreamState {
                 switch_times: VecDeque::new(),
                 history: VecDeque::new(),
                 wake: None,
+                awaiting: None,
+                undo: None,
+                last_undo: None,
             },
         }
     }
@@ -190,7 +213,7 @@ fn handover_at(cur: &Cand<'_>, policy: &Policy, hc: &HealthConfig) -> Option<(Ru
 /// A voluntary switch due now, if any: held by the freeze, and only towards a
 /// path healthy for `hold_down`.
 fn voluntary(
-    rt: &RouteState,
+    rt: &mut RouteState,
     policy: &Policy,
     cands: &[Cand<'_>],
     i: usize,
@@ -210,6 +233,13 @@ fn voluntary(
         (since + policy.hold_down <= now).then_some((j, since))
     });
     let (j, since) = target?;
+    // Held down long enough, but is it answering right now? A path that is
+    // cut but not yet declared failed has overdue probes: wait for its next
+    // evidence instead of returning to it.
+    if !cands[j].state.fresh(now, hc) {
+        rt.awaiting = Some(cands[j].path.clone());
+        return None;
+    }
     let (rule, cause) = match handover {
         Some((Rule::HandoverStale, _)) => {
             let from = cur.state.stale_since(hc);
@@ -240,6 +270,25 @@ fn voluntary(
         ),
     };
     Some((Some(j), rule, cause))
+}
+
+/// Undoing the last failover, if the path it left has answered since
+/// (within the policy's `undo_within`, checked by the caller).
+fn undo_due(rt: &RouteState, cands: &[Cand<'_>]) -> Option<(Option<usize>, Rule, Cause)> {
+    let u = rt.undo.as_ref()?;
+    let j = cands.iter().position(|c| c.path == u.from)?;
+    let c = &cands[j];
+    let evidence = c.state.last_evidence();
+    (c.health == PathHealth::Healthy && evidence >= u.at).then(|| {
+        (
+            Some(j),
+            Rule::FailoverUndone,
+            Cause::HealedAfter {
+                path: u.from.clone(),
+                after: evidence.saturating_duration_since(u.at),
+            },
+        )
+    })
 }
 
 /// Why the current path must be left at once.
@@ -287,10 +336,19 @@ pub(crate) fn evaluate(
         .as_ref()
         .and_then(|p| cands.iter().position(|c| &c.path == p));
     let before = rt.route.assessment;
+    rt.awaiting = None;
+    if rt
+        .undo
+        .as_ref()
+        .is_some_and(|u| now > u.at + policy.undo_within || rt.route.path.as_ref() != Some(&u.to))
+    {
+        rt.undo = None;
+    }
 
-    let action = match (&rt.route.path, cur_pos) {
+    let current = rt.route.path.clone();
+    let action = match (&current, cur_pos) {
         (Some(_), Some(i)) if cands[i].health.is_usable() => {
-            voluntary(rt, policy, &cands, i, now, hc)
+            undo_due(rt, &cands).or_else(|| voluntary(rt, policy, &cands, i, now, hc))
         }
         (Some(p), _) => {
             let cause = leave_cause(view, need, p, cur_pos.map(|i| &cands[i]));
@@ -329,7 +387,35 @@ pub(crate) fn evaluate(
     let mut made = None;
     if let Some((next, rule, cause)) = action {
         let next = next.map(|j| cands[j].path.clone());
+        let freeze_before = rt.route.freeze_until;
+        let undone = if rule == Rule::FailoverUndone {
+            rt.undo.take()
+        } else {
+            None
+        };
         apply_switch(rt, policy, next, rule, now);
+        rt.undo = None;
+        if let Some(u) = undone {
+            // Premature: withdraw the failover's freeze and flap weight.
+            if let Some(pos) = rt.switch_times.iter().rposition(|t| *t == u.at) {
+                rt.switch_times.remove(pos);
+            }
+            rt.route.freeze_until = u.freeze_before;
+            rt.last_undo = Some(now);
+        } else if rule == Rule::Failover
+            && matches!(cause, Cause::ProbesMissed(_))
+            && !policy.undo_within.is_zero()
+            && rt.last_undo.is_none_or(|t| now >= t + policy.freeze)
+        {
+            if let (Some(from), Some(to)) = (previous.clone(), rt.route.path.clone()) {
+                rt.undo = Some(Undo {
+                    from,
+                    to,
+                    at: now,
+                    freeze_before,
+                });
+            }
+        }
         made = Some((rule, cause));
         let moved_node =
             previous.as_ref().map(|p| &p.peer) != rt.route.path.as_ref().map(|p| &p.peer);
@@ -400,6 +486,8 @@ fn apply_switch(
     }
     if rule != Rule::Initial {
         rt.route.switches += 1;
+    }
+    if rule != Rule::Initial && rule != Rule::FailoverUndone {
         rt.switch_times.push_back(now);
         while rt.switch_times.len() > MAX_SWITCH_MEMORY
             || rt
@@ -415,7 +503,7 @@ fn apply_switch(
         rt.ever_routed = true;
         rt.unroutable_announced = false;
         rt.transitioning = true;
-        if rule != Rule::Initial {
+        if rule != Rule::Initial && rule != Rule::FailoverUndone {
             let freeze =
                 policy
                     .flap

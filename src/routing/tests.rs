@@ -114,6 +114,15 @@ fn preferred_kind_appearing_turns_nominal_into_fallback() {
     // No freeze after the initial selection: only hold-down holds the return.
     assert_eq!(core.poll_timeout(), Some(t0 + s(4)));
     core.handle_timeout(t0 + s(4));
+    // Held down, but quic's only evidence is 3 s old: the return waits for
+    // fresh answers, three in a row (adding the path counted as one).
+    assert!(drain(&mut core).is_empty());
+    let rtt = Observation::ProbeAnswered {
+        rtt: Duration::from_millis(5),
+    };
+    core.observe(t0 + s(4), &quic, rtt.clone());
+    assert!(drain(&mut core).is_empty());
+    core.observe(t0 + s(4), &quic, rtt);
     let d = drain(&mut core);
     assert_eq!(d[0].rule, Rule::ReturnToPreferred);
     assert_eq!(d[0].next, Some(quic));
@@ -166,7 +175,9 @@ fn capability_target_sticks_to_its_node_and_leaves_on_withdrawal() {
 #[test]
 fn explanation_lists_candidates_and_history() {
     let t0 = Instant::now();
-    let mut core = RoutingCore::new(RoutingConfig::default());
+    let mut config = RoutingConfig::default();
+    config.health.misses_to_fail = 3;
+    let mut core = RoutingCore::new(config);
     let quic = p("m1", PathKind::Quic);
     let relay = p("m1", PathKind::Relay);
     core.path_added(t0, quic.clone());

@@ -19,11 +19,20 @@ pub struct ProbeConfig {
     pub timeout: Duration,
 }
 
+/// Default time between probes (`docs/routing.md`, "Detection defaults").
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// Default time a probe may stay unanswered before it counts as missed.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(250);
+
 impl Default for ProbeConfig {
+    /// 100 ms between probes, 250 ms to answer. With the routing core's
+    /// default of 5 misses to fail, a cut path is declared failed 0.65 to
+    /// 0.75 s after the cut; the reasoning and cost are in
+    /// `docs/routing.md`.
     fn default() -> Self {
         Self {
-            interval: Duration::from_millis(500),
-            timeout: Duration::from_millis(1000),
+            interval: DEFAULT_PROBE_INTERVAL,
+            timeout: DEFAULT_PROBE_TIMEOUT,
         }
     }
 }
@@ -45,8 +54,12 @@ pub struct Prober {
     epoch: Instant,
     next_nonce: u64,
     next_send: Instant,
-    /// Probes sent and not yet answered nor missed, oldest first.
-    outstanding: VecDeque<(u64, Instant)>,
+    /// Probes sent and not yet answered nor missed, oldest first: nonce,
+    /// when sent, and the instant its timeout runs from (the send time, or
+    /// the wake-up after a stall of this process).
+    outstanding: VecDeque<(u64, Instant, Instant)>,
+    /// The deadline [`Prober::next_deadline`] last asked to be polled at.
+    due: Instant,
 }
 
 /// At most this many probes are remembered as outstanding; older ones are
@@ -62,6 +75,7 @@ impl Prober {
             next_nonce: 1,
             next_send: now,
             outstanding: VecDeque::new(),
+            due: now,
         }
     }
 
@@ -72,9 +86,21 @@ impl Prober {
 
     /// Advances to `now`: declares overdue probes missed and emits the next
     /// probe if it is due.
+    ///
+    /// A poll more than one timeout after the deadline it was due at means
+    /// this process stalled (CPU starvation, a paused VM), not the path:
+    /// answers may be sitting unread. The outstanding probes then get a
+    /// full timeout from the wake-up, so they are judged on time the process
+    /// was actually running.
     pub fn poll(&mut self, now: Instant) -> ProbeActions {
         let mut actions = ProbeActions::default();
-        while let Some(&(_, sent)) = self.outstanding.front() {
+        let stall = now.saturating_duration_since(self.due);
+        if stall > self.config.timeout {
+            for (_, _, from) in &mut self.outstanding {
+                *from = now;
+            }
+        }
+        while let Some(&(_, _, sent)) = self.outstanding.front() {
             if now.saturating_duration_since(sent) >= self.config.timeout
                 || self.outstanding.len() > MAX_OUTSTANDING
             {
@@ -87,19 +113,24 @@ impl Prober {
         if now >= self.next_send {
             let nonce = self.next_nonce;
             self.next_nonce += 1;
-            self.outstanding.push_back((nonce, now));
+            self.outstanding.push_back((nonce, now, now));
             self.next_send = now + self.config.interval;
             let sent_at_us = now.saturating_duration_since(self.epoch).as_micros() as u64;
             actions.send = Some(Probe { nonce, sent_at_us });
         }
+        self.due = self.next_deadline();
         actions
     }
 
     /// Records an answer; returns the round trip if it answers an
-    /// outstanding probe (late or unknown answers return `None`).
+    /// outstanding probe (late or unknown answers return `None`). The round
+    /// trip runs from the probe's actual send time.
     pub fn on_ack(&mut self, now: Instant, ack: &ProbeAck) -> Option<Duration> {
-        let pos = self.outstanding.iter().position(|(n, _)| *n == ack.nonce)?;
-        let (_, sent) = self.outstanding.remove(pos)?;
+        let pos = self
+            .outstanding
+            .iter()
+            .position(|(n, _, _)| *n == ack.nonce)?;
+        let (_, sent, _) = self.outstanding.remove(pos)?;
         Some(now.saturating_duration_since(sent))
     }
 
@@ -108,7 +139,7 @@ impl Prober {
         let miss = self
             .outstanding
             .front()
-            .map(|(_, sent)| *sent + self.config.timeout);
+            .map(|(_, _, from)| *from + self.config.timeout);
         match miss {
             Some(m) if m < self.next_send => m,
             _ => self.next_send,
@@ -166,6 +197,29 @@ mod tests {
         p.poll(t0);
         assert_eq!(p.poll(t0 + Duration::from_millis(249)).missed, 0);
         assert_eq!(p.poll(t0 + Duration::from_millis(250)).missed, 1);
+    }
+
+    #[test]
+    fn a_stall_of_the_process_is_not_a_missed_probe() {
+        let t0 = Instant::now();
+        let mut p = Prober::new(cfg(), t0);
+        p.poll(t0);
+        // Polled on time: missed after the timeout.
+        let mut q = Prober::new(cfg(), t0);
+        q.poll(t0);
+        q.poll(t0 + Duration::from_millis(100));
+        q.poll(t0 + Duration::from_millis(200));
+        assert_eq!(q.poll(t0 + Duration::from_millis(250)).missed, 1);
+        // Woken 900 ms late: nothing is missed yet, the probes get their
+        // timeout counted from the wake-up.
+        let late = t0 + Duration::from_millis(1_000);
+        let a = p.poll(late);
+        assert_eq!(a.missed, 0);
+        assert!(a.send.is_some());
+        assert_eq!(p.poll(late + Duration::from_millis(249)).missed, 0);
+        // Both the probe from before the stall and the one sent at the
+        // wake-up are missed one timeout after the wake-up.
+        assert_eq!(p.poll(late + Duration::from_millis(250)).missed, 2);
     }
 
     #[test]

@@ -15,10 +15,13 @@
 //! * each relayed peer is probed end to end (`Probe` / `ProbeAck` inside
 //!   `Relay`), so a relayed path's health is the health of the whole way;
 //! * `RelayRefused { to }` from the root is an incident on that path, and
-//!   the path goes down if the refusal says the peer is gone;
-//! * losing the root connection reports [`Fact::Down`] for every relayed
-//!   peer; when the link is back, peers that were connected are looked up
-//!   and reported up again.
+//!   the path goes down if the refusal says the peer is gone; a peer that
+//!   was connected is then looked up again with backoff (100 ms doubling
+//!   to 1 s) until the root says it is back, and its path reopens;
+//! * losing the root connection — closed, reset, or `root_misses` probes
+//!   missed in a row — reports [`Fact::Down`] for every relayed peer (and
+//!   re-dials the root); when the link is back, peers that were connected
+//!   are looked up and reported up again.
 //!
 //! It also carries the node's rendezvous requests ([`RelayTransport::register`],
 //! [`RelayTransport::lookup_node`], [`RelayTransport::lookup_capability`])
@@ -54,6 +57,9 @@ use crate::wire::{
 /// goes down): not admitted, offline, revoked (`docs/wire.md` §7).
 const PEER_GONE: [u16; 3] = [0x210, 0x211, 0x212];
 
+/// Default [`RelayConfig::root_misses`].
+pub const DEFAULT_ROOT_MISSES: u32 = 8;
+
 /// Configuration of a [`RelayTransport`].
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
@@ -70,6 +76,14 @@ pub struct RelayConfig {
     /// link's backoff until it answers), so that peers can reach this node
     /// through the root before it sends anything. Default `true`.
     pub eager: bool,
+    /// This many probes of the root link missed in a row take the link
+    /// down: every relayed path is reported down and the link is re-dialled
+    /// (0 is treated as 1). Default 8 (about 1 s with the default probes):
+    /// later than the routing core fails each relayed path on its own
+    /// end-to-end probes (5 misses), because tearing the link down costs a
+    /// new handshake and every relayed path at once, so a CPU stall of the
+    /// root must not trigger it.
+    pub root_misses: u32,
 }
 
 impl RelayConfig {
@@ -82,6 +96,7 @@ impl RelayConfig {
             probe: ProbeConfig::default(),
             lookup_timeout: Duration::from_secs(5),
             eager: true,
+            root_misses: DEFAULT_ROOT_MISSES,
         }
     }
 }
@@ -123,6 +138,8 @@ struct Inner {
     link: Arc<QuicTransport>,
     peers: Mutex<HashMap<NodeId, PeerState>>,
     wanted: Mutex<HashSet<NodeId>>,
+    /// Peers a [`reopen`] task is looking up, so there is one per peer.
+    reopening: Mutex<HashSet<NodeId>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<LookupReply>>>,
     next_request: AtomicU64,
     root_up: watch::Sender<bool>,
@@ -169,6 +186,7 @@ impl RelayTransport {
             link,
             peers: Mutex::new(HashMap::new()),
             wanted: Mutex::new(HashSet::new()),
+            reopening: Mutex::new(HashSet::new()),
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             root_up,
@@ -190,6 +208,11 @@ impl RelayTransport {
     /// Whether the link to the root is up.
     pub fn root_connected(&self) -> bool {
         *self.inner.root_up.borrow()
+    }
+
+    /// Watches whether the link to the root is up.
+    pub fn root_link(&self) -> watch::Receiver<bool> {
+        self.inner.root_up.subscribe()
     }
 
     /// The relayed peers with an open path, sorted.
@@ -421,7 +444,9 @@ async fn probe_loop(inner: Arc<Inner>, peer: NodeId, mut acks: mpsc::UnboundedRe
     let mut prober = Prober::new(inner.config.probe, Instant::now().into_std());
     loop {
         let deadline = Instant::from_std(prober.next_deadline());
+        // Biased: an answer already received is taken before the timer.
         tokio::select! {
+            biased;
             ack = acks.recv() => match ack {
                 Some(ack) => {
                     if let Some(rtt) = prober.on_ack(Instant::now().into_std(), &ack) {
@@ -449,28 +474,61 @@ async fn probe_loop(inner: Arc<Inner>, peer: NodeId, mut acks: mpsc::UnboundedRe
 /// open, the root link is down again (the next link-up starts over) or the
 /// transport is shut down.
 async fn reopen(inner: Arc<Inner>, peer: NodeId) {
-    let mut delay = Duration::from_millis(100);
+    if !lock(&inner.reopening).insert(peer.clone()) {
+        return;
+    }
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut delay = REOPEN_FIRST;
     loop {
         if inner.closed.load(Ordering::Acquire)
             || !lock(&inner.wanted).contains(&peer)
             || lock(&inner.peers).contains_key(&peer)
             || !*inner.root_up.borrow()
         {
-            return;
+            break;
         }
         if inner.lookup(Some(peer.clone()), None).await.is_ok() {
             inner.open(&peer).await;
-            return;
+            break;
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(2));
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(REOPEN_MAX);
     }
+    lock(&inner.reopening).remove(&peer);
+}
+
+/// First delay between re-lookups of a peer the root said is gone.
+const REOPEN_FIRST: Duration = Duration::from_millis(100);
+/// Longest delay between re-lookups: a peer back at the root is reached
+/// again at most this long after (one small lookup per peer per second
+/// while it is away).
+const REOPEN_MAX: Duration = Duration::from_secs(1);
+
+/// Takes the root link down after too many missed probes: the relayed
+/// paths are reported down at once and the link is closed so that it
+/// re-dials (a restarted root resets it even sooner, see the QUIC
+/// transport's reset key).
+async fn root_link_lost(inner: &Arc<Inner>, misses: u32) {
+    tracing::warn!(node = %inner.node, misses, "relay: root link missed its probes; re-dialling");
+    inner.root_up.send_replace(false);
+    lock(&inner.pending).clear();
+    let peers: Vec<NodeId> = lock(&inner.peers).keys().cloned().collect();
+    for peer in peers {
+        inner.drop_peer(&peer, DownCause::Timeout).await;
+    }
+    inner
+        .link
+        .redial(&inner.root.node, "root link missed its probes");
 }
 
 /// Reads the link's events: unwraps relayed frames, answers lookups,
 /// tracks the root connection.
 async fn link_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<TransportEvent>) {
     let mut shutdown = inner.shutdown.subscribe();
+    let mut misses = 0u32;
     loop {
         let ev = tokio::select! {
             _ = shutdown.changed() => return,
@@ -480,7 +538,15 @@ async fn link_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<TransportEvent>) {
             continue;
         }
         match ev.fact {
+            Fact::ProbeAnswered { .. } => misses = 0,
+            Fact::ProbeMissed => {
+                misses = misses.saturating_add(1);
+                if misses == inner.config.root_misses.max(1) && *inner.root_up.borrow() {
+                    root_link_lost(&inner, misses).await;
+                }
+            }
             Fact::Up => {
+                misses = 0;
                 inner.root_up.send_replace(true);
                 let reg = lock(&inner.registration).clone();
                 if let Some(reg) = reg {
@@ -523,6 +589,7 @@ async fn link_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<TransportEvent>) {
                 tracing::warn!(node = %inner.node, "{what}");
                 inner.report(&r.to, Fact::Incident(what)).await;
                 if PEER_GONE.contains(&r.code) {
+                    let peer = r.to.clone();
                     inner
                         .drop_peer(
                             &r.to,
@@ -532,6 +599,10 @@ async fn link_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<TransportEvent>) {
                             },
                         )
                         .await;
+                    // Gone for now: look it up again (with backoff) so the
+                    // path reopens as soon as the peer is back at the root,
+                    // whichever link comes back first.
+                    tokio::spawn(reopen(inner.clone(), peer));
                 }
             }
             _ => {}
