@@ -13,6 +13,7 @@ pub mod command;
 pub mod dedupe;
 pub mod order;
 pub mod outbox;
+pub mod sync;
 
 pub use command::{
     CommandChannel, CommandError, CommandHandler, CommandSender, DeliveryClass, Receipt,
