@@ -384,8 +384,15 @@ impl<D: Document> Subscriber<D> {
             } => self.on_snapshot(cursor, acked_through, total_len, offset, bytes, &mut out),
             SyncMsg::PublishAck { through } => self.ack_through(through, &mut out),
             SyncMsg::Head { cursor } => {
-                let behind = cursor.epoch != self.cursor.epoch || cursor.seq > self.cursor.seq;
-                if behind && self.assembly.is_none() {
+                let other_epoch = cursor.epoch != self.cursor.epoch;
+                // An empty log in another epoch only matters to a
+                // subscriber that holds state of some epoch.
+                let behind = (other_epoch && (cursor.seq > 0 || self.cursor.epoch != 0))
+                    || (!other_epoch && cursor.seq > self.cursor.seq);
+                if behind {
+                    // The head follows every snapshot the owner sends: a
+                    // snapshot still incomplete now lost a chunk.
+                    self.assembly = None;
                     out.send.push(SyncMsg::Resync {
                         cursor: self.cursor,
                     });
