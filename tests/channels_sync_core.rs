@@ -153,7 +153,7 @@ impl World {
         }
     }
 
-    fn to_owner(&mut self, i: usize, msgs: Vec<SyncMsg>) {
+    fn send_to_owner(&mut self, i: usize, msgs: Vec<SyncMsg>) {
         for msg in msgs {
             self.net.push(Msg {
                 to: "hub".into(),
@@ -168,7 +168,7 @@ impl World {
             .sync_subscriber_commit(&stream(i), &out.commit)
             .unwrap();
         self.applied[i].extend(out.applied.iter().map(|a| a.cursor));
-        self.to_owner(i, out.send);
+        self.send_to_owner(i, out.send);
     }
 
     fn step(&mut self, op: Op) {
@@ -190,7 +190,7 @@ impl World {
                     .unwrap();
                 self.durable[i].insert(id, b.clone());
                 let msgs = self.subs[i].published(id, b, now);
-                self.to_owner(i, msgs);
+                self.send_to_owner(i, msgs);
             }
             Op::Deliver(k) => {
                 if !self.net.is_empty() {
@@ -227,7 +227,7 @@ impl World {
                 self.owner_out(out);
                 for i in 0..2 {
                     let msgs = self.subs[i].poll(now);
-                    self.to_owner(i, msgs);
+                    self.send_to_owner(i, msgs);
                 }
             }
             Op::Heartbeat => {
@@ -241,12 +241,12 @@ impl World {
             }
             Op::Attach(i) => {
                 let msgs = self.subs[i].attach(now);
-                self.to_owner(i, msgs);
+                self.send_to_owner(i, msgs);
             }
             Op::RestartSub(i) => {
                 self.subs[i] = Self::open_sub(i, &self.sub_stores[i]);
                 let msgs = self.subs[i].attach(now);
-                self.to_owner(i, msgs);
+                self.send_to_owner(i, msgs);
             }
             Op::RestartOwner => {
                 self.owner = Self::open_owner(&self.owner_store);
@@ -301,7 +301,7 @@ impl World {
                 if !self.subs[i].heard() || !self.heard[i] {
                     // The actor's silence timer: subscribe again.
                     let msg = self.subs[i].resubscribe();
-                    self.to_owner(i, vec![msg]);
+                    self.send_to_owner(i, vec![msg]);
                 }
                 self.heard[i] = false;
             }
@@ -385,7 +385,7 @@ proptest! {
         for i in 0..2 {
             let now = world.instant();
             let msgs = world.subs[i].attach(now);
-            world.to_owner(i, msgs);
+            world.send_to_owner(i, msgs);
         }
         for op in ops {
             world.step(op);
