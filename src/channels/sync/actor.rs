@@ -506,8 +506,12 @@ impl<D: Document> SubscriberState<D> {
                         self.queue(out, myself);
                     }
                     Err(e) => {
-                        let msg = SyncMsg::refuse(RefuseCode::Malformed, None, e.0);
-                        let _ = self.args.link.send(&path, data(&self.args.stream, &msg));
+                        // Never answered: two peers that cannot decode each
+                        // other would refuse each other's refusals forever.
+                        let _ = self.args.shared.events.send(SubscriberEvent::Refused {
+                            code: RefuseCode::Malformed.code(),
+                            detail: e.0,
+                        });
                     }
                 }
             }

@@ -180,9 +180,10 @@ impl SyncMsg {
 
     /// Decodes one message; trailing bytes are an error.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
-        let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
-        let msg = SyncMsg::deserialize(&mut de).map_err(|e| WireError(e.to_string()))?;
-        if de.get_ref().is_empty() {
+        let mut cur = std::io::Cursor::new(bytes);
+        let msg = SyncMsg::deserialize(&mut rmp_serde::Deserializer::new(&mut cur))
+            .map_err(|e| WireError(e.to_string()))?;
+        if cur.position() == bytes.len() as u64 {
             Ok(msg)
         } else {
             Err(WireError("trailing bytes".into()))
@@ -243,6 +244,10 @@ mod tests {
 
     #[test]
     fn garbage_and_trailing_bytes_are_errors() {
+        let ok = SyncMsg::Resync {
+            cursor: Cursor::new(3, 4),
+        };
+        assert_eq!(SyncMsg::decode(&ok.encode()), Ok(ok));
         assert!(SyncMsg::decode(&[0xc1]).is_err());
         assert!(SyncMsg::decode(&[]).is_err());
         let mut b = SyncMsg::Head {
