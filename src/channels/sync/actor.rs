@@ -515,7 +515,9 @@ impl<D: Document> SubscriberState<D> {
                     }
                 }
             }
-            Frame::Reject(r) if r.code == REJECT_UNKNOWN_STREAM => {
+            Frame::Reject(r)
+                if r.code == REJECT_UNKNOWN_STREAM && path.peer.as_str() == self.args.owner =>
+            {
                 // The owner's node has no such stream: it does not serve
                 // this document to us.
                 let _ = self.args.shared.events.send(SubscriberEvent::Refused {

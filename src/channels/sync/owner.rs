@@ -467,6 +467,11 @@ impl<D: Document> Owner<D> {
                 .push((peer.to_string(), SyncMsg::PublishAck { through: high }));
             return;
         }
+        if oversized {
+            // Refused at once, whatever its place in the publisher's order.
+            let detail = format!("update larger than {} bytes", self.config.max_update_bytes);
+            self.refuse(peer, RefuseCode::Oversized, Some(update_id), detail, out);
+        }
         if update_id > high + 1 {
             let ahead = self.ahead.entry(peer.to_string()).or_default();
             if ahead.len() < self.config.max_ahead_per_publisher || ahead.contains_key(&update_id) {
@@ -480,12 +485,8 @@ impl<D: Document> Owner<D> {
                 Some(b) => {
                     self.accept(peer, id, b, now_ms, out);
                 }
-                None => {
-                    self.settle(peer, id, out);
-                    let detail =
-                        format!("update larger than {} bytes", self.config.max_update_bytes);
-                    self.refuse(peer, RefuseCode::Oversized, Some(id), detail, out);
-                }
+                // Oversized: refused when it arrived; settled in order.
+                None => self.settle(peer, id, out),
             }
             next = self
                 .ahead
