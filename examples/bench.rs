@@ -40,9 +40,7 @@ use interlocking::actors::node::{Node, NodeBuilder};
 use interlocking::channels::command::{
     Envelope, EnvelopeKind, ReplyBody, SenderConfig, ServeConfig,
 };
-use interlocking::channels::{
-    CommandChannel, CommandHandler, CommandSender, DeliveryClass, SendOptions,
-};
+use interlocking::channels::{CommandChannel, CommandHandler, CommandSender, SendOptions};
 use interlocking::store::{MemStore, RedbStore, Store};
 use interlocking::transports::PeerAddr;
 use interlocking::transports::quic::QuicConfig;
@@ -156,10 +154,7 @@ impl CommandHandler for Sink {
 }
 
 fn class_c() -> SendOptions {
-    SendOptions {
-        class: DeliveryClass::C,
-        ..SendOptions::default()
-    }
+    SendOptions::class_c()
 }
 
 /// A hub and a member on loopback QUIC, the member dialling the hub.
@@ -218,6 +213,7 @@ impl Stack {
         CommandChannel::serve(
             &self.hub,
             stream.clone(),
+            NodeId::new("m1"),
             Sink,
             hub_store,
             ServeConfig::default(),
@@ -412,9 +408,11 @@ fn command_frame(stream: &StreamId, id: u64, body: &ByteBuf) -> Frame {
     };
     Frame::Data(Data {
         stream: stream.clone(),
+        incarnation: 1,
         seq: 0,
         message_id: id,
         class: TrafficClass::Control.code(),
+        delivery: 0,
         payload: Bytes::from(env.encode()),
     })
 }
@@ -453,9 +451,11 @@ async fn raw_serve(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
         };
         let frame = Frame::Data(Data {
             stream: d.stream,
+            incarnation: 1,
             seq: d.seq,
             message_id: d.message_id,
             class: d.class,
+            delivery: 0,
             payload: Bytes::from(reply.encode()),
         });
         if write_frame_buf(&mut send, &frame, &mut out, &cfg)

@@ -13,6 +13,7 @@
 //! It prints each route decision, then one JSON line of figures, and exits
 //! non-zero if a command was lost or applied twice.
 
+use interlocking::actors::session::{Binding, DEFAULT_INBOX_CAPACITY, Permit, Side};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -89,18 +90,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .await?;
     let (hub_in_tx, mut hub_in) = mpsc::unbounded_channel::<(PathId, Frame)>();
-    hub.set_inbox(
+    hub.bind_stream(
         stream.clone(),
-        std::sync::Arc::new(move |p: &PathId, f: Frame| {
+        Binding {
+            peer: NodeId::new("member-1"),
+            kind: ChannelKind::Command,
+            side: Side::Receiver,
+        },
+        std::sync::Arc::new(move |p: &PathId, f: Frame, _permit: Permit| {
             let _ = hub_in_tx.send((p.clone(), f));
         }),
+        DEFAULT_INBOX_CAPACITY,
+        0,
     );
     let (mem_in_tx, mut mem_in) = mpsc::unbounded_channel::<(PathId, Frame)>();
-    member.set_inbox(
+    member.bind_stream(
         stream.clone(),
-        std::sync::Arc::new(move |p: &PathId, f: Frame| {
+        Binding {
+            peer: NodeId::new("hub"),
+            kind: ChannelKind::Command,
+            side: Side::Sender,
+        },
+        std::sync::Arc::new(move |p: &PathId, f: Frame, _permit: Permit| {
             let _ = mem_in_tx.send((p.clone(), f));
         }),
+        DEFAULT_INBOX_CAPACITY,
+        1,
     );
 
     // Chaos: per cycle, a quiet spell, then the direct path is cut for a
@@ -138,9 +153,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(path) = path {
             let frame = Frame::Data(Data {
                 stream: stream.clone(),
+                incarnation: 1,
                 seq,
                 message_id,
                 class: TrafficClass::Control.code(),
+                delivery: 0,
                 payload: Bytes::copy_from_slice(&message_id.to_be_bytes()),
             });
             // A refused send stays in the outbox and is resent later.
@@ -223,8 +240,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             let ack = Frame::Ack(Ack {
                 stream: d.stream,
+                incarnation: d.incarnation,
                 seq: d.seq,
                 message_id: d.message_id,
+                credit: 64,
             });
             let _ = hub.send(&path, ack);
         }

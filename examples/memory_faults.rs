@@ -112,9 +112,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             seq += 1;
             let frame = Frame::Data(Data {
                 stream: stream.clone(),
+                incarnation: 1,
                 seq,
                 message_id: seq,
                 class: TrafficClass::Control.code(),
+                delivery: 0,
                 payload: Bytes::from_static(b"switch points to route 4"),
             });
             a.send(&b_id, frame)?;

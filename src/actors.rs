@@ -8,4 +8,5 @@
 
 pub mod node;
 pub mod restart;
+pub mod session;
 pub mod supervisor;

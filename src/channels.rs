@@ -2,7 +2,9 @@
 //! semantics (see `docs/channels.md`).
 //!
 //! Owns the sender's outbox state ([`outbox`]), the receiver's dedupe
-//! ([`dedupe`]) and in-order delivery ([`order`]). These cores are sans-IO:
+//! ([`dedupe`]) and in-order delivery ([`order`]), the [`kit`] every channel
+//! kind's actor is built with (slot, lazy start, supervision, session
+//! binding, route subscription), and the [`command`] channel. These cores are sans-IO:
 //! no tokio, no sockets, no store calls — every input carries an explicit
 //! `now`, every output is a value the channel actor acts on (send a frame,
 //! write the store, answer a caller). They must not touch transports,
@@ -11,6 +13,7 @@
 
 pub mod command;
 pub mod dedupe;
+pub mod kit;
 pub mod order;
 pub mod outbox;
 pub mod sync;
@@ -20,5 +23,6 @@ pub use command::{
     SendOptions,
 };
 pub use dedupe::{Check, Dedupe, DedupeConfig};
+pub use kit::SpawnError;
 pub use order::{Offer, OrderConfig, Sequencer};
 pub use outbox::{Outbox, OutboxConfig, PendingEntry, RouteChange, Transmit, TransmitKind};

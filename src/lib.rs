@@ -18,7 +18,7 @@
 //! | [`vocab`] | shared value types: node, stream and path ids, path kinds, channel kinds, traffic classes | any logic or other module |
 //! | [`wire`] | the frame envelope and its versioned, size-limited codec (`docs/wire.md`) | what frames mean |
 //! | [`transports`] | the transport contract and its adapters (memory with seeded faults, QUIC with mutual TLS, relay through the root; WebRTC, sidecar to come): connect, send, close, facts up | channels, store, routing decisions |
-//! | [`trust`] | the certificate authority, node certificates (validity windows, issuance for a node's own key), mutual-TLS configs (TLS 1.3, ALPN `interlocking/1`), the join ALPN's server-only configs, node identity from a verified certificate | sockets, frames, channels, routing |
+//! | [`trust`] | the certificate authority, node certificates (validity windows, issuance for a node's own key), mutual-TLS configs (TLS 1.3, ALPN `interlocking/2`), the join ALPN's server-only configs, node identity from a verified certificate | sockets, frames, channels, routing |
 //! | [`routing`] | the pure routing core (paths, health, policy, freeze, decisions) and the `RoutingAuthority` actor shell around it (`docs/routing.md`) | sockets, tokio inside the core, channel semantics |
 //! | [`channels`] | channel semantics as pure cores: the sender outbox (credit window, resend, route-change replay), receiver dedupe, in-order delivery (`docs/channels.md`) | sockets, path choice |
 //! | [`store`] | durability behind the [`store::Store`] trait: redb (group-committed outbox, idempotency records, dedupe replies, cursors) and an in-memory store for simulations | channel logic, transports |

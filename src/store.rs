@@ -155,6 +155,23 @@ pub trait Store: Send + Sync + 'static {
     /// Every entry still in the outbox, ordered by stream then sequence.
     fn pending_outbox(&self) -> Result<Vec<OutboxRecord>, StoreError>;
 
+    /// The entries of one stream still in the outbox, in sequence order (a
+    /// prefix query: other streams are not read).
+    fn pending_outbox_for(&self, stream: &StreamId) -> Result<Vec<OutboxRecord>, StoreError>;
+
+    /// The incarnation of this node's sender on `stream`: the stored one,
+    /// or `fresh`, stored durably, if the store has none (a new or wiped
+    /// store starts a new sequence space).
+    fn sender_incarnation(&self, stream: &StreamId, fresh: u64) -> Result<u64, StoreError>;
+
+    /// The newest incarnation of the remote sender that this node's
+    /// receiver of `stream` has accepted, if any.
+    fn peer_incarnation(&self, stream: &StreamId) -> Result<Option<u64>, StoreError>;
+
+    /// Records, durably, that the receiver of `stream` has moved on to the
+    /// sender incarnation `incarnation`.
+    fn set_peer_incarnation(&self, stream: &StreamId, incarnation: u64) -> Result<(), StoreError>;
+
     /// The ids the next append on `stream` would assign:
     /// `(next_seq, next_message_id)`. Both start at 1.
     fn next_ids(&self, stream: &StreamId) -> Result<(u64, u64), StoreError>;
@@ -182,6 +199,10 @@ pub trait Store: Send + Sync + 'static {
     /// Every retained dedupe record, ordered by stream then message id; used
     /// to rebuild the receiver's in-memory dedupe after a restart.
     fn dedupe_load(&self) -> Result<Vec<DedupeRecord>, StoreError>;
+
+    /// The retained dedupe records of one stream, by message id (a prefix
+    /// query: other streams are not read).
+    fn dedupe_load_for(&self, stream: &StreamId) -> Result<Vec<DedupeRecord>, StoreError>;
 
     /// Retention: removes dedupe records recorded before `older_than_ms`, and
     /// in each stream all but the `keep_per_stream` with the highest message

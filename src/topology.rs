@@ -389,6 +389,7 @@ async fn run(
         CommandChannel::serve(
             &hub,
             stream.clone(),
+            NodeId::new(&name),
             ledger.clone(),
             hub_store.clone(),
             ServeConfig::default(),

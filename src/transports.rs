@@ -14,9 +14,10 @@
 //! Message flow:
 //! - a channel sends a [`Frame`] with [`Transport::send`] on the path the
 //!   routing authority told it to use;
-//! - the transport delivers received frames and facts as [`TransportEvent`]s
-//!   on the [`EventSink`] it was built with; the node dispatches frames to
-//!   channels and facts to the routing authority.
+//! - the transport delivers received frames and facts on the [`EventSink`]
+//!   it was built with: frames go straight from its receive task to the
+//!   node's stream dispatch (a [`FrameSink`]), facts through a bounded
+//!   queue to the routing authority.
 
 pub mod memory;
 pub mod probe;
@@ -24,6 +25,7 @@ pub mod quic;
 pub mod relay;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,9 +34,86 @@ use tokio::sync::mpsc;
 use crate::vocab::{NodeId, PathId, PathKind};
 use crate::wire::Frame;
 
-/// Where transports deliver their events. Bounded: a slow consumer slows the
-/// transport's receive loop instead of growing memory without limit.
-pub type EventSink = mpsc::Sender<TransportEvent>;
+/// Takes a transport's received frames on the transport's own receive
+/// task, without a queue in between (the node's stream dispatch implements
+/// it). It must not block: it checks the frame and hands it to a bounded
+/// inbox, or refuses it.
+pub trait FrameSink: Send + Sync + 'static {
+    /// A frame arrived on `path`.
+    fn frame(&self, path: &PathId, frame: Frame);
+}
+
+/// The event sink was closed: the node (or test) that read it is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the event sink is closed")]
+pub struct SinkClosed;
+
+/// Where a transport delivers what it receives: facts go into a bounded
+/// queue (a slow consumer slows the transport's receive loop instead of
+/// growing memory), frames go straight to a [`FrameSink`] when one is set,
+/// else into the same queue.
+#[derive(Clone)]
+pub struct EventSink {
+    facts: mpsc::Sender<TransportEvent>,
+    frames: Option<Arc<dyn FrameSink>>,
+}
+
+impl EventSink {
+    /// A sink that queues everything, frames included, on `facts`.
+    pub fn new(facts: mpsc::Sender<TransportEvent>) -> Self {
+        Self {
+            facts,
+            frames: None,
+        }
+    }
+
+    /// A sink that queues facts on `facts` and hands frames to `frames`
+    /// synchronously.
+    pub fn with_frames(facts: mpsc::Sender<TransportEvent>, frames: Arc<dyn FrameSink>) -> Self {
+        Self {
+            facts,
+            frames: Some(frames),
+        }
+    }
+
+    /// Delivers one event: a frame to the frame sink at once (if set),
+    /// anything else into the queue, waiting for room.
+    pub async fn send(&self, event: TransportEvent) -> Result<(), SinkClosed> {
+        match (event.fact, &self.frames) {
+            (Fact::Frame(frame), Some(sink)) => {
+                sink.frame(&event.path, frame);
+                Ok(())
+            }
+            (fact, _) => self
+                .facts
+                .send(TransportEvent {
+                    path: event.path,
+                    fact,
+                })
+                .await
+                .map_err(|_| SinkClosed),
+        }
+    }
+
+    /// Whether the reader of the queue is gone.
+    pub fn is_closed(&self) -> bool {
+        self.facts.is_closed()
+    }
+}
+
+impl From<mpsc::Sender<TransportEvent>> for EventSink {
+    fn from(facts: mpsc::Sender<TransportEvent>) -> Self {
+        Self::new(facts)
+    }
+}
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSink")
+            .field("direct_frames", &self.frames.is_some())
+            .finish()
+    }
+}
 
 /// How to reach a peer: its identity and, for transports that dial an
 /// address, where to dial.

@@ -41,7 +41,7 @@ use rustls::server::WebPkiClientVerifier;
 use crate::vocab::{NodeId, Role};
 
 /// The ALPN protocol id of this protocol version (`docs/wire.md` §1).
-pub const ALPN: &[u8] = b"interlocking/1";
+pub const ALPN: &[u8] = b"interlocking/2";
 
 /// The ALPN of the admission protocol (`docs/root.md` §2): server-only TLS,
 /// one `JoinRequest` answered by `JoinGranted` or `JoinRefused`.

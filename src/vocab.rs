@@ -277,3 +277,36 @@ impl TrafficClass {
         Self::ALL.get(code as usize).copied()
     }
 }
+
+/// The delivery class of one message (`docs/channels.md`): what the
+/// channel promises when paths fail. Separate from the [`TrafficClass`],
+/// which says how urgent the frame is on a shared connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum DeliveryClass {
+    /// Must not lose: durable outbox, acked, resent until answered, deduped.
+    A = 0,
+    /// Nice to replay: a bounded in-memory replay window, resent on a route
+    /// change while in it; lost on a restart.
+    B = 1,
+    /// Drop allowed: sent once, never stored nor resent.
+    C = 2,
+}
+
+impl DeliveryClass {
+    /// The class's wire code (`Data.delivery`).
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The class for a wire code, if known.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Self::A),
+            1 => Some(Self::B),
+            2 => Some(Self::C),
+            _ => None,
+        }
+    }
+}

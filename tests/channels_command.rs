@@ -12,7 +12,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use interlocking::actors::node::{Node, NodeBuilder};
-use interlocking::channels::command::{SenderConfig, ServeConfig, ServeHandle, system_clock};
+use interlocking::channels::command::{
+    SenderConfig, ServeConfig, ServeHandle, incarnation_key, system_clock,
+};
 use interlocking::channels::{
     CommandChannel, CommandError, CommandHandler, CommandSender, DedupeConfig, OutboxConfig,
     SendOptions,
@@ -96,9 +98,16 @@ async fn setup(net: &MemoryNetwork, sender_cfg: SenderConfig, serve_cfg: ServeCo
     let ledger = Ledger::default();
     let hub_store: Arc<dyn Store> = Arc::new(MemStore::new());
     let member_store: Arc<dyn Store> = Arc::new(MemStore::new());
-    let serve = CommandChannel::serve(&hub, stream.clone(), ledger.clone(), hub_store, serve_cfg)
-        .await
-        .unwrap();
+    let serve = CommandChannel::serve(
+        &hub,
+        stream.clone(),
+        NodeId::new("m1"),
+        ledger.clone(),
+        hub_store,
+        serve_cfg,
+    )
+    .await
+    .unwrap();
     let sender = CommandChannel::spawn_sender(
         &member,
         stream,
@@ -243,9 +252,11 @@ async fn undecodable_payload_gets_a_reject_and_the_channel_keeps_working() {
     assert_eq!(r.reply().await, Ok(2));
     let garbage = Frame::Data(Data {
         stream: s.sender.stream().clone(),
+        incarnation: s.sender.incarnation(),
         seq: 2,
         message_id: 999,
         class: 0,
+        delivery: 0,
         payload: Bytes::from_static(&[0xc1, 0xff, 0x00]),
     });
     s.member
@@ -299,6 +310,7 @@ async fn dedupe_records_are_pruned_to_the_configured_bound() {
     CommandChannel::serve(
         &hub,
         stream.clone(),
+        NodeId::new("m1"),
         Ledger::default(),
         Arc::new(hub_store.clone()),
         serve_cfg,
@@ -314,13 +326,9 @@ async fn dedupe_records_are_pruned_to_the_configured_bound() {
     )
     .await
     .unwrap();
-    let records = |s: &MemStore| {
-        s.dedupe_load()
-            .unwrap()
-            .into_iter()
-            .filter(|r| r.stream == stream)
-            .count()
-    };
+    // The server keeps each sender incarnation's records apart.
+    let key = incarnation_key(&stream, sender.incarnation());
+    let records = |s: &MemStore| s.dedupe_load_for(&key).unwrap().len();
     for k in 1..=30 {
         let r = sender.send(k, SendOptions::class_a()).await.unwrap();
         assert_eq!(r.reply().await, Ok(k * 2));

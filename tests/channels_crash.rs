@@ -352,6 +352,7 @@ fn sigkilled_sender_process_loses_no_accepted_command_and_applies_none_twice() {
         CommandChannel::serve(
             &hub,
             StreamId::new(STREAM),
+            NodeId::new("m1"),
             ledger.clone(),
             store,
             ServeConfig::default(),

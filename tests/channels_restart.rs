@@ -99,6 +99,21 @@ impl Store for HeldStore {
     fn pending_outbox(&self) -> Result<Vec<OutboxRecord>, StoreError> {
         self.inner.pending_outbox()
     }
+    fn pending_outbox_for(&self, s: &StreamId) -> Result<Vec<OutboxRecord>, StoreError> {
+        self.inner.pending_outbox_for(s)
+    }
+    fn sender_incarnation(&self, s: &StreamId, fresh: u64) -> Result<u64, StoreError> {
+        self.inner.sender_incarnation(s, fresh)
+    }
+    fn peer_incarnation(&self, s: &StreamId) -> Result<Option<u64>, StoreError> {
+        self.inner.peer_incarnation(s)
+    }
+    fn set_peer_incarnation(&self, s: &StreamId, i: u64) -> Result<(), StoreError> {
+        self.inner.set_peer_incarnation(s, i)
+    }
+    fn dedupe_load_for(&self, s: &StreamId) -> Result<Vec<DedupeRecord>, StoreError> {
+        self.inner.dedupe_load_for(s)
+    }
     fn next_ids(&self, s: &StreamId) -> Result<(u64, u64), StoreError> {
         self.inner.next_ids(s)
     }
@@ -160,6 +175,7 @@ async fn setup(
     CommandChannel::serve(
         &hub,
         stream.clone(),
+        NodeId::new("m1"),
         ledger.clone(),
         hub_store,
         ServeConfig::default(),

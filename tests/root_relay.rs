@@ -6,6 +6,7 @@
 
 mod common;
 
+use interlocking::actors::session::{Binding, DEFAULT_INBOX_CAPACITY, Permit, Side};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -139,9 +140,11 @@ async fn root_drops_a_retried_class_a_frame_and_replays_its_reply() {
     let command = |message_id: u64, seq: u64| {
         Frame::Data(Data {
             stream: StreamId::new("command:a/b"),
+            incarnation: 1,
             seq,
             message_id,
             class: 0, // control: class-A commands
+            delivery: 0,
             payload: Bytes::from_static(b"open the valve"),
         })
     };
@@ -163,7 +166,7 @@ async fn root_drops_a_retried_class_a_frame_and_replays_its_reply() {
     }
     assert_eq!(ids, vec![7, 8]);
     assert_eq!(root.counters().deduped, 1);
-    // Other classes are not deduped by the root.
+    // Other delivery classes are not deduped by the root.
     ta.send(&b_id, data("sync:a/b", 3, 9, 8)).unwrap();
     ta.send(&b_id, data("sync:a/b", 3, 9, 8)).unwrap();
     assert_eq!(
@@ -176,9 +179,11 @@ async fn root_drops_a_retried_class_a_frame_and_replays_its_reply() {
     // it is forwarded, not mistaken for a duplicate of the command...
     let reply = Frame::Data(Data {
         stream: StreamId::new("command:a/b"),
+        incarnation: 1,
         seq: 1,
         message_id: 7,
         class: 0,
+        delivery: 0,
         payload: Bytes::from_static(b"valve open"),
     });
     tb.send(&NodeId::new("a"), reply.clone()).unwrap();
@@ -394,11 +399,18 @@ async fn a_relayed_stream_fails_over_to_direct_when_the_root_dies() {
         .await
         .unwrap();
     let stream = StreamId::new("command:hub/m1");
-    m.set_inbox(
+    m.bind_stream(
         stream.clone(),
-        std::sync::Arc::new(move |path: &PathId, frame: Frame| {
+        Binding {
+            peer: NodeId::new("hub"),
+            kind: ChannelKind::Command,
+            side: Side::Receiver,
+        },
+        std::sync::Arc::new(move |path: &PathId, frame: Frame, _permit: Permit| {
             let _ = inbox_tx.send((path.clone(), frame));
         }),
+        DEFAULT_INBOX_CAPACITY,
+        0,
     );
     // The member's relay dials the root by itself: it becomes reachable.
     wait_online(&root, "m1", true).await;

@@ -91,6 +91,7 @@ async fn relayed_class_a_commands_queue_while_the_root_is_down_and_apply_once_af
     CommandChannel::serve(
         &hub,
         stream.clone(),
+        NodeId::new("m1"),
         ledger.clone(),
         Arc::new(MemStore::new()),
         ServeConfig::default(),

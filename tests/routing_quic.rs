@@ -3,6 +3,7 @@
 //! the path through missed probes, healing recovers it, and a killed
 //! transport actor is restarted on the same address and re-dials.
 
+use interlocking::actors::session::{Binding, DEFAULT_INBOX_CAPACITY, Permit, Side};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -81,18 +82,27 @@ async fn direct_quic_route_fails_on_blackhole_recovers_and_survives_a_transport_
 
     // The hub acks every data frame on the path it arrived on.
     let hub_tx = hub.transport(PathKind::Quic).unwrap();
-    hub.set_inbox(
+    hub.bind_stream(
         stream.clone(),
-        Arc::new(move |p: &PathId, f: Frame| {
+        Binding {
+            peer: NodeId::new("m1"),
+            kind: ChannelKind::Command,
+            side: Side::Receiver,
+        },
+        Arc::new(move |p: &PathId, f: Frame, _permit: Permit| {
             if let Frame::Data(d) = f {
                 let ack = Frame::Ack(Ack {
                     stream: d.stream,
+                    incarnation: d.incarnation,
                     seq: d.seq,
                     message_id: d.message_id,
+                    credit: 64,
                 });
                 let _ = hub_tx.send(&p.peer, ack);
             }
         }),
+        DEFAULT_INBOX_CAPACITY,
+        0,
     );
     let updates: Updates = Arc::default();
     let sink = updates.clone();
@@ -112,9 +122,11 @@ async fn direct_quic_route_fails_on_blackhole_recovers_and_survives_a_transport_
     // One data frame, acked by the hub, completes the make-before-break.
     let data = Frame::Data(Data {
         stream: stream.clone(),
+        incarnation: 1,
         seq: 1,
         message_id: 1,
         class: 0,
+        delivery: 0,
         payload: Bytes::from_static(b"x"),
     });
     member.send(&quic, data).unwrap();

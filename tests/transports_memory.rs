@@ -14,9 +14,11 @@ use tokio::sync::mpsc;
 fn data(seq: u64) -> Frame {
     Frame::Data(Data {
         stream: StreamId::new("command:a/b"),
+        incarnation: 1,
         seq,
         message_id: seq,
         class: 0,
+        delivery: 0,
         payload: Bytes::from(seq.to_be_bytes().to_vec()),
     })
 }

@@ -340,7 +340,18 @@ async fn bad_stream_is_stopped(bytes: Vec<u8>, code: u16, admission: bool) -> Qu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_bytes_stop_the_stream_with_malformed() {
     // A valid header whose body is not MessagePack of a Probe.
-    let bytes = vec![0, 0, 0, 6, 1, 2, 0xc1, 0xc1, 0xc1, 0xc1];
+    let bytes = vec![
+        0,
+        0,
+        0,
+        6,
+        wire::PROTOCOL_VERSION,
+        2,
+        0xc1,
+        0xc1,
+        0xc1,
+        0xc1,
+    ];
     let c = bad_stream_is_stopped(bytes, wire::codes::MALFORMED, false).await;
     assert_eq!(c.refused_malformed, 1);
 }

@@ -11,7 +11,8 @@ use std::cell::Cell;
 
 use bytes::BytesMut;
 use interlocking::wire::{
-    CodecConfig, Data, DecodeError, Frame, FrameDecoder, FrameKind, decode_frame, encode_to_bytes,
+    CodecConfig, Data, DecodeError, Frame, FrameDecoder, FrameKind, PROTOCOL_VERSION, decode_frame,
+    encode_to_bytes,
 };
 use proptest::prelude::*;
 
@@ -91,7 +92,7 @@ const SLACK: usize = 1024;
 /// A frame of `kind` whose prefix announces exactly `body`.
 fn framed(kind: u8, body: &[u8]) -> Vec<u8> {
     let mut b = ((body.len() + 2) as u32).to_be_bytes().to_vec();
-    b.extend_from_slice(&[1, kind]);
+    b.extend_from_slice(&[PROTOCOL_VERSION, kind]);
     b.extend_from_slice(body);
     b
 }
@@ -150,9 +151,11 @@ fn the_allocator_counts() {
     // A legitimate payload is copied by decode_frame and shows up.
     let frame = Frame::Data(Data {
         stream: "s".into(),
+        incarnation: 1,
         seq: 1,
         message_id: 1,
         class: 0,
+        delivery: 0,
         payload: vec![7u8; 3000].into(),
     });
     let bytes = encode_to_bytes(&frame, &CodecConfig::default()).unwrap();
@@ -166,7 +169,7 @@ fn huge_length_prefixes_allocate_nothing() {
     let cfg = CodecConfig::default();
     for claim in [u32::MAX, 1 << 31, (cfg.max_frame_len + 1) as u32] {
         let mut bytes = claim.to_be_bytes().to_vec();
-        bytes.extend_from_slice(&[1, 4, 0x95]);
+        bytes.extend_from_slice(&[PROTOCOL_VERSION, 4, 0x97]);
         let (r, usage) = measure(|| decode_frame(&bytes, &cfg));
         assert!(matches!(r, Err(DecodeError::TooLarge { .. })), "{r:?}");
         assert_eq!(usage.total, 0, "{usage:?}");
@@ -213,7 +216,21 @@ fn prefix_at_the_limit_with_a_short_body() {
     let cfg = CodecConfig::default();
     let mut bytes = (cfg.max_frame_len as u32).to_be_bytes().to_vec();
     bytes.extend_from_slice(&[
-        1, 4, 0x95, 0xa1, b's', 1, 2, 3, 0xc6, 0x00, 0x0f, 0xff, 0xf0,
+        PROTOCOL_VERSION,
+        4,
+        0x97,
+        0xa1,
+        b's',
+        1,
+        1,
+        2,
+        3,
+        0,
+        0xc6,
+        0x00,
+        0x0f,
+        0xff,
+        0xf0,
     ]);
     let (r, usage) = measure(|| decode_frame(&bytes, &cfg));
     assert!(matches!(r, Err(DecodeError::Truncated { .. })), "{r:?}");
@@ -230,9 +247,11 @@ fn streaming_decode_shares_payloads_instead_of_copying() {
     let cfg = CodecConfig::default();
     let frame = Frame::Data(Data {
         stream: "s".into(),
+        incarnation: 1,
         seq: 1,
         message_id: 1,
         class: 0,
+        delivery: 0,
         payload: vec![7u8; 64 * 1024].into(),
     });
     let mut buf = BytesMut::from(&encode_to_bytes(&frame, &cfg).unwrap()[..]);

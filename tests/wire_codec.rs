@@ -7,8 +7,8 @@ use bytes::{Bytes, BytesMut};
 use interlocking::vocab::{NodeId, Role, StreamId};
 use interlocking::wire::{
     Ack, Close, CodecConfig, Data, DecodeError, Frame, FrameDecoder, Hello, JoinGranted,
-    JoinRefused, JoinRequest, Lookup, LookupReply, Probe, ProbeAck, Register, Reject, Relay,
-    RelayRefused, Signal, decode_frame, encode, encode_to_bytes, encoded_len,
+    JoinRefused, JoinRequest, Lookup, LookupReply, PROTOCOL_VERSION, Probe, ProbeAck, Register,
+    Reject, Relay, RelayRefused, Signal, decode_frame, encode, encode_to_bytes, encoded_len,
 };
 use proptest::prelude::*;
 
@@ -150,22 +150,32 @@ fn frame() -> impl Strategy<Value = Frame> {
         (int(), int()).prop_map(|(nonce, sent_at_us)| Frame::Probe(Probe { nonce, sent_at_us })),
         (int(), int())
             .prop_map(|(nonce, sent_at_us)| Frame::ProbeAck(ProbeAck { nonce, sent_at_us })),
-        (stream(), int(), int(), any::<u8>(), payload()).prop_map(
-            |(stream, seq, message_id, class, payload)| {
-                Frame::Data(Data {
-                    stream,
-                    seq,
-                    message_id,
-                    class,
-                    payload,
-                })
-            }
+        (
+            (stream(), int(), int(), int()),
+            (any::<u8>(), any::<u8>(), payload())
+        )
+            .prop_map(
+                |((stream, incarnation, seq, message_id), (class, delivery, payload))| {
+                    Frame::Data(Data {
+                        stream,
+                        incarnation,
+                        seq,
+                        message_id,
+                        class,
+                        delivery,
+                        payload,
+                    })
+                }
+            ),
+        (stream(), int(), int(), int(), any::<u32>()).prop_map(
+            |(stream, incarnation, seq, message_id, credit)| Frame::Ack(Ack {
+                stream,
+                incarnation,
+                seq,
+                message_id,
+                credit,
+            })
         ),
-        (stream(), int(), int()).prop_map(|(stream, seq, message_id)| Frame::Ack(Ack {
-            stream,
-            seq,
-            message_id
-        })),
         (
             prop::option::of(stream()),
             prop::option::of(int()),
@@ -289,7 +299,7 @@ proptest! {
         let bytes = encode_to_bytes(&frame, &cfg).unwrap();
         prop_assert_eq!(bytes.len(), encoded_len(&frame));
         prop_assert_eq!(&bytes[..4], &((bytes.len() - 4) as u32).to_be_bytes()[..]);
-        prop_assert_eq!(bytes[4], 1);
+        prop_assert_eq!(bytes[4], PROTOCOL_VERSION);
         prop_assert_eq!(bytes[5], frame.kind() as u8);
         prop_assert_eq!(decode_frame(&bytes, &cfg), Ok(frame.clone()));
         let (frames, err) = stream_decode(&bytes, bytes.len(), &cfg)?;
@@ -342,7 +352,7 @@ proptest! {
         body in prop::collection::vec(any::<u8>(), 0..64),
     ) {
         let mut bytes = ((body.len() + 2) as u32).to_be_bytes().to_vec();
-        bytes.extend_from_slice(&[1, kind]);
+        bytes.extend_from_slice(&[PROTOCOL_VERSION, kind]);
         bytes.extend_from_slice(&body);
         let cfg = CodecConfig::default();
         check_decode_frame(&bytes, &cfg)?;

@@ -4,10 +4,11 @@
 //! - a top [`Supervisor`] with three children — the [`RoutingAuthority`], a
 //!   `transports` supervisor with one [`TransportActor`] per transport, and a
 //!   `channels` supervisor that channel actors are started under;
-//! - the event pump, which reads every transport's [`TransportEvent`]s and
-//!   sends frames to the stream's [`Inbox`] and facts to the routing
-//!   authority;
-//! - the shared registries (transports by path kind, inboxes by stream,
+//! - the stream dispatch, which checks every received frame against its
+//!   stream's [`Session`] on the transport's receive task and hands it to the
+//!   stream's bounded inbox, and the event pump, which carries facts to the
+//!   routing authority;
+//! - the shared registries (transports by path kind, sessions by stream,
 //!   stream registrations) that outlive any one actor's restart.
 //!
 //! ```
@@ -59,27 +60,15 @@ use crate::transports::probe::ProbeConfig;
 use crate::transports::quic::faults::FaultHandle;
 use crate::transports::quic::{QuicConfig, QuicTransport};
 use crate::transports::relay::{RelayConfig, RelayTransport};
-use crate::transports::{EventSink, Fact, PeerAddr, Transport, TransportEvent};
+use crate::transports::{EventSink, Fact, FrameSink, PeerAddr, Transport, TransportEvent};
 use crate::vocab::{NodeId, PathId, PathKind, Role, StreamId};
 use crate::wire::{Frame, Reject};
 
-/// Reject code sent back for a data frame whose stream has no inbox here.
-pub const REJECT_UNKNOWN_STREAM: u16 = 0x0201;
+pub use super::session::{Binding, Inbox, Permit, Session, Side, codes};
 
-/// Receives the frames of one stream (data, acks, rejects) from any path.
-///
-/// Implemented by channels; called on the node's event pump, so it must not
-/// block (cast to an actor, push to a queue).
-pub trait Inbox: Send + Sync + 'static {
-    /// A frame for this stream arrived on `path`.
-    fn deliver(&self, path: &PathId, frame: Frame);
-}
-
-impl<F: Fn(&PathId, Frame) + Send + Sync + 'static> Inbox for F {
-    fn deliver(&self, path: &PathId, frame: Frame) {
-        self(path, frame)
-    }
-}
+/// Reject code sent back for a frame whose stream is not served here (yet):
+/// retryable (see [`codes::NOT_READY`]).
+pub const REJECT_UNKNOWN_STREAM: u16 = codes::NOT_READY;
 
 /// Builds a transport, given where to send its events.
 pub type BindFn = Arc<
@@ -115,8 +104,12 @@ pub(crate) struct Shared {
     role: Role,
     /// Every bound transport by the kind of path it provides.
     transports: DashMap<PathKind, Arc<dyn Transport>>,
-    /// Where each stream's inbound frames go.
-    inboxes: DashMap<StreamId, Arc<dyn Inbox>>,
+    /// Each bound stream's session: binding, inbox, credit.
+    sessions: DashMap<StreamId, Arc<Session>>,
+    /// Frames refused by the stream dispatch, by reject code.
+    refusals: DashMap<u16, u64>,
+    /// When a data-plane ack was last reported to routing, per path.
+    last_ack: DashMap<PathId, tokio::time::Instant>,
     /// The running routing authority, if any.
     routing: Mutex<Option<ActorRef<RoutingMsg>>>,
     /// Stream registrations, re-applied by a restarted authority.
@@ -127,8 +120,6 @@ pub(crate) struct Shared {
     decisions: broadcast::Sender<Decision>,
     /// The sender half of the event pump, cloned into each transport.
     events: EventSink,
-    /// Frames refused because their stream is unknown here.
-    refused_unknown_stream: std::sync::atomic::AtomicU64,
     /// Prefix of every actor name in this node's tree (`id#instance/`).
     prefix: String,
     /// Every channel actor started on this node: a restarted `channels`
@@ -393,19 +384,20 @@ impl NodeBuilder {
         static INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let instance = INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let prefix = format!("{}#{instance}/", self.id);
-        let (events, rx) = mpsc::channel(self.event_queue);
+        let (events_tx, rx) = mpsc::channel(self.event_queue);
         let (decisions, _) = broadcast::channel(1024);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|me: &std::sync::Weak<Shared>| Shared {
             id: self.id.clone(),
             role: self.role,
             transports: DashMap::new(),
-            inboxes: DashMap::new(),
+            sessions: DashMap::new(),
+            refusals: DashMap::new(),
+            last_ack: DashMap::new(),
             routing: Mutex::new(None),
             registrations: Mutex::new(BTreeMap::new()),
             open_paths: Mutex::new(BTreeMap::new()),
             decisions,
-            events,
-            refused_unknown_stream: Default::default(),
+            events: EventSink::with_frames(events_tx, Arc::new(Dispatch(me.clone()))),
             prefix: prefix.clone(),
             channel_specs: Mutex::new(Vec::new()),
         });
@@ -530,71 +522,104 @@ fn observation(fact: &Fact) -> Option<Observation> {
 /// often: they prove liveness, and one per interval is proof enough.
 const ACK_REPORT_INTERVAL: Duration = Duration::from_millis(20);
 
-async fn pump(shared: Arc<Shared>, mut rx: mpsc::Receiver<TransportEvent>) {
-    let mut last_ack: HashMap<PathId, tokio::time::Instant> = HashMap::new();
-    while let Some(TransportEvent { path, fact }) = rx.recv().await {
-        match fact {
-            Fact::Frame(frame) => {
-                let stream = match &frame {
-                    Frame::Data(d) => Some(&d.stream),
-                    Frame::Ack(a) => Some(&a.stream),
-                    Frame::Reject(r) => r.stream.as_ref(),
-                    _ => None,
-                };
-                if let Frame::Ack(_) = &frame {
-                    let now = tokio::time::Instant::now();
-                    let due = last_ack
-                        .get(&path)
-                        .is_none_or(|t| now.duration_since(*t) >= ACK_REPORT_INTERVAL);
-                    if due {
-                        last_ack.insert(path.clone(), now);
-                        shared.cast(RoutingMsg::Observe(path.clone(), Observation::DataAcked));
-                    }
-                }
-                let Some(stream) = stream.cloned() else {
-                    tracing::debug!(%path, kind = ?frame.kind(), "frame without a stream ignored by the node");
-                    continue;
-                };
-                let inbox = shared.inboxes.get(&stream).map(|e| e.value().clone());
-                match inbox {
-                    Some(inbox) => inbox.deliver(&path, frame),
-                    None => refuse_unknown_stream(&shared, &path, &stream, &frame),
-                }
-            }
-            fact => {
-                match &fact {
-                    Fact::Up => {
-                        shared.open_paths.lock_recover().insert(path.clone(), ());
-                        shared.cast(RoutingMsg::PathAdded(path.clone()));
-                    }
-                    Fact::Down(_) => {
-                        shared.open_paths.lock_recover().remove(&path);
-                    }
-                    _ => {}
-                }
-                if let Some(obs) = observation(&fact) {
-                    shared.cast(RoutingMsg::Observe(path, obs));
-                }
-            }
+/// The node's stream dispatch: checks every received frame against its
+/// stream's session on the transport's receive task and hands it straight
+/// to the stream's inbox (no hop through the event pump).
+struct Dispatch(std::sync::Weak<Shared>);
+
+impl FrameSink for Dispatch {
+    fn frame(&self, path: &PathId, frame: Frame) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.dispatch(path, frame);
         }
     }
 }
 
-fn refuse_unknown_stream(shared: &Shared, path: &PathId, stream: &StreamId, frame: &Frame) {
-    shared
-        .refused_unknown_stream
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::warn!(%path, %stream, "frame for an unknown stream refused");
-    let Frame::Data(d) = frame else { return };
-    if let Some(t) = shared.transports.get(&path.kind) {
-        let reject = Frame::Reject(Reject {
-            stream: Some(stream.clone()),
-            message_id: Some(d.message_id),
-            code: REJECT_UNKNOWN_STREAM,
-            reason: format!("no stream {stream} on {}", shared.id),
-        });
-        // Best effort: a refusal that cannot be sent changes nothing.
-        let _ = t.send(&path.peer, reject);
+impl Shared {
+    fn dispatch(&self, path: &PathId, frame: Frame) {
+        let stream = match &frame {
+            Frame::Data(d) => Some(&d.stream),
+            Frame::Ack(a) => Some(&a.stream),
+            Frame::Reject(r) => r.stream.as_ref(),
+            _ => None,
+        };
+        let Some(stream) = stream else {
+            tracing::debug!(%path, kind = ?frame.kind(), "frame without a stream ignored by the node");
+            return;
+        };
+        if matches!(frame, Frame::Ack(_)) {
+            // A data-plane ack from the peer proves the path alive, whatever
+            // becomes of the frame; one report per interval is proof enough.
+            let now = tokio::time::Instant::now();
+            let due = self
+                .last_ack
+                .get(path)
+                .is_none_or(|t| now.duration_since(*t) >= ACK_REPORT_INTERVAL);
+            if due {
+                self.last_ack.insert(path.clone(), now);
+                self.cast(RoutingMsg::Observe(path.clone(), Observation::DataAcked));
+            }
+        }
+        let session = self.sessions.get(stream).map(|e| e.value().clone());
+        let Some(session) = session else {
+            let stream = stream.clone();
+            self.refuse(
+                path,
+                &stream,
+                &frame,
+                codes::NOT_READY,
+                "stream not served here",
+            );
+            return;
+        };
+        let stream = stream.clone();
+        if let Err((r, frame)) = session.admit(path, frame) {
+            tracing::debug!(%path, %stream, code = r.code, reason = r.reason, "frame refused by the stream session");
+            self.refuse(path, &stream, &frame, r.code, r.reason);
+        }
+    }
+
+    /// Counts a refusal and answers a refused data frame with a [`Reject`]
+    /// carrying `code` (acks and rejects are never answered: no loops).
+    fn refuse(&self, path: &PathId, stream: &StreamId, frame: &Frame, code: u16, reason: &str) {
+        *self.refusals.entry(code).or_insert(0) += 1;
+        let Frame::Data(d) = frame else { return };
+        if let Some(t) = self.transports.get(&path.kind).map(|t| t.value().clone()) {
+            let reject = Frame::Reject(Reject {
+                stream: Some(stream.clone()),
+                message_id: Some(d.message_id),
+                code,
+                reason: reason.to_string(),
+            });
+            // Best effort: a refusal that cannot be sent changes nothing.
+            let _ = t.send(&path.peer, reject);
+        }
+    }
+}
+
+/// Carries facts (not frames: those go through [`Dispatch`]) to the
+/// routing authority.
+async fn pump(shared: Arc<Shared>, mut rx: mpsc::Receiver<TransportEvent>) {
+    while let Some(TransportEvent { path, fact }) = rx.recv().await {
+        match &fact {
+            Fact::Up => {
+                shared.open_paths.lock_recover().insert(path.clone(), ());
+                shared.cast(RoutingMsg::PathAdded(path.clone()));
+            }
+            Fact::Down(_) => {
+                shared.open_paths.lock_recover().remove(&path);
+            }
+            Fact::Frame(frame) => {
+                // Only a sink without a frame sink queues frames; the
+                // node's never does, but handle it the same way.
+                shared.dispatch(&path, frame.clone());
+                continue;
+            }
+            _ => {}
+        }
+        if let Some(obs) = observation(&fact) {
+            shared.cast(RoutingMsg::Observe(path, obs));
+        }
     }
 }
 
@@ -623,6 +648,20 @@ impl NodeLink {
 }
 
 impl NodeLink {
+    /// See [`Node::bind_stream`].
+    pub fn bind_stream(
+        &self,
+        stream: StreamId,
+        binding: Binding,
+        inbox: Arc<dyn Inbox>,
+        capacity: usize,
+        incarnation: u64,
+    ) -> Arc<Session> {
+        let session = Arc::new(Session::new(binding, inbox, capacity, incarnation));
+        self.0.sessions.insert(stream, session.clone());
+        session
+    }
+
     /// Starts a channel actor under the node's `channels` supervisor, which
     /// restarts it as its policy says and starts it again if the
     /// supervisor itself is restarted.
@@ -697,14 +736,30 @@ impl Node {
         NodeLink(self.shared.clone())
     }
 
-    /// Routes inbound frames of `stream` to `inbox` (replacing any previous).
-    pub fn set_inbox(&self, stream: StreamId, inbox: Arc<dyn Inbox>) {
-        self.shared.inboxes.insert(stream, inbox);
+    /// Binds `stream` to `binding` and routes its admitted frames to
+    /// `inbox` (replacing any previous session of the stream); see
+    /// [`Session`]. Returns the session, whose credit and incarnation the
+    /// channel reads.
+    pub fn bind_stream(
+        &self,
+        stream: StreamId,
+        binding: Binding,
+        inbox: Arc<dyn Inbox>,
+        capacity: usize,
+        incarnation: u64,
+    ) -> Arc<Session> {
+        self.link()
+            .bind_stream(stream, binding, inbox, capacity, incarnation)
     }
 
-    /// Stops routing inbound frames of `stream`.
-    pub fn remove_inbox(&self, stream: &StreamId) {
-        self.shared.inboxes.remove(stream);
+    /// Unbinds `stream`: its frames are refused from now on.
+    pub fn unbind_stream(&self, stream: &StreamId) {
+        self.shared.sessions.remove(stream);
+    }
+
+    /// The session of `stream`, if bound.
+    pub fn session(&self, stream: &StreamId) -> Option<Arc<Session>> {
+        self.shared.sessions.get(stream).map(|s| s.value().clone())
     }
 
     /// Registers a stream with the routing authority. `listener` is told of
@@ -750,11 +805,23 @@ impl Node {
         self.shared.decisions.subscribe()
     }
 
-    /// Data frames refused so far because their stream is unknown here.
+    /// Data frames refused so far because their stream is not served here.
     pub fn refused_unknown_stream(&self) -> u64 {
+        self.refused(codes::NOT_READY)
+    }
+
+    /// Frames the stream dispatch refused so far with `code`.
+    pub fn refused(&self, code: u16) -> u64 {
+        self.shared.refusals.get(&code).map_or(0, |n| *n)
+    }
+
+    /// Every refusal count of the stream dispatch, by code.
+    pub fn refusals(&self) -> BTreeMap<u16, u64> {
         self.shared
-            .refused_unknown_stream
-            .load(std::sync::atomic::Ordering::Relaxed)
+            .refusals
+            .iter()
+            .map(|e| (*e.key(), *e.value()))
+            .collect()
     }
 
     /// An actor of this node's tree by its name within the node:

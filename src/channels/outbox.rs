@@ -159,6 +159,9 @@ pub struct Outbox {
     waiting: BTreeSet<u64>,
     /// Retransmit deadlines of in-flight entries, earliest first.
     timers: BTreeSet<(Instant, u64)>,
+    /// The receiver's last advertised credit, if any (see
+    /// [`Outbox::set_peer_credit`]).
+    peer_credit: Option<usize>,
 }
 
 impl Outbox {
@@ -171,6 +174,7 @@ impl Outbox {
             seq_of: BTreeMap::new(),
             waiting: BTreeSet::new(),
             timers: BTreeSet::new(),
+            peer_credit: None,
         }
     }
 
@@ -230,7 +234,7 @@ impl Outbox {
     /// Marks as sent, and returns, the waiting entries the credit window
     /// allows, in sequence order (this is where a send happens).
     pub fn poll_send(&mut self, now: Instant) -> Vec<Transmit> {
-        let credit = self.config.max_in_flight.saturating_sub(self.in_flight());
+        let credit = self.window().saturating_sub(self.in_flight());
         let mut out = Vec::with_capacity(credit.min(self.waiting.len()));
         while out.len() < credit {
             let Some(seq) = self.waiting.pop_first() else {
@@ -312,6 +316,43 @@ impl Outbox {
             }
         }
         out
+    }
+
+    /// The receiver advertised room for `credit` more frames (in an ack):
+    /// from now on at most `max(credit, 1)` entries are in flight (and never
+    /// more than [`OutboxConfig::max_in_flight`]). One stays allowed so a
+    /// full receiver is still probed and can advertise room again.
+    pub fn set_peer_credit(&mut self, credit: usize) {
+        self.peer_credit = Some(credit.max(1));
+    }
+
+    /// How many entries may be in flight now.
+    pub fn window(&self) -> usize {
+        self.config
+            .max_in_flight
+            .min(self.peer_credit.unwrap_or(usize::MAX))
+    }
+
+    /// The receiver refused an in-flight entry without taking it (busy, not
+    /// ready): retransmit it `after` from `now` instead of at its RTO, and
+    /// back off from there. Returns false if the entry is not in flight.
+    pub fn retry_after(&mut self, message_id: u64, now: Instant, after: Duration) -> bool {
+        let Some(&seq) = self.seq_of.get(&message_id) else {
+            return false;
+        };
+        let Some(e) = self.entries.get_mut(&seq) else {
+            return false;
+        };
+        let Some(old) = e.deadline() else {
+            return false;
+        };
+        self.timers.remove(&(old, seq));
+        e.last_sent = Some(now);
+        e.rto = after.min(self.config.rto_max).max(Duration::from_millis(1));
+        if let Some(d) = e.deadline() {
+            self.timers.insert((d, seq));
+        }
+        true
     }
 
     /// When [`Outbox::poll_resend`] next has work, if ever (for the actor's

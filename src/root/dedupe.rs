@@ -4,9 +4,11 @@
 //! Owns only "have I forwarded this frame recently, and what came back for
 //! it". Pure: the caller passes `now`, so retention is testable without
 //! sleeping. Retention (also in `docs/root.md` §5):
-//! - a key `(from, to, stream, message_id)` is remembered for `ttl` after
-//!   it was first forwarded; at most `capacity` keys are kept, the oldest
-//!   forgotten first;
+//! - a key `(from, to, stream, incarnation, message_id)` is remembered for
+//!   `ttl` after it was first forwarded; at most `capacity` keys and
+//!   `max_bytes` of cached replies are kept, the oldest forgotten first (a
+//!   new sender incarnation is a new id space, so its ids never meet the
+//!   replies cached for an older one);
 //! - the first frame that comes back the other way with the same stream
 //!   and message id (the receiver's reply) is cached with the key;
 //! - a retry of a key whose reply is cached is answered from the cache and
@@ -25,8 +27,12 @@ use bytes::Bytes;
 
 use crate::vocab::{NodeId, StreamId};
 
-/// The dedupe key of a relayed data frame: direction, stream, message id.
-pub type DedupeKey = (NodeId, NodeId, StreamId, u64);
+/// The dedupe key of a relayed data frame: direction, stream, sender
+/// incarnation, message id.
+pub type DedupeKey = (NodeId, NodeId, StreamId, u64, u64);
+
+/// The default bound on cached reply bytes (64 MiB).
+pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
 
 /// What to do with a relayed class-A data frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +57,9 @@ struct Entry {
 #[derive(Debug)]
 pub struct DedupeTable {
     capacity: usize,
+    max_bytes: usize,
+    /// Bytes of cached replies held now.
+    bytes: usize,
     ttl: Duration,
     hold: Duration,
     seen: HashMap<DedupeKey, Entry>,
@@ -64,6 +73,8 @@ impl DedupeTable {
     pub fn new(capacity: usize, ttl: Duration, hold: Duration) -> Self {
         Self {
             capacity: capacity.max(1),
+            max_bytes: DEFAULT_MAX_BYTES,
+            bytes: 0,
             ttl,
             hold,
             seen: HashMap::new(),
@@ -71,19 +82,38 @@ impl DedupeTable {
         }
     }
 
-    /// Decides about a data frame from `from` to `to` (its encoded bytes are
-    /// `frame`) at `now`.
+    /// Bounds the bytes of cached replies (at least one reply is kept).
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Bytes of cached replies held now.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Decides about a data frame from `from` to `to` of the sender
+    /// incarnation `incarnation` (its encoded bytes are `frame`) at `now`.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_frame(
         &mut self,
         from: &NodeId,
         to: &NodeId,
         stream: &StreamId,
+        incarnation: u64,
         message_id: u64,
         frame: &Bytes,
         now: Instant,
     ) -> Verdict {
         self.expire(now);
-        let key = (from.clone(), to.clone(), stream.clone(), message_id);
+        let key = (
+            from.clone(),
+            to.clone(),
+            stream.clone(),
+            incarnation,
+            message_id,
+        );
         if let Some(entry) = self.seen.get_mut(&key) {
             if let Some(reply) = &entry.reply {
                 return Verdict::Replay(reply.clone());
@@ -94,16 +124,26 @@ impl DedupeTable {
             entry.forwarded_at = now;
             return Verdict::Forward;
         }
-        let reverse = (to.clone(), from.clone(), stream.clone(), message_id);
+        let reverse = (
+            to.clone(),
+            from.clone(),
+            stream.clone(),
+            incarnation,
+            message_id,
+        );
         if let Some(entry) = self.seen.get_mut(&reverse) {
             // The answer to a forwarded frame: remember it for retries.
-            entry.reply.get_or_insert_with(|| frame.clone());
+            if entry.reply.is_none() {
+                self.bytes += frame.len();
+                entry.reply = Some(frame.clone());
+                while self.bytes > self.max_bytes && self.order.len() > 1 {
+                    self.evict_oldest();
+                }
+            }
             return Verdict::Forward;
         }
         while self.order.len() >= self.capacity {
-            if let Some((old, _)) = self.order.pop_front() {
-                self.seen.remove(&old);
-            }
+            self.evict_oldest();
         }
         self.seen.insert(
             key.clone(),
@@ -122,8 +162,15 @@ impl DedupeTable {
             if now.saturating_duration_since(*at) < self.ttl {
                 break;
             }
-            if let Some((key, _)) = self.order.pop_front() {
-                self.seen.remove(&key);
+            self.evict_oldest();
+        }
+    }
+
+    /// Forgets the oldest key and its cached reply.
+    fn evict_oldest(&mut self) {
+        if let Some((key, _)) = self.order.pop_front() {
+            if let Some(Entry { reply: Some(r), .. }) = self.seen.remove(&key) {
+                self.bytes -= r.len();
             }
         }
     }
@@ -159,17 +206,25 @@ mod tests {
         let cmd = Bytes::from_static(b"cmd");
         let reply = Bytes::from_static(b"reply");
         assert_eq!(
-            t.on_frame(&n("m"), &n("h"), &s, 1, &cmd, t0),
+            t.on_frame(&n("m"), &n("h"), &s, 0, 1, &cmd, t0),
             Verdict::Forward
         );
         // The reply travels the other way with the same stream and id.
         assert_eq!(
-            t.on_frame(&n("h"), &n("m"), &s, 1, &reply, t0),
+            t.on_frame(&n("h"), &n("m"), &s, 0, 1, &reply, t0),
             Verdict::Forward
         );
         // A retry of the command is answered from the cache.
         assert_eq!(
-            t.on_frame(&n("m"), &n("h"), &s, 1, &cmd, t0 + Duration::from_secs(1)),
+            t.on_frame(
+                &n("m"),
+                &n("h"),
+                &s,
+                0,
+                1,
+                &cmd,
+                t0 + Duration::from_secs(1)
+            ),
             Verdict::Replay(reply)
         );
     }
@@ -181,17 +236,17 @@ mod tests {
         let s = StreamId::new("command:m/h");
         let cmd = Bytes::from_static(b"cmd");
         assert_eq!(
-            t.on_frame(&n("m"), &n("h"), &s, 1, &cmd, t0),
+            t.on_frame(&n("m"), &n("h"), &s, 0, 1, &cmd, t0),
             Verdict::Forward
         );
         let soon = t0 + Duration::from_secs(1);
         assert_eq!(
-            t.on_frame(&n("m"), &n("h"), &s, 1, &cmd, soon),
+            t.on_frame(&n("m"), &n("h"), &s, 0, 1, &cmd, soon),
             Verdict::Drop
         );
         let later = t0 + Duration::from_secs(2);
         assert_eq!(
-            t.on_frame(&n("m"), &n("h"), &s, 1, &cmd, later),
+            t.on_frame(&n("m"), &n("h"), &s, 0, 1, &cmd, later),
             Verdict::Forward
         );
         // The hold restarts from the re-forward.
@@ -200,6 +255,7 @@ mod tests {
                 &n("m"),
                 &n("h"),
                 &s,
+                0,
                 1,
                 &cmd,
                 later + Duration::from_millis(500)
@@ -216,20 +272,23 @@ mod tests {
         let b = Bytes::new();
         for i in 0..5 {
             assert_eq!(
-                t.on_frame(&n("a"), &n("b"), &s, i, &b, t0),
+                t.on_frame(&n("a"), &n("b"), &s, 0, i, &b, t0),
                 Verdict::Forward
             );
         }
         assert_eq!(t.len(), 3);
-        assert_eq!(t.on_frame(&n("a"), &n("b"), &s, 4, &b, t0), Verdict::Drop);
         assert_eq!(
-            t.on_frame(&n("a"), &n("b"), &s, 0, &b, t0),
+            t.on_frame(&n("a"), &n("b"), &s, 0, 4, &b, t0),
+            Verdict::Drop
+        );
+        assert_eq!(
+            t.on_frame(&n("a"), &n("b"), &s, 0, 0, &b, t0),
             Verdict::Forward,
             "evicted"
         );
         let late = t0 + Duration::from_secs(5);
         assert_eq!(
-            t.on_frame(&n("a"), &n("b"), &s, 4, &b, late),
+            t.on_frame(&n("a"), &n("b"), &s, 0, 4, &b, late),
             Verdict::Forward,
             "expired"
         );
@@ -242,15 +301,15 @@ mod tests {
         let b = Bytes::new();
         let (s1, s2) = (StreamId::new("s1"), StreamId::new("s2"));
         assert_eq!(
-            t.on_frame(&n("a"), &n("b"), &s1, 1, &b, t0),
+            t.on_frame(&n("a"), &n("b"), &s1, 0, 1, &b, t0),
             Verdict::Forward
         );
         assert_eq!(
-            t.on_frame(&n("a"), &n("b"), &s2, 1, &b, t0),
+            t.on_frame(&n("a"), &n("b"), &s2, 0, 1, &b, t0),
             Verdict::Forward
         );
         assert_eq!(
-            t.on_frame(&n("a"), &n("c"), &s1, 1, &b, t0),
+            t.on_frame(&n("a"), &n("c"), &s1, 0, 1, &b, t0),
             Verdict::Forward
         );
     }

@@ -4,7 +4,7 @@
 //! Owns the root's sockets and its runtime tables (who is online, what they
 //! registered, recently forwarded class-A keys). Two endpoints:
 //! * the **node endpoint** (`local_addr`): the ordinary QUIC transport with
-//!   mutual TLS (ALPN `interlocking/1`) against the root CA; a revoked
+//!   mutual TLS (ALPN `interlocking/2`) against the root CA; a revoked
 //!   node's connection is closed with [`codes::REVOKED`] as soon as it is
 //!   up, and every frame it sends before that is ignored;
 //! * the **join endpoint** (`join_addr`): a second QUIC endpoint with
@@ -44,7 +44,7 @@ use crate::transports::probe::ProbeConfig;
 use crate::transports::quic::{QueueBudget, QuicConfig, QuicError, QuicTransport};
 use crate::transports::{Fact, PeerAddr, SendError, Transport, TransportEvent};
 use crate::trust::{self, CertificateAuthority, TrustError, TrustRoots};
-use crate::vocab::{NodeId, Role, TrafficClass};
+use crate::vocab::{DeliveryClass, NodeId, Role};
 use crate::wire::{
     CodecConfig, Frame, FrameDecoder, JoinGranted, JoinRefused, JoinRequest, Lookup, LookupReply,
     Relay, RelayRefused, Signal, decode_frame, read_frame, write_frame,
@@ -68,6 +68,8 @@ pub struct RootConfig {
     pub token_ttl: Duration,
     /// Most `(from, to, stream, message_id)` keys the relay dedupe table keeps.
     pub dedupe_capacity: usize,
+    /// Bytes of cached relayed replies at most (default 64 MiB).
+    pub dedupe_max_bytes: usize,
     /// How long a relayed class-A key is remembered (default 30 s).
     pub dedupe_ttl: Duration,
     /// How long a retry of a relayed frame that has no reply yet is dropped
@@ -99,6 +101,7 @@ impl Default for RootConfig {
             cert_lifetime: Duration::from_secs(24 * 3600),
             token_ttl: Duration::from_secs(15 * 60),
             dedupe_capacity: 65_536,
+            dedupe_max_bytes: super::dedupe::DEFAULT_MAX_BYTES,
             dedupe_ttl: Duration::from_secs(30),
             dedupe_hold: Duration::from_secs(2),
             route_budget: QueueBudget {
@@ -243,11 +246,14 @@ impl Root {
         )?;
 
         let inner = Arc::new(Inner {
-            dedupe: Mutex::new(DedupeTable::new(
-                config.dedupe_capacity,
-                config.dedupe_ttl,
-                config.dedupe_hold,
-            )),
+            dedupe: Mutex::new(
+                DedupeTable::new(
+                    config.dedupe_capacity,
+                    config.dedupe_ttl,
+                    config.dedupe_hold,
+                )
+                .with_max_bytes(config.dedupe_max_bytes),
+            ),
             config,
             ca: Arc::new(ca),
             book,
@@ -528,14 +534,15 @@ fn refuse(inner: &Inner, peer: &NodeId, to: NodeId, code: u16, reason: String) {
 }
 
 /// The dedupe verdict on an encoded inner frame from `from` to `to`: only
-/// class-A (control-class) data frames are looked at, by their envelope.
+/// class-A data frames (by their `delivery` field) are looked at.
 fn dedupe(inner: &Inner, from: &NodeId, to: &NodeId, frame: &Bytes) -> Verdict {
     match decode_frame(frame, &inner.config.codec) {
-        Ok(Frame::Data(d)) if d.class == TrafficClass::Control.code() => lock(&inner.dedupe)
+        Ok(Frame::Data(d)) if d.delivery == DeliveryClass::A.code() => lock(&inner.dedupe)
             .on_frame(
                 from,
                 to,
                 &d.stream,
+                d.incarnation,
                 d.message_id,
                 frame,
                 std::time::Instant::now(),

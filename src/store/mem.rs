@@ -31,6 +31,10 @@ struct Inner {
     /// (stream, message id) → record.
     dedupe: BTreeMap<(StreamId, u64), DedupeRecord>,
     cursors: BTreeMap<StreamId, u64>,
+    /// Sender incarnations by stream.
+    sender_incarnations: BTreeMap<StreamId, u64>,
+    /// Accepted remote sender incarnations by stream.
+    peer_incarnations: BTreeMap<StreamId, u64>,
 }
 
 /// An in-memory [`Store`]. **Not durable**: for tests and simulations only.
@@ -159,6 +163,38 @@ impl Store for MemStore {
             g.cursors.insert(stream.clone(), *cursor);
         }
         Ok(())
+    }
+
+    fn pending_outbox_for(&self, stream: &StreamId) -> Result<Vec<OutboxRecord>, StoreError> {
+        let g = self.lock()?;
+        Ok(g.outbox
+            .range((stream.clone(), 0)..=(stream.clone(), u64::MAX))
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    fn sender_incarnation(&self, stream: &StreamId, fresh: u64) -> Result<u64, StoreError> {
+        let mut g = self.lock()?;
+        Ok(*g.sender_incarnations.entry(stream.clone()).or_insert(fresh))
+    }
+
+    fn peer_incarnation(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
+        Ok(self.lock()?.peer_incarnations.get(stream).copied())
+    }
+
+    fn set_peer_incarnation(&self, stream: &StreamId, incarnation: u64) -> Result<(), StoreError> {
+        self.lock()?
+            .peer_incarnations
+            .insert(stream.clone(), incarnation);
+        Ok(())
+    }
+
+    fn dedupe_load_for(&self, stream: &StreamId) -> Result<Vec<DedupeRecord>, StoreError> {
+        let g = self.lock()?;
+        Ok(g.dedupe
+            .range((stream.clone(), 0)..=(stream.clone(), u64::MAX))
+            .map(|(_, r)| r.clone())
+            .collect())
     }
 
     fn dedupe_load(&self) -> Result<Vec<DedupeRecord>, StoreError> {

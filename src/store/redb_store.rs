@@ -39,6 +39,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const DEDUPE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dedupe");
 /// stream → cursor.
 const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+/// `"out/<stream>"` → this node's sender incarnation; `"in/<stream>"` → the
+/// newest remote sender incarnation the receiver accepted.
+const INCARNATIONS: TableDefinition<&str, u64> = TableDefinition::new("incarnations");
 
 const NEXT_MESSAGE_ID: &str = "next_message_id";
 
@@ -117,6 +120,7 @@ impl RedbStore {
         txn.open_table(META)?;
         txn.open_table(DEDUPE)?;
         txn.open_table(CURSORS)?;
+        txn.open_table(INCARNATIONS)?;
         store.commit(txn, true)?;
         Ok(store)
     }
@@ -239,6 +243,67 @@ impl Store for RedbStore {
         Ok(out)
     }
 
+    fn pending_outbox_for(&self, stream: &StreamId) -> Result<Vec<OutboxRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let outbox = txn.open_table(OUTBOX)?;
+        let mut out = Vec::new();
+        for item in outbox.range((stream.as_str(), 0)..=(stream.as_str(), u64::MAX))? {
+            let (k, v) = item?;
+            let (_, seq) = k.value();
+            let (message_id, class, replayable, operation_key, record) = decode_outbox(v.value())?;
+            out.push(OutboxRecord {
+                stream: stream.clone(),
+                message_id,
+                seq,
+                record,
+                operation_key,
+                class,
+                replayable,
+            });
+        }
+        Ok(out)
+    }
+
+    fn sender_incarnation(&self, stream: &StreamId, fresh: u64) -> Result<u64, StoreError> {
+        let key = format!("out/{stream}");
+        {
+            let txn = self.db.begin_read()?;
+            if let Some(v) = txn.open_table(INCARNATIONS)?.get(key.as_str())? {
+                return Ok(v.value());
+            }
+        }
+        let txn = self.begin(true)?;
+        let value = {
+            let mut table = txn.open_table(INCARNATIONS)?;
+            let existing = table.get(key.as_str())?.map(|v| v.value());
+            match existing {
+                Some(v) => v,
+                None => {
+                    table.insert(key.as_str(), fresh)?;
+                    fresh
+                }
+            }
+        };
+        self.commit(txn, true)?;
+        Ok(value)
+    }
+
+    fn peer_incarnation(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let key = format!("in/{stream}");
+        Ok(txn
+            .open_table(INCARNATIONS)?
+            .get(key.as_str())?
+            .map(|v| v.value()))
+    }
+
+    fn set_peer_incarnation(&self, stream: &StreamId, incarnation: u64) -> Result<(), StoreError> {
+        let txn = self.begin(true)?;
+        txn.open_table(INCARNATIONS)?
+            .insert(format!("in/{stream}").as_str(), incarnation)?;
+        self.commit(txn, true)
+    }
+
     fn next_ids(&self, stream: &StreamId) -> Result<(u64, u64), StoreError> {
         let txn = self.db.begin_read()?;
         let seq = txn
@@ -313,6 +378,25 @@ impl Store for RedbStore {
             let (seq, recorded_at_ms, reply) = decode_dedupe(v.value())?;
             out.push(DedupeRecord {
                 stream: StreamId::new(stream),
+                message_id,
+                seq,
+                reply,
+                recorded_at_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    fn dedupe_load_for(&self, stream: &StreamId) -> Result<Vec<DedupeRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DEDUPE)?;
+        let mut out = Vec::new();
+        for item in table.range((stream.as_str(), 0)..=(stream.as_str(), u64::MAX))? {
+            let (k, v) = item?;
+            let (_, message_id) = k.value();
+            let (seq, recorded_at_ms, reply) = decode_dedupe(v.value())?;
+            out.push(DedupeRecord {
+                stream: stream.clone(),
                 message_id,
                 seq,
                 reply,

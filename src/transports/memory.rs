@@ -223,10 +223,11 @@ impl MemoryNetwork {
         &self,
         node: impl Into<NodeId>,
         kind: PathKind,
-        events: EventSink,
+        events: impl Into<EventSink>,
         probe: ProbeConfig,
     ) -> Arc<MemoryTransport> {
         let node = node.into();
+        let events = events.into();
         let inner = Arc::new(Inner {
             node: node.clone(),
             kind,

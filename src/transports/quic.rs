@@ -15,7 +15,7 @@
 //! a predicate supplied by the node.
 //!
 //! Wire use (normative text in `docs/wire.md` §1):
-//! * ALPN `interlocking/1`, TLS 1.3, client certificates required; the
+//! * ALPN `interlocking/2`, TLS 1.3, client certificates required; the
 //!   peer's [`NodeId`] comes from its verified certificate
 //!   ([`crate::trust::node_from_certificate`]).
 //! * Each side sends on unidirectional streams it opens, one per traffic
@@ -397,20 +397,20 @@ impl QuicTransport {
     /// Binds a QUIC endpoint on `config.listen` (server and client on the
     /// same socket) and starts accepting. Must be called inside a tokio
     /// runtime.
-    pub fn bind(config: QuicConfig, events: EventSink) -> Result<Arc<Self>, QuicError> {
+    pub fn bind(config: QuicConfig, events: impl Into<EventSink>) -> Result<Arc<Self>, QuicError> {
         let socket = std::net::UdpSocket::bind(config.listen)?;
-        Self::bind_socket(config, events, socket, None)
+        Self::bind_socket(config, events.into(), socket, None)
     }
 
     /// Like [`QuicTransport::bind`], with a fault-injecting socket beneath
     /// quinn controlled through `faults`.
     pub fn bind_with_faults(
         config: QuicConfig,
-        events: EventSink,
+        events: impl Into<EventSink>,
         faults: faults::FaultHandle,
     ) -> Result<Arc<Self>, QuicError> {
         let socket = std::net::UdpSocket::bind(config.listen)?;
-        Self::bind_socket(config, events, socket, Some(faults))
+        Self::bind_socket(config, events.into(), socket, Some(faults))
     }
 
     fn bind_socket(

@@ -152,7 +152,8 @@ impl RelayTransport {
     /// Binds the link's endpoint and starts the relay; the root is dialled
     /// on the first [`Transport::connect`] or rendezvous request. Must be
     /// called inside a tokio runtime.
-    pub fn bind(config: RelayConfig, events: EventSink) -> Result<Arc<Self>, QuicError> {
+    pub fn bind(config: RelayConfig, events: impl Into<EventSink>) -> Result<Arc<Self>, QuicError> {
+        let events = events.into();
         let (tx, rx) = mpsc::channel(8192);
         let codec = config.quic.codec;
         let link = QuicTransport::bind(config.quic.clone(), tx)?;

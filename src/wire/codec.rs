@@ -292,7 +292,7 @@ impl DecodeError {
 ///
 /// let mut buf = BytesMut::new();
 /// encode(&Frame::Probe(Probe { nonce: 1, sent_at_us: 2 }), &mut buf, &CodecConfig::default())?;
-/// assert_eq!(&buf[..], &[0, 0, 0, 5, 1, 2, 0x92, 1, 2]);
+/// assert_eq!(&buf[..], &[0, 0, 0, 5, 2, 2, 0x92, 1, 2]);
 /// # Ok::<(), interlocking::wire::EncodeError>(())
 /// ```
 pub fn encode(frame: &Frame, buf: &mut BytesMut, cfg: &CodecConfig) -> Result<(), EncodeError> {
@@ -368,12 +368,20 @@ pub fn encoded_len(frame: &Frame) -> usize {
         Frame::ProbeAck(p) => 1 + uint_len(p.nonce) + uint_len(p.sent_at_us),
         Frame::Data(d) => {
             1 + str_len(d.stream.as_str())
+                + uint_len(d.incarnation)
                 + uint_len(d.seq)
                 + uint_len(d.message_id)
                 + uint_len(u64::from(d.class))
+                + uint_len(u64::from(d.delivery))
                 + bin_len(d.payload.len())
         }
-        Frame::Ack(a) => 1 + str_len(a.stream.as_str()) + uint_len(a.seq) + uint_len(a.message_id),
+        Frame::Ack(a) => {
+            1 + str_len(a.stream.as_str())
+                + uint_len(a.incarnation)
+                + uint_len(a.seq)
+                + uint_len(a.message_id)
+                + uint_len(u64::from(a.credit))
+        }
         Frame::Reject(r) => {
             1 + r.stream.as_ref().map_or(1, |s| str_len(s.as_str()))
                 + r.message_id.map_or(1, uint_len)
@@ -527,7 +535,7 @@ fn parse_header(buf: &[u8], max: usize) -> Result<Header, DecodeError> {
 /// ```
 /// use interlocking::wire::{CodecConfig, Frame, Probe, decode_frame};
 ///
-/// let frame = decode_frame(&[0, 0, 0, 5, 1, 2, 0x92, 1, 2], &CodecConfig::default())?;
+/// let frame = decode_frame(&[0, 0, 0, 5, 2, 2, 0x92, 1, 2], &CodecConfig::default())?;
 /// assert_eq!(frame, Frame::Probe(Probe { nonce: 1, sent_at_us: 2 }));
 /// # Ok::<(), interlocking::wire::DecodeError>(())
 /// ```
@@ -560,7 +568,7 @@ pub fn decode_frame(bytes: &[u8], cfg: &CodecConfig) -> Result<Frame, DecodeErro
 /// use interlocking::wire::{CodecConfig, Frame, FrameDecoder, Probe};
 ///
 /// let mut dec = FrameDecoder::new(CodecConfig::default());
-/// let mut buf = BytesMut::from(&[0u8, 0, 0, 5, 1, 2, 0x92][..]);
+/// let mut buf = BytesMut::from(&[0u8, 0, 0, 5, 2, 2, 0x92][..]);
 /// assert_eq!(dec.decode(&mut buf)?, None); // two body bytes missing
 /// buf.extend_from_slice(&[1, 2]);
 /// assert_eq!(dec.decode(&mut buf)?, Some(Frame::Probe(Probe { nonce: 1, sent_at_us: 2 })));
@@ -656,8 +664,8 @@ fn schema(kind: FrameKind) -> &'static [Field] {
     match kind {
         FrameKind::Hello => &[Str, Str, Int, OptStr],
         FrameKind::Probe | FrameKind::ProbeAck => &[Int, Int],
-        FrameKind::Data => &[Str, Int, Int, Int, Bin],
-        FrameKind::Ack => &[Str, Int, Int],
+        FrameKind::Data => &[Str, Int, Int, Int, Int, Int, Bin],
+        FrameKind::Ack => &[Str, Int, Int, Int, Int],
         FrameKind::Reject => &[OptStr, OptInt, Int, Str],
         FrameKind::Close => &[Int, Str],
         FrameKind::Relay => &[Str, Str, Bin],
@@ -777,9 +785,11 @@ fn check_shape(kind: FrameKind, body: &[u8]) -> Result<(), String> {
 #[derive(serde::Deserialize)]
 struct DataRef<'a> {
     stream: StreamId,
+    incarnation: u64,
     seq: u64,
     message_id: u64,
     class: u8,
+    delivery: u8,
     #[serde(borrow)]
     payload: &'a [u8],
 }
@@ -803,9 +813,11 @@ fn decode_body<'a>(
         FrameKind::Data => de::<DataRef<'a>>(body).map(|d| {
             Frame::Data(Data {
                 stream: d.stream,
+                incarnation: d.incarnation,
                 seq: d.seq,
                 message_id: d.message_id,
                 class: d.class,
+                delivery: d.delivery,
                 payload: payload(d.payload),
             })
         }),
@@ -856,9 +868,11 @@ mod tests {
     fn data() -> Frame {
         Frame::Data(Data {
             stream: StreamId::new("command:hub-1/member-7"),
+            incarnation: 7,
             seq: 1,
             message_id: 42,
             class: 0,
+            delivery: 0,
             payload: Bytes::from_static(b"hi"),
         })
     }
@@ -874,7 +888,7 @@ mod tests {
                     features: 0,
                     token: None,
                 }),
-                "0000000f 01 01 94 a5 6875622d31 a3 687562 00 c0",
+                "0000000f 02 01 94 a5 6875622d31 a3 687562 00 c0",
             ),
             (
                 Frame::Hello(Hello {
@@ -883,27 +897,29 @@ mod tests {
                     features: 1,
                     token: Some("tok".into()),
                 }),
-                "00000013 01 01 94 a3 6d2d37 a6 6d656d626572 01 a3 746f6b",
+                "00000013 02 01 94 a3 6d2d37 a6 6d656d626572 01 a3 746f6b",
             ),
-            (probe(), "00000011 01 02 92 cf 0102030405060708 ce 000f4240"),
+            (probe(), "00000011 02 02 92 cf 0102030405060708 ce 000f4240"),
             (
                 Frame::ProbeAck(ProbeAck {
                     nonce: 7,
                     sent_at_us: 300,
                 }),
-                "00000007 01 03 92 07 cd 012c",
+                "00000007 02 03 92 07 cd 012c",
             ),
             (
                 data(),
-                "00000021 01 04 95 b6 636f6d6d616e643a6875622d312f6d656d6265722d37 01 2a 00 c4 02 6869",
+                "00000023 02 04 97 b6 636f6d6d616e643a6875622d312f6d656d6265722d37 07 01 2a 00 00 c4 02 6869",
             ),
             (
                 Frame::Ack(Ack {
                     stream: StreamId::new("s"),
+                    incarnation: 7,
                     seq: 200,
                     message_id: 70000,
+                    credit: 64,
                 }),
-                "0000000c 01 05 93 a1 73 cc c8 ce 00011170",
+                "0000000e 02 05 95 a1 73 07 cc c8 ce 00011170 40",
             ),
             (
                 Frame::Reject(Reject {
@@ -912,14 +928,14 @@ mod tests {
                     code: 0x101,
                     reason: "big".into(),
                 }),
-                "0000000c 01 06 94 c0 05 cd 0101 a3 626967",
+                "0000000c 02 06 94 c0 05 cd 0101 a3 626967",
             ),
             (
                 Frame::Close(Close {
                     code: 0,
                     reason: String::new(),
                 }),
-                "00000005 01 07 92 00 a0",
+                "00000005 02 07 92 00 a0",
             ),
             (
                 Frame::Relay(Relay {
@@ -927,14 +943,14 @@ mod tests {
                     from: NodeId::new("a"),
                     frame: Bytes::from_static(&[0, 1]),
                 }),
-                "0000000b 01 08 93 a1 62 a1 61 c4 02 0001",
+                "0000000b 02 08 93 a1 62 a1 61 c4 02 0001",
             ),
             (
                 Frame::Register(Register {
                     addrs: vec!["h:1".into()],
                     capabilities: vec![],
                 }),
-                "00000009 01 0a 92 91 a3 683a31 90",
+                "00000009 02 0a 92 91 a3 683a31 90",
             ),
             (
                 Frame::Lookup(Lookup {
@@ -942,14 +958,14 @@ mod tests {
                     node: None,
                     capability: Some("cam".into()),
                 }),
-                "00000009 01 0b 93 01 c0 a3 63616d",
+                "00000009 02 0b 93 01 c0 a3 63616d",
             ),
             (
                 Frame::JoinRefused(JoinRefused {
                     code: 0x21a,
                     reason: String::new(),
                 }),
-                "00000007 01 10 92 cd 021a a0",
+                "00000007 02 10 92 cd 021a a0",
             ),
         ]
     }
@@ -987,14 +1003,14 @@ mod tests {
             Err(DecodeError::TooShort { len: 1 })
         );
         assert_eq!(
-            decode_frame(&hex("00000005 02"), &c),
-            Err(DecodeError::UnsupportedVersion { version: 2 })
+            decode_frame(&hex("00000005 01"), &c),
+            Err(DecodeError::UnsupportedVersion { version: 1 })
         );
         assert_eq!(
-            decode_frame(&hex("00000005 01 11"), &c),
+            decode_frame(&hex("00000005 02 11"), &c),
             Err(DecodeError::UnknownKind { kind: 17 })
         );
-        for text in ["00000004 01 02 91 01", "00000006 01 02 92 01 02 00"] {
+        for text in ["00000004 02 02 91 01", "00000006 02 02 92 01 02 00"] {
             assert!(matches!(
                 decode_frame(&hex(text), &c),
                 Err(DecodeError::Malformed {
@@ -1016,9 +1032,9 @@ mod tests {
         assert_eq!(p[6], 0x92);
         assert_eq!(p[7], 0xcf);
         assert_eq!(p[16], 0xce);
-        // Data: fixarray(5), fixstr, fixint, fixint, fixint, bin8.
+        // Data: fixarray(7), fixstr, fixint ×5, bin8.
         let d = enc(&data());
-        assert_eq!(d[6], 0x95);
+        assert_eq!(d[6], 0x97);
         assert_eq!(d[7], 0xa0 | 22);
         assert_eq!(&d[d.len() - 4..], &[0xc4, 2, b'h', b'i']);
     }
@@ -1043,18 +1059,22 @@ mod tests {
     fn long_fields_use_wider_markers() {
         let f = Frame::Data(Data {
             stream: StreamId::new("x".repeat(40)),
+            incarnation: 1,
             seq: u64::MAX,
             message_id: 0x1_0000,
             class: 255,
+            delivery: 2,
             payload: Bytes::from(vec![9u8; 70_000]),
         });
         let b = enc(&f);
         assert_eq!(b.len(), encoded_len(&f));
         assert_eq!(&b[7..9], &[0xd9, 40]); // str8
-        assert_eq!(b[49], 0xcf); // uint64
-        assert_eq!(b[58], 0xce); // uint32
-        assert_eq!(&b[63..65], &[0xcc, 255]); // uint8
-        assert_eq!(&b[65..70], &[0xc6, 0, 1, 0x11, 0x70]); // bin32
+        assert_eq!(b[49], 1); // incarnation, fixint
+        assert_eq!(b[50], 0xcf); // uint64
+        assert_eq!(b[59], 0xce); // uint32
+        assert_eq!(&b[64..66], &[0xcc, 255]); // uint8
+        assert_eq!(b[66], 2); // delivery
+        assert_eq!(&b[67..72], &[0xc6, 0, 1, 0x11, 0x70]); // bin32
         assert_eq!(decode_frame(&b, &cfg()).unwrap(), f);
     }
 
@@ -1125,7 +1145,7 @@ mod tests {
         assert_eq!(want.close_code(), 0x101);
         // Exactly the limit is accepted as a header.
         let c = CodecConfig::new(10);
-        let mut buf = BytesMut::from(&[0u8, 0, 0, 10, 1, 2][..]);
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 10, PROTOCOL_VERSION, 2][..]);
         assert_eq!(FrameDecoder::new(c).decode(&mut buf), Ok(None));
         let mut buf = BytesMut::from(&[0u8, 0, 0, 11][..]);
         assert_eq!(
@@ -1151,9 +1171,9 @@ mod tests {
     #[test]
     fn unsupported_version() {
         let mut b = enc(&probe());
-        b[4] = 2;
+        b[4] = 1;
         let e = decode_frame(&b, &cfg()).unwrap_err();
-        assert_eq!(e, DecodeError::UnsupportedVersion { version: 2 });
+        assert_eq!(e, DecodeError::UnsupportedVersion { version: 1 });
         assert_eq!(e.close_code(), 0x102);
         // Reported as soon as the version byte arrives.
         let mut buf = BytesMut::from(&b[..5]);

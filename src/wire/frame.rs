@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::vocab::{NodeId, Role, StreamId};
 
 /// The protocol version this build speaks (header byte 4 of every frame).
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// The wire code of each frame kind (header byte 5 of every frame).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -119,12 +119,19 @@ pub struct ProbeAck {
 pub struct Data {
     /// The logical stream.
     pub stream: StreamId,
+    /// The sending channel's incarnation: a fresh value whenever the sender
+    /// starts a new sequence and message-id space (a new store). Replies
+    /// echo the incarnation of the message they answer.
+    pub incarnation: u64,
     /// Per-stream sequence number assigned by the sender's channel.
     pub seq: u64,
     /// The message's id, unique within the stream; the dedupe key.
     pub message_id: u64,
     /// The traffic class, as its wire code (see [`crate::vocab::TrafficClass`]).
     pub class: u8,
+    /// The delivery class: 0 = A (must not lose), 1 = B (nice to replay),
+    /// 2 = C (drop allowed); see [`crate::vocab::DeliveryClass`].
+    pub delivery: u8,
     /// The channel's payload.
     pub payload: Bytes,
 }
@@ -134,10 +141,16 @@ pub struct Data {
 pub struct Ack {
     /// The stream of the acknowledged frame.
     pub stream: StreamId,
+    /// The acknowledged frame's incarnation (echoed).
+    pub incarnation: u64,
     /// The acknowledged frame's sequence number.
     pub seq: u64,
     /// The acknowledged frame's message id.
     pub message_id: u64,
+    /// The receiver's credit: how many more frames of this stream it can
+    /// take into its inbox now. The sender keeps no more than this many
+    /// frames in flight beyond the acknowledged one.
+    pub credit: u32,
 }
 
 /// A refusal: the sender will not process something the receiver sent.

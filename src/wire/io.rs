@@ -134,9 +134,11 @@ mod tests {
     fn data(n: usize) -> Frame {
         Frame::Data(Data {
             stream: "s".into(),
+            incarnation: 1,
             seq: n as u64,
             message_id: n as u64,
             class: 3,
+            delivery: 1,
             payload: Bytes::from(vec![n as u8; n]),
         })
     }

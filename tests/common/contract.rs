@@ -21,15 +21,18 @@ pub struct Side {
     pub addr: PeerAddr,
 }
 
-/// A data frame of `class` with sequence number `seq`.
+/// A data frame of traffic `class` with sequence number `seq`; control
+/// frames are delivery class A (the root dedupes them), others class C.
 pub fn data(stream: &str, class: u8, seq: u64, len: usize) -> Frame {
     let mut payload = vec![0u8; len.max(8)];
     payload[..8].copy_from_slice(&seq.to_be_bytes());
     Frame::Data(Data {
         stream: StreamId::new(stream),
+        incarnation: 1,
         seq,
         message_id: seq,
         class,
+        delivery: if class == 0 { 0 } else { 2 },
         payload: Bytes::from(payload),
     })
 }

@@ -1,0 +1,173 @@
+//! The command channel's application API: the handler trait, send
+//! options, errors and the wall clock.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::vocab::{DeliveryClass, TrafficClass};
+
+/// A wall clock in milliseconds since the Unix epoch (injectable for tests).
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system wall clock in milliseconds since the Unix epoch.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    })
+}
+
+/// Applies the commands of one stream on the receiving node.
+#[async_trait]
+pub trait CommandHandler: Send + Sync + 'static {
+    /// The command type (MessagePack on the wire).
+    type Command: Serialize + DeserializeOwned + Send;
+    /// The reply type (MessagePack on the wire).
+    type Reply: Serialize + DeserializeOwned + Send;
+    /// Applies one command; called at most once per accepted message, in
+    /// sequence order.
+    async fn handle(&self, cmd: Self::Command) -> Result<Self::Reply, String>;
+}
+
+/// Errors a command sender sees.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The command's TTL had passed when it reached the receiver; it was
+    /// not executed.
+    #[error("command expired")]
+    Expired,
+    /// The receiver refused it (stale authority epoch, cancelled …); it was
+    /// not executed.
+    #[error("command rejected: {reason}")]
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+    /// The outbox credit window is full ([`CommandSender::try_send`](super::CommandSender::try_send)),
+    /// or the path's send queue refused a class-C command.
+    #[error("outbox full")]
+    Full,
+    /// No path to the target: a class-C command is not kept, so without a
+    /// path it is not sent at all (class A and B wait for a path instead).
+    #[error("no route to the target")]
+    Unroutable,
+    /// A class-C command got no answer within the sender's
+    /// [`SenderConfig::class_c_timeout`](super::SenderConfig::class_c_timeout):
+    /// it may or may not have been applied.
+    #[error("no answer in time")]
+    TimedOut,
+    /// The receiver applied this message long ago and no longer retains its
+    /// answer (a retransmit behind its cursor after its record was pruned):
+    /// the outcome cannot be reported.
+    #[error("the receiver no longer retains the answer")]
+    OutcomeGone,
+    /// The handler ran and returned an error.
+    #[error("handler failed: {0}")]
+    Handler(String),
+    /// The store failed, or a command or reply could not be encoded.
+    #[error("store: {0}")]
+    Store(String),
+    /// The channel's actor stopped (or restarted) before answering.
+    #[error("channel closed")]
+    Closed,
+    /// A class-B command left the replay window (it was full) before its
+    /// reply arrived: it may or may not have been applied.
+    #[error("dropped from the class-B replay window")]
+    Dropped,
+    /// The operation key was used before by this message, which is no
+    /// longer pending: its outcome cannot be reported here.
+    #[error("duplicate operation key of message {message_id}")]
+    Duplicate {
+        /// The message first stored with the key.
+        message_id: u64,
+    },
+}
+
+/// Options of one [`CommandSender::send`](super::CommandSender::send).
+///
+/// There is no default: every command names its delivery class
+/// ([`SendOptions::class_a`], [`SendOptions::class_b`],
+/// [`SendOptions::class_c`]). The traffic class (how urgent the frame is on
+/// a shared connection) is [`TrafficClass::Control`] unless set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendOptions {
+    /// The delivery class.
+    pub class: DeliveryClass,
+    /// The traffic class its frames ride on.
+    pub traffic: TrafficClass,
+    /// The command expires this long after it was issued (`None`: never).
+    pub ttl: Option<Duration>,
+    /// Idempotency key: a second command with the same key on the stream
+    /// is not stored again.
+    pub operation_key: Option<String>,
+    /// Whether the command may be resent on another path (see
+    /// `docs/channels.md`, classification).
+    pub replayable: bool,
+}
+
+impl SendOptions {
+    fn of(class: DeliveryClass) -> Self {
+        Self {
+            class,
+            traffic: TrafficClass::Control,
+            ttl: None,
+            operation_key: None,
+            replayable: true,
+        }
+    }
+
+    /// Class A (durable outbox, exactly once), replayable, no TTL, no key.
+    pub fn class_a() -> Self {
+        Self::of(DeliveryClass::A)
+    }
+
+    /// Class B (bounded in-memory replay window), replayable, no TTL.
+    pub fn class_b() -> Self {
+        Self::of(DeliveryClass::B)
+    }
+
+    /// Class C (sent once, never kept; the receipt resolves as answered,
+    /// [`CommandError::Unroutable`], [`CommandError::Full`] or
+    /// [`CommandError::TimedOut`]).
+    pub fn class_c() -> Self {
+        Self::of(DeliveryClass::C)
+    }
+
+    /// Sets the delivery class.
+    pub fn class(mut self, class: DeliveryClass) -> Self {
+        self.class = class;
+        self
+    }
+
+    /// Sets the traffic class.
+    pub fn traffic(mut self, traffic: TrafficClass) -> Self {
+        self.traffic = traffic;
+        self
+    }
+
+    /// Sets the TTL.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Sets the operation key.
+    pub fn operation_key(mut self, key: impl Into<String>) -> Self {
+        self.operation_key = Some(key.into());
+        self
+    }
+
+    /// Marks the command not replayable: after a route change or restart
+    /// its outcome is settled by a cancel instead of a resend.
+    pub fn not_replayable(mut self) -> Self {
+        self.replayable = false;
+        self
+    }
+}
