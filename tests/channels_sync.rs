@@ -149,8 +149,8 @@ async fn hub_and_two_members_edit_one_text_under_chaos_and_converge() {
     )
     .await
     .unwrap();
-    owner.admit(&hub, "m1", Access::ReadWrite);
-    owner.admit(&hub, "m2", Access::ReadWrite);
+    owner.admit("m1", Access::ReadWrite);
+    owner.admit("m2", Access::ReadWrite);
     let mut owner_applied_rx = owner.applied();
     let mut subs = Vec::new();
     for m in [&m1, &m2] {
@@ -288,7 +288,7 @@ async fn a_member_receives_the_hubs_updates_and_its_own_publishes_come_back() {
     )
     .await
     .unwrap();
-    owner.admit(&hub, "m1", Access::ReadWrite);
+    owner.admit("m1", Access::ReadWrite);
     let s = SyncChannel::subscribe(
         &m1,
         "hub",
@@ -348,7 +348,7 @@ async fn a_cursor_older_than_the_window_gets_snapshot_plus_diff() {
     )
     .await
     .unwrap();
-    owner.admit(&hub, "m1", Access::ReadOnly);
+    owner.admit("m1", Access::ReadOnly);
     let s = subscriber(&m1, Arc::new(MemStore::new())).await;
     let mut ed = Editor::new(5);
     for i in 0..5 {
@@ -422,7 +422,7 @@ async fn a_restarted_owner_actor_resumes_its_log_from_the_redb_file() {
     )
     .await
     .unwrap();
-    owner.admit(&hub, "m1", Access::ReadWrite);
+    owner.admit("m1", Access::ReadWrite);
     let s = subscriber(&m1, Arc::new(MemStore::new())).await;
     let mut applied = s.applied();
     let mut ed = Editor::new(6);
@@ -482,9 +482,11 @@ async fn a_restarted_owner_actor_resumes_its_log_from_the_redb_file() {
     }
 }
 
-fn raw(stream: &str, msg: &SyncMsg) -> Frame {
+fn raw(stream: &str, incarnation: u64, msg: &SyncMsg) -> Frame {
     Frame::Data(Data {
         stream: interlocking::vocab::StreamId::new(stream),
+        incarnation,
+        delivery: 2,
         seq: 0,
         message_id: 0,
         class: TrafficClass::Sync as u8,
@@ -510,8 +512,8 @@ async fn bad_input_gets_typed_refusals_and_nothing_accepted_is_lost() {
     )
     .await
     .unwrap();
-    owner.admit(&hub, "m1", Access::ReadWrite);
-    owner.admit(&hub, "m2", Access::ReadOnly);
+    owner.admit("m1", Access::ReadWrite);
+    owner.admit("m2", Access::ReadOnly);
     // One provider per document.
     let second = SyncChannel::own(
         &hub,
@@ -567,10 +569,12 @@ async fn bad_input_gets_typed_refusals_and_nothing_accepted_is_lost() {
     let head = owner.cursor();
     let stream = stream_name("hub", "m1", "notes");
     let to_hub = PathId::new("hub", PathKind::Quic);
+    let inc = s1.incarnation();
     m1.send(
         &to_hub,
         raw(
             stream.as_str(),
+            inc,
             &SyncMsg::Resync {
                 cursor: Cursor::new(head.epoch, 99),
             },
@@ -581,6 +585,7 @@ async fn bad_input_gets_typed_refusals_and_nothing_accepted_is_lost() {
         &to_hub,
         raw(
             stream.as_str(),
+            inc,
             &SyncMsg::Resync {
                 cursor: Cursor::new(head.epoch ^ 1, 1),
             },
@@ -592,6 +597,7 @@ async fn bad_input_gets_typed_refusals_and_nothing_accepted_is_lost() {
         &to_hub,
         raw(
             stream.as_str(),
+            inc,
             &SyncMsg::Publish {
                 update_id: 50,
                 bytes: vec![1; (256 << 10) + 1],
@@ -604,6 +610,7 @@ async fn bad_input_gets_typed_refusals_and_nothing_accepted_is_lost() {
         &PathId::new("m1", PathKind::Quic),
         raw(
             stream.as_str(),
+            inc,
             &SyncMsg::Snapshot {
                 cursor: Cursor::new(head.epoch ^ 2, 9),
                 acked_through: 0,
@@ -614,11 +621,21 @@ async fn bad_input_gets_typed_refusals_and_nothing_accepted_is_lost() {
         ),
     )
     .unwrap();
-    // Another node claiming to own m1's document.
+    // Another node claiming to own m1's document: m1's stream session is
+    // bound to the hub and refuses it before the channel sees it.
+    let not_bound = || {
+        m1.session(&stream).map_or(0, |s| {
+            s.counters()
+                .not_bound
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+    };
+    assert_eq!(not_bound(), 0);
     evil.send(
         &PathId::new("m1", PathKind::Quic),
         raw(
             stream.as_str(),
+            inc,
             &SyncMsg::Update {
                 cursor: Cursor::new(head.epoch, 3),
                 publisher: "evil".into(),
@@ -639,7 +656,6 @@ async fn bad_input_gets_typed_refusals_and_nothing_accepted_is_lost() {
                 SubscriberEvent::Refused { code, .. }
                 | SubscriberEvent::PublishRefused { code, .. } => Some(*code),
                 SubscriberEvent::CorruptSnapshot { .. } => Some(RefuseCode::CorruptSnapshot.code()),
-                SubscriberEvent::NotOwner { .. } => Some(RefuseCode::NotOwner.code()),
                 _ => None,
             })
             .collect();
@@ -649,13 +665,18 @@ async fn bad_input_gets_typed_refusals_and_nothing_accepted_is_lost() {
             RefuseCode::WrongEpoch,
             RefuseCode::Oversized,
             RefuseCode::CorruptSnapshot,
-            RefuseCode::NotOwner,
         ]
         .iter()
         .all(|c| codes.contains(&c.code()))
     })
     .await;
     assert!(seen, "refusals seen: {codes:x?} in {ev1:?}");
+    until(
+        "the foreign owner refused",
+        Duration::from_secs(10),
+        async || not_bound() == 1,
+    )
+    .await;
     assert!(ev1.iter().any(|e| matches!(e, SubscriberEvent::PublishRefused { update_id, code } if *update_id == bad && *code == RefuseCode::UndecodableUpdate.code())), "{ev1:?}");
     let mut ev2 = Vec::new();
     until("read-only refusal", Duration::from_secs(10), async || {

@@ -33,10 +33,11 @@ use super::owner::{Access, Applied, Owner, OwnerConfig, OwnerEvent, OwnerOutput}
 use super::subscriber::{Subscriber, SubscriberConfig, SubscriberEvent, SubscriberOutput};
 use super::wire::{Cursor, RefuseCode, SyncMsg};
 use crate::actors::node::{NodeLink, REJECT_UNKNOWN_STREAM};
+use crate::actors::session::Permit;
 use crate::store::SyncStore;
 use crate::store::sync_store::SyncSubscriberCommit;
 use crate::sync::LockRecover;
-use crate::vocab::{PathId, StreamId, TrafficClass};
+use crate::vocab::{DeliveryClass, PathId, StreamId, TrafficClass};
 use crate::wire::{Data, Frame};
 
 /// Builds a fresh, empty document (on every start of an actor).
@@ -49,12 +50,23 @@ fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn data(stream: &StreamId, msg: &SyncMsg) -> Frame {
+/// A sync message as a `Data` frame stamped with the subscriber's
+/// incarnation. The delivery class says how it is recovered: a publish is
+/// class A (durable outbox), a log update class B (the owner's bounded
+/// replay window), everything else class C (sent again when needed).
+fn data(stream: &StreamId, incarnation: u64, msg: &SyncMsg) -> Frame {
+    let delivery = match msg {
+        SyncMsg::Publish { .. } => DeliveryClass::A,
+        SyncMsg::Update { .. } | SyncMsg::Snapshot { .. } => DeliveryClass::B,
+        _ => DeliveryClass::C,
+    };
     Frame::Data(Data {
         stream: stream.clone(),
+        incarnation,
         seq: 0,
         message_id: 0,
         class: TrafficClass::Sync as u8,
+        delivery: delivery.code(),
         payload: Bytes::from(msg.encode()),
     })
 }
@@ -124,8 +136,8 @@ pub type ReadFn<D> = Box<dyn FnOnce(&D) + Send>;
 
 /// Messages of the owner actor.
 pub enum OwnerMsg<D> {
-    /// A frame of one of the document's streams.
-    Frame(StreamId, PathId, Frame),
+    /// A frame of one of the document's streams, with its inbox credit.
+    Frame(StreamId, PathId, Frame, Permit),
     /// The application publishes an update.
     Publish(Vec<u8>, RpcReplyPort<Result<Cursor, SyncError>>),
     /// A subscriber was admitted.
@@ -153,8 +165,9 @@ pub struct OwnerArgs<D> {
 pub struct OwnerState<D> {
     args: OwnerArgs<D>,
     core: Owner<D>,
-    /// The path each subscriber's latest frame came on.
-    paths: HashMap<String, PathId>,
+    /// The path each subscriber's latest frame came on, and the
+    /// incarnation it carried (echoed on everything sent back).
+    paths: HashMap<String, (PathId, u64)>,
     pending: OwnerOutput,
     replies: Vec<(CursorReply, Result<Cursor, SyncError>)>,
     flush_queued: bool,
@@ -218,13 +231,13 @@ impl<D: Document> OwnerState<D> {
     }
 
     fn send(&self, peer: &str, msg: &SyncMsg) {
-        let Some(path) = self.paths.get(peer) else {
+        let Some((path, incarnation)) = self.paths.get(peer) else {
             return; // not attached on any path: it resyncs when it comes
         };
         let stream =
             super::wire::stream_name(self.args.link.id().as_str(), peer, &self.args.doc_id);
         // A lost send is recovered by the subscriber's resync.
-        let _ = self.args.link.send(path, data(&stream, msg));
+        let _ = self.args.link.send(path, data(&stream, *incarnation, msg));
     }
 
     fn on_frame(
@@ -241,8 +254,13 @@ impl<D: Document> OwnerState<D> {
         let subscriber = subscriber.to_string();
         if path.peer.as_str() != subscriber {
             // A peer speaking on another subscriber's stream.
+            // (The node's stream session already refuses these; kept as a
+            // second line.)
             let msg = SyncMsg::refuse(RefuseCode::NotAdmitted, None, "stream of another node");
-            let _ = self.args.link.send(&path, data(&stream, &msg));
+            let _ = self
+                .args
+                .link
+                .send(&path, data(&stream, d.incarnation, &msg));
             let _ = self.args.shared.events.send(OwnerEvent::Refused {
                 peer: path.peer.to_string(),
                 code: RefuseCode::NotAdmitted,
@@ -250,12 +268,16 @@ impl<D: Document> OwnerState<D> {
             });
             return;
         }
-        self.paths.insert(subscriber.clone(), path.clone());
+        self.paths
+            .insert(subscriber.clone(), (path.clone(), d.incarnation));
         let msg = match SyncMsg::decode(&d.payload) {
             Ok(m) => m,
             Err(e) => {
                 let msg = SyncMsg::refuse(RefuseCode::Malformed, None, e.0);
-                let _ = self.args.link.send(&path, data(&stream, &msg));
+                let _ = self
+                    .args
+                    .link
+                    .send(&path, data(&stream, d.incarnation, &msg));
                 return;
             }
         };
@@ -312,7 +334,10 @@ impl<D: Document> Actor for SyncOwnerActor<D> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            OwnerMsg::Frame(stream, path, frame) => state.on_frame(stream, path, frame, &myself),
+            OwnerMsg::Frame(stream, path, frame, permit) => {
+                state.on_frame(stream, path, frame, &myself);
+                drop(permit);
+            }
             OwnerMsg::Publish(bytes, port) => match state.core.publish_local(bytes, wall_ms()) {
                 Ok((cursor, out)) => {
                     state.replies.push((port, Ok(cursor)));
@@ -364,6 +389,9 @@ impl Default for SubscriberTiming {
 
 /// State the subscriber's handle and its actor incarnations share.
 pub(crate) struct SubscriberShared {
+    /// This subscriber's incarnation, stamped on its frames (the owner
+    /// echoes it; the stream session accepts only frames that do).
+    pub(crate) incarnation: u64,
     pub(crate) route: Mutex<Option<PathId>>,
     pub(crate) cursor: Mutex<Cursor>,
     pub(crate) pending_publishes: Mutex<usize>,
@@ -373,8 +401,9 @@ pub(crate) struct SubscriberShared {
 }
 
 impl SubscriberShared {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(incarnation: u64) -> Self {
         Self {
+            incarnation,
             route: Mutex::new(None),
             cursor: Mutex::new(Cursor::NONE),
             pending_publishes: Mutex::new(0),
@@ -387,8 +416,8 @@ impl SubscriberShared {
 
 /// Messages of the subscriber actor.
 pub enum SubscriberMsg<D> {
-    /// A frame of the stream.
-    Frame(PathId, Frame),
+    /// A frame of the stream, with its inbox credit.
+    Frame(PathId, Frame, Permit),
     /// The routing authority chose a path (or none).
     Route(Option<PathId>),
     /// The application publishes an update (answered once durable).
@@ -439,7 +468,8 @@ impl<D: Document> SubscriberState<D> {
         let Some(path) = &self.path else { return };
         for m in msgs {
             // Lost sends are recovered by the outbox and by resyncs.
-            let _ = self.args.link.send(path, data(&self.args.stream, m));
+            let frame = data(&self.args.stream, self.args.shared.incarnation, m);
+            let _ = self.args.link.send(path, frame);
         }
     }
 
@@ -495,7 +525,8 @@ impl<D: Document> SubscriberState<D> {
             Frame::Data(d) => {
                 if path.peer.as_str() != self.args.owner {
                     let (msg, event) = self.core.foreign(path.peer.as_str());
-                    let _ = self.args.link.send(&path, data(&self.args.stream, &msg));
+                    let frame = data(&self.args.stream, d.incarnation, &msg);
+                    let _ = self.args.link.send(&path, frame);
                     let _ = self.args.shared.events.send(event);
                     return;
                 }
@@ -581,7 +612,10 @@ impl<D: Document> Actor for SyncSubscriberActor<D> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SubscriberMsg::Frame(path, frame) => state.on_frame(path, frame, &myself),
+            SubscriberMsg::Frame(path, frame, permit) => {
+                state.on_frame(path, frame, &myself);
+                drop(permit);
+            }
             SubscriberMsg::Route(next) => {
                 if next != state.path {
                     state.path = next;

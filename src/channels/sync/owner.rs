@@ -33,7 +33,7 @@ pub struct OwnerConfig {
     pub snapshot_chunk: usize,
     /// At most this many updates answer one subscribe or resync; a
     /// [`SyncMsg::Head`] after them makes the subscriber ask for more.
-    /// Default 4096.
+    /// Default 1024 (below the stream inbox of 4096 frames).
     pub max_replay_batch: usize,
     /// Publishes ahead of a publisher's next expected id kept for later, per
     /// publisher. Default 256 (more are dropped and resent by the outbox).
@@ -46,7 +46,7 @@ impl Default for OwnerConfig {
             window: WindowConfig::default(),
             max_update_bytes: 256 << 10,
             snapshot_chunk: 256 << 10,
-            max_replay_batch: 4096,
+            max_replay_batch: 1024,
             max_ahead_per_publisher: 256,
         }
     }

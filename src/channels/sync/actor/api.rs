@@ -16,7 +16,9 @@ use super::{
     SubscriberShared, SubscriberTiming, SyncOwnerActor, SyncSubscriberActor,
 };
 use crate::actors::node::{Node, NodeLink};
+use crate::actors::session::{Binding, Side};
 use crate::actors::supervisor::{ChildSpec, RestartMode};
+use crate::channels::kit::{self, ActorSlot, SessionSpec};
 use crate::channels::sync::document::Document;
 use crate::channels::sync::owner::{Access, Applied, OwnerConfig, OwnerEvent};
 use crate::channels::sync::subscriber::{PublishError, SubscriberConfig, SubscriberEvent};
@@ -25,7 +27,6 @@ use crate::routing::Need;
 use crate::store::SyncStore;
 use crate::sync::LockRecover;
 use crate::vocab::{ChannelKind, NodeId, PathId, StreamId};
-use crate::wire::Frame;
 
 /// Errors of the sync channel's handles.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +49,17 @@ pub enum SyncError {
     /// or may not be durable.
     #[error("channel closed")]
     Closed,
+}
+
+/// Frames a sync stream's session holds for its actor at most (a replay
+/// batch is [`OwnerConfig::max_replay_batch`] updates).
+pub const SYNC_INBOX_CAPACITY: usize = 4096;
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The name, within its node, of the owner actor of `doc`.
@@ -113,14 +125,14 @@ impl SyncChannel {
                 )
             })
         };
-        node.link()
-            .start_channel(spec)
-            .await
-            .map_err(|e| match actor::<OwnerMsg<D>>(&name) {
+        kit::start_child(&node.link(), spec).await.map_err(|e| {
+            match actor::<OwnerMsg<D>>(&name) {
                 Some(_) => SyncError::AlreadyOwned(doc.clone()),
-                None => SyncError::Start(e),
-            })?;
+                None => SyncError::Start(e.to_string()),
+            }
+        })?;
         Ok(SyncOwner {
+            slot: Arc::new(ActorSlot::new(name.clone())),
             name,
             doc,
             link: node.link(),
@@ -145,7 +157,7 @@ impl SyncChannel {
         let (owner, doc) = (owner.into(), doc.into());
         let stream = stream_name(owner.as_str(), node.id().as_str(), &doc);
         let name = node.scoped_name(&subscriber_actor_name(&stream));
-        let shared = Arc::new(SubscriberShared::new());
+        let shared = Arc::new(SubscriberShared::new(kit::new_incarnation(wall_ms())));
         let make_doc: DocFactory<D> = Arc::new(make_doc);
         let spec = {
             let (link, doc, shared, stream, owner) = (
@@ -172,39 +184,39 @@ impl SyncChannel {
                 )
             })
         };
-        node.link()
-            .start_channel(spec)
-            .await
-            .map_err(SyncError::Start)?;
-        let inbox_name = name.clone();
-        node.set_inbox(
-            stream.clone(),
-            Arc::new(move |path: &PathId, frame: Frame| {
-                if let Some(a) = actor::<SubscriberMsg<D>>(&inbox_name) {
-                    let _ = a.cast(SubscriberMsg::Frame(path.clone(), frame));
-                }
-            }),
-        );
-        let (route_name, route_shared) = (name.clone(), shared.clone());
-        let cast_route = move |next: Option<PathId>| {
-            // Recorded first: a restarting actor reads it in `pre_start`.
-            *route_shared.route.lock_recover() = next.clone();
-            if let Some(a) = actor::<SubscriberMsg<D>>(&route_name) {
-                let _ = a.cast(SubscriberMsg::Route(next));
-            }
-        };
-        let cast = cast_route.clone();
-        let initial = node
-            .register_stream(
-                stream.clone(),
-                Need::node(ChannelKind::Sync, owner),
-                move |u| cast(u.decision.next),
-            )
+        kit::start_child(&node.link(), spec)
             .await
             .map_err(|e| SyncError::Start(e.to_string()))?;
-        if let Some(r) = initial {
-            cast_route(r.path);
-        }
+        let slot: Arc<ActorSlot<SubscriberMsg<D>>> = Arc::new(ActorSlot::new(name.clone()));
+        kit::bind(
+            &node.link(),
+            SessionSpec {
+                stream: stream.clone(),
+                binding: Binding {
+                    peer: owner.clone(),
+                    kind: ChannelKind::Sync,
+                    side: Side::Sender,
+                },
+                capacity: SYNC_INBOX_CAPACITY,
+                incarnation: shared.incarnation,
+            },
+            slot.clone(),
+            |_, frame| Some(frame),
+            SubscriberMsg::Frame,
+        );
+        let route_shared = shared.clone();
+        kit::follow_route(
+            node,
+            stream.clone(),
+            Need::node(ChannelKind::Sync, owner),
+            move |next: Option<PathId>| {
+                // Recorded first: a restarting actor reads it in `pre_start`.
+                *route_shared.route.lock_recover() = next.clone();
+                slot.cast(SubscriberMsg::Route(next));
+            },
+        )
+        .await
+        .map_err(|e| SyncError::Start(e.to_string()))?;
         Ok(SyncSubscriber {
             name,
             stream,
@@ -217,6 +229,7 @@ impl SyncChannel {
 /// The owner's handle of one document.
 pub struct SyncOwner<D> {
     name: String,
+    slot: Arc<ActorSlot<OwnerMsg<D>>>,
     doc: String,
     link: NodeLink,
     shared: Arc<OwnerShared>,
@@ -229,28 +242,34 @@ impl<D: Document> SyncOwner<D> {
         &self.doc
     }
 
-    /// Admits `subscriber` (with `access`) and sets the inbox of its
-    /// stream on `node` (the owner's node).
-    pub fn admit(&self, node: &Node, subscriber: impl Into<NodeId>, access: Access) {
+    /// Admits `subscriber` (with `access`) and binds its stream
+    /// `sync:<owner>/<subscriber>/<doc>` to it at the owner's node.
+    pub fn admit(&self, subscriber: impl Into<NodeId>, access: Access) {
         let subscriber = subscriber.into();
         {
             let mut admitted = self.shared.admitted.lock_recover();
             admitted.retain(|(p, _)| p != subscriber.as_str());
             admitted.push((subscriber.to_string(), access));
         }
-        if let Some(a) = actor::<OwnerMsg<D>>(&self.name) {
-            let _ = a.cast(OwnerMsg::Admit(subscriber.to_string(), access));
-        }
+        self.slot
+            .cast(OwnerMsg::Admit(subscriber.to_string(), access));
         let stream = stream_name(self.link.id().as_str(), subscriber.as_str(), &self.doc);
-        let name = self.name.clone();
         let s = stream.clone();
-        node.set_inbox(
-            stream,
-            Arc::new(move |path: &PathId, frame: Frame| {
-                if let Some(a) = actor::<OwnerMsg<D>>(&name) {
-                    let _ = a.cast(OwnerMsg::Frame(s.clone(), path.clone(), frame));
-                }
-            }),
+        kit::bind(
+            &self.link,
+            SessionSpec {
+                stream,
+                binding: Binding {
+                    peer: subscriber,
+                    kind: ChannelKind::Sync,
+                    side: Side::Receiver,
+                },
+                capacity: SYNC_INBOX_CAPACITY,
+                incarnation: 0,
+            },
+            self.slot.clone(),
+            |_, frame| Some(frame),
+            move |path, frame, permit| OwnerMsg::Frame(s.clone(), path, frame, permit),
         );
     }
 
@@ -327,6 +346,12 @@ impl<D: Document> SyncSubscriber<D> {
     /// The last applied (durable) cursor.
     pub fn cursor(&self) -> Cursor {
         *self.shared.cursor.lock_recover()
+    }
+
+    /// The incarnation stamped on this subscriber's frames (new for every
+    /// [`SyncChannel::subscribe`]).
+    pub fn incarnation(&self) -> u64 {
+        self.shared.incarnation
     }
 
     /// Own publishes not yet settled by the owner.
