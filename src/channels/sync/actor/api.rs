@@ -226,7 +226,7 @@ impl SyncChannel {
     }
 }
 
-/// The owner's handle of one document.
+/// The owner's handle of one document (cloning shares it).
 pub struct SyncOwner<D> {
     name: String,
     slot: Arc<ActorSlot<OwnerMsg<D>>>,
@@ -234,6 +234,30 @@ pub struct SyncOwner<D> {
     link: NodeLink,
     shared: Arc<OwnerShared>,
     _doc: std::marker::PhantomData<fn() -> D>,
+}
+
+impl<D> Clone for SyncOwner<D> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            slot: self.slot.clone(),
+            doc: self.doc.clone(),
+            link: self.link.clone(),
+            shared: self.shared.clone(),
+            _doc: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<D> Clone for SyncSubscriber<D> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            stream: self.stream.clone(),
+            shared: self.shared.clone(),
+            _doc: std::marker::PhantomData,
+        }
+    }
 }
 
 impl<D: Document> SyncOwner<D> {
@@ -322,7 +346,7 @@ async fn read<D: 'static, M: ractor::Message, R: Send + 'static>(
     rx.await.map_err(|_| SyncError::Closed)
 }
 
-/// A subscriber's handle of one document.
+/// A subscriber's handle of one document (cloning shares it).
 pub struct SyncSubscriber<D> {
     name: String,
     stream: StreamId,
