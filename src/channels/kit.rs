@@ -189,7 +189,9 @@ where
 
 /// Registers `stream` with the routing authority for `need` and calls
 /// `on_route` with the path right after registration and on every later
-/// decision (the channel is told; it never asks per message).
+/// decision (the channel is told; it never asks per message). A decision
+/// that reaches the listener before the registration's answer is never
+/// overwritten by that (older) answer.
 pub async fn follow_route<F>(
     node: &Node,
     stream: StreamId,
@@ -199,20 +201,34 @@ pub async fn follow_route<F>(
 where
     F: Fn(Option<PathId>) + Clone + Send + Sync + 'static,
 {
-    let cast = on_route.clone();
+    // `true` once the listener has told a decision; held while telling, so
+    // the initial answer and a decision never interleave.
+    let told = Arc::new(Mutex::new(false));
+    let (cast, listener_told) = (on_route.clone(), told.clone());
     let initial = node
-        .register_stream(stream, need, move |u| cast(u.decision.next))
+        .register_stream(stream, need, move |u| {
+            let mut told = lock(&listener_told);
+            *told = true;
+            cast(u.decision.next);
+        })
         .await?;
-    if let Some(r) = initial {
+    let told = lock(&told);
+    if let (false, Some(r)) = (*told, initial) {
         on_route(r.path);
     }
     Ok(())
 }
 
-/// A new sender incarnation: the wall clock in milliseconds shifted left by
-/// 16 bits, plus 16 random bits. Later incarnations compare greater (short
-/// of a clock set back), so a receiver can refuse an older one.
-pub fn new_incarnation(now_ms: u64) -> u64 {
-    let noise: u16 = rand::random();
-    ((now_ms & ((1u64 << 47) - 1)) << 16) | u64::from(noise) | 1
+/// A new sender incarnation: the wall clock in microseconds shifted left
+/// by 8 bits, plus 8 random bits. Later incarnations compare greater (short
+/// of a clock set back, or two incarnations of one stream created within
+/// the same microsecond), so a receiver can refuse an older one. The wall
+/// clock is read here, not injected: an incarnation must order against
+/// incarnations made by other processes.
+pub fn new_incarnation() -> u64 {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let noise: u8 = rand::random();
+    ((now_us & ((1u64 << 56) - 1)) << 8) | u64::from(noise) | 1
 }

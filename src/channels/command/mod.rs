@@ -165,7 +165,7 @@ impl CommandChannel {
         // starts at once, to resend them; an idle stream waits).
         let (incarnation, pending) = {
             let (store, stream) = (store.clone(), stream.clone());
-            let fresh = new_incarnation((config.clock)());
+            let fresh = new_incarnation();
             tokio::task::spawn_blocking(move || {
                 let inc = store.sender_incarnation(&stream, fresh)?;
                 let pending = !store.pending_outbox_for(&stream)?.is_empty();
