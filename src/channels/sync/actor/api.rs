@@ -55,13 +55,6 @@ pub enum SyncError {
 /// batch is [`OwnerConfig::max_replay_batch`] updates).
 pub const SYNC_INBOX_CAPACITY: usize = 4096;
 
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// The name, within its node, of the owner actor of `doc`.
 pub fn owner_actor_name(doc: &str) -> String {
     format!("sync-owner/{doc}")
@@ -157,7 +150,7 @@ impl SyncChannel {
         let (owner, doc) = (owner.into(), doc.into());
         let stream = stream_name(owner.as_str(), node.id().as_str(), &doc);
         let name = node.scoped_name(&subscriber_actor_name(&stream));
-        let shared = Arc::new(SubscriberShared::new(kit::new_incarnation(wall_ms())));
+        let shared = Arc::new(SubscriberShared::new(kit::new_incarnation()));
         let make_doc: DocFactory<D> = Arc::new(make_doc);
         let spec = {
             let (link, doc, shared, stream, owner) = (
