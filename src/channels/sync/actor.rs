@@ -504,12 +504,18 @@ impl<D: Document> SubscriberState<D> {
         *self.args.shared.cursor.lock_recover() = self.core.cursor();
         self.send_all(&out.send);
         let now = tokio::time::Instant::now().into_std();
+        let mut answered = Vec::new();
         for (id, bytes, port) in std::mem::take(&mut self.publishes) {
             let msgs = self.core.published(id, bytes, now);
             self.send_all(&msgs);
+            answered.push((id, port));
+        }
+        // Counted before the callers hear back: a caller that sees its
+        // publish answered also sees it pending until the owner settles it.
+        *self.args.shared.pending_publishes.lock_recover() = self.core.pending_publishes();
+        for (id, port) in answered {
             let _ = port.send(Ok(id));
         }
-        *self.args.shared.pending_publishes.lock_recover() = self.core.pending_publishes();
         for a in out.applied {
             let _ = self.args.shared.applied.send(a);
         }
