@@ -23,6 +23,7 @@
 //! - [`Store::dedupe_record`] is durable before it returns: a receiver acks
 //!   only what it has recorded.
 
+pub mod group;
 mod mem;
 mod redb_store;
 pub mod sync_store;

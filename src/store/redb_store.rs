@@ -7,6 +7,12 @@
 //! | --- | --- | --- |
 //! | [`Store::append_outbox`] | `Immediate`, two-phase commit | "accepted" means on disk; one fsync covers the batch (group commit) |
 //! | [`Store::dedupe_record`] | `Immediate` | a receiver acks only what survives a crash |
+//!
+//! Appends and dedupe records that arrive while a durable commit runs —
+//! from any stream, any thread — wait for it and then share the next one
+//! ([`super::group::GroupCommitter`]): one fsync covers the batches of every
+//! stream of the node.
+//!
 //! | [`Store::set_cursor`] | `Immediate` | a cursor is a promise to the peer |
 //! | [`Store::ack_outbox`] | `None` by default ([`RedbOptions::durable_acks`]) | an ack lost in a crash only causes a resend, which the receiver deduplicates; it becomes durable with the next `Immediate` commit |
 //! | prunes | `None` | a lost prune only retains more |
@@ -18,6 +24,7 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
 
+use super::group::GroupCommitter;
 use super::{
     AppendOutcome, DedupeRecord, OutboxBatch, OutboxRecord, Store, StoreError, prune_victims,
 };
@@ -86,6 +93,8 @@ pub struct RedbStore {
     db: Database,
     options: RedbOptions,
     durable_commits: AtomicU64,
+    grouped_ops: AtomicU64,
+    group: GroupCommitter<DurableOp, DurableOut>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -110,6 +119,8 @@ impl RedbStore {
             db,
             options,
             durable_commits: AtomicU64::new(0),
+            grouped_ops: AtomicU64::new(0),
+            group: GroupCommitter::default(),
         };
         // Create every table once so readers never meet a missing one.
         let txn = store.db.begin_write()?;
@@ -156,51 +167,10 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn append_outbox(&self, batch: &OutboxBatch) -> Result<Vec<AppendOutcome>, StoreError> {
-        let txn = self.begin(true)?;
-        let mut outcomes = Vec::with_capacity(batch.entries.len());
-        {
-            let mut outbox = txn.open_table(OUTBOX)?;
-            let mut ids = txn.open_table(OUTBOX_IDS)?;
-            let mut idem = txn.open_table(IDEMPOTENCY)?;
-            let mut seqs = txn.open_table(NEXT_SEQ)?;
-            let mut meta = txn.open_table(META)?;
-            let mut cursors = txn.open_table(CURSORS)?;
-            let mut next_id = meta.get(NEXT_MESSAGE_ID)?.map_or(1, |v| v.value());
-            for e in &batch.entries {
-                let stream = e.stream.as_str();
-                if let Some(key) = &e.operation_key
-                    && let Some(v) = idem.get((stream, key.as_str()))?
-                {
-                    outcomes.push(AppendOutcome::DuplicateOf {
-                        message_id: v.value().0,
-                    });
-                    continue;
-                }
-                let message_id = next_id;
-                next_id += 1;
-                let seq = seqs.get(stream)?.map_or(1, |v| v.value());
-                seqs.insert(stream, seq + 1)?;
-                if let Some(key) = &e.operation_key {
-                    idem.insert((stream, key.as_str()), (message_id, batch.now_ms))?;
-                }
-                ids.insert((stream, message_id), seq)?;
-                let value = encode_outbox(
-                    message_id,
-                    e.class,
-                    e.replayable,
-                    e.operation_key.as_deref(),
-                    &e.record,
-                );
-                outbox.insert((stream, seq), value.as_slice())?;
-                outcomes.push(AppendOutcome::Stored { message_id, seq });
-            }
-            meta.insert(NEXT_MESSAGE_ID, next_id)?;
-            for (stream, cursor) in &batch.cursors {
-                cursors.insert(stream.as_str(), *cursor)?;
-            }
+        match self.durable(DurableOp::Append(batch.clone())) {
+            DurableOut::Appended(r) => r,
+            DurableOut::Recorded(_) => Err(StoreError::Corrupt("group commit mixed up".into())),
         }
-        self.commit(txn, true)?;
-        Ok(outcomes)
     }
 
     fn ack_outbox(&self, stream: &StreamId, message_ids: &[u64]) -> Result<usize, StoreError> {
@@ -350,22 +320,10 @@ impl Store for RedbStore {
         records: &[DedupeRecord],
         cursors: &[(StreamId, u64)],
     ) -> Result<(), StoreError> {
-        let txn = self.begin(true)?;
-        {
-            let mut dedupe = txn.open_table(DEDUPE)?;
-            let mut table = txn.open_table(CURSORS)?;
-            for r in records {
-                let key = (r.stream.as_str(), r.message_id);
-                if dedupe.get(key)?.is_none() {
-                    let value = encode_dedupe(r.seq, r.recorded_at_ms, &r.reply);
-                    dedupe.insert(key, value.as_slice())?;
-                }
-            }
-            for (stream, cursor) in cursors {
-                table.insert(stream.as_str(), *cursor)?;
-            }
+        match self.durable(DurableOp::Record(records.to_vec(), cursors.to_vec())) {
+            DurableOut::Recorded(r) => r,
+            DurableOut::Appended(_) => Err(StoreError::Corrupt("group commit mixed up".into())),
         }
-        self.commit(txn, true)
     }
 
     fn dedupe_load(&self) -> Result<Vec<DedupeRecord>, StoreError> {
@@ -450,6 +408,143 @@ impl Store for RedbStore {
 
 /// Outbox value: message id (8, BE) · class (1) · replayable (1) ·
 /// key length (4, BE; `u32::MAX` = no key) · key · record.
+/// A durable write that joins the next group commit.
+enum DurableOp {
+    Append(OutboxBatch),
+    Record(Vec<DedupeRecord>, Vec<(StreamId, u64)>),
+}
+
+/// The result of one [`DurableOp`].
+enum DurableOut {
+    Appended(Result<Vec<AppendOutcome>, StoreError>),
+    Recorded(Result<(), StoreError>),
+}
+
+impl RedbStore {
+    /// Runs `op` in the next group commit: concurrent appends and dedupe
+    /// records of every stream of the node share one transaction and one
+    /// fsync (see [`super::group`]).
+    fn durable(&self, op: DurableOp) -> DurableOut {
+        self.group.run(op, |ops| self.commit_group(ops))
+    }
+
+    fn commit_group(&self, ops: Vec<DurableOp>) -> Vec<DurableOut> {
+        let n = ops.len();
+        let run = || -> Result<Vec<DurableOut>, StoreError> {
+            let txn = self.begin(true)?;
+            let mut outs = Vec::with_capacity(n);
+            for op in &ops {
+                outs.push(match op {
+                    DurableOp::Append(batch) => DurableOut::Appended(Ok(append_in(&txn, batch)?)),
+                    DurableOp::Record(records, cursors) => {
+                        record_in(&txn, records, cursors)?;
+                        DurableOut::Recorded(Ok(()))
+                    }
+                });
+            }
+            self.commit(txn, true)?;
+            self.grouped_ops.fetch_add(n as u64, Ordering::Relaxed);
+            Ok(outs)
+        };
+        match run() {
+            Ok(outs) => outs,
+            Err(e) => {
+                // The whole transaction failed: so did every operation in it.
+                let why = e.to_string();
+                ops.iter()
+                    .map(|op| {
+                        let e = StoreError::Corrupt(format!("group commit failed: {why}"));
+                        match op {
+                            DurableOp::Append(_) => DurableOut::Appended(Err(e)),
+                            DurableOp::Record(..) => DurableOut::Recorded(Err(e)),
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// How many durable operations (appends, dedupe records) the group
+    /// commits have carried; with [`RedbStore::durable_commits`] it shows how
+    /// many operations shared each fsync.
+    pub fn grouped_ops(&self) -> u64 {
+        self.grouped_ops.load(Ordering::Relaxed)
+    }
+}
+
+/// Writes one outbox batch inside `txn`, assigning ids.
+fn append_in(
+    txn: &WriteTransaction,
+    batch: &OutboxBatch,
+) -> Result<Vec<AppendOutcome>, StoreError> {
+    let mut outcomes = Vec::with_capacity(batch.entries.len());
+    {
+        let mut outbox = txn.open_table(OUTBOX)?;
+        let mut ids = txn.open_table(OUTBOX_IDS)?;
+        let mut idem = txn.open_table(IDEMPOTENCY)?;
+        let mut seqs = txn.open_table(NEXT_SEQ)?;
+        let mut meta = txn.open_table(META)?;
+        let mut cursors = txn.open_table(CURSORS)?;
+        let mut next_id = meta.get(NEXT_MESSAGE_ID)?.map_or(1, |v| v.value());
+        for e in &batch.entries {
+            let stream = e.stream.as_str();
+            if let Some(key) = &e.operation_key
+                && let Some(v) = idem.get((stream, key.as_str()))?
+            {
+                outcomes.push(AppendOutcome::DuplicateOf {
+                    message_id: v.value().0,
+                });
+                continue;
+            }
+            let message_id = next_id;
+            next_id += 1;
+            let seq = seqs.get(stream)?.map_or(1, |v| v.value());
+            seqs.insert(stream, seq + 1)?;
+            if let Some(key) = &e.operation_key {
+                idem.insert((stream, key.as_str()), (message_id, batch.now_ms))?;
+            }
+            ids.insert((stream, message_id), seq)?;
+            let value = encode_outbox(
+                message_id,
+                e.class,
+                e.replayable,
+                e.operation_key.as_deref(),
+                &e.record,
+            );
+            outbox.insert((stream, seq), value.as_slice())?;
+            outcomes.push(AppendOutcome::Stored { message_id, seq });
+        }
+        meta.insert(NEXT_MESSAGE_ID, next_id)?;
+        for (stream, cursor) in &batch.cursors {
+            cursors.insert(stream.as_str(), *cursor)?;
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Writes dedupe records and cursors inside `txn`.
+fn record_in(
+    txn: &WriteTransaction,
+    records: &[DedupeRecord],
+    cursors: &[(StreamId, u64)],
+) -> Result<(), StoreError> {
+    {
+        let mut dedupe = txn.open_table(DEDUPE)?;
+        let mut table = txn.open_table(CURSORS)?;
+        for r in records {
+            let key = (r.stream.as_str(), r.message_id);
+            if dedupe.get(key)?.is_none() {
+                let value = encode_dedupe(r.seq, r.recorded_at_ms, &r.reply);
+                dedupe.insert(key, value.as_slice())?;
+            }
+        }
+        for (stream, cursor) in cursors {
+            table.insert(stream.as_str(), *cursor)?;
+        }
+    }
+    Ok(())
+}
+
 fn encode_outbox(
     message_id: u64,
     class: u8,
