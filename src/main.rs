@@ -1,9 +1,13 @@
 //! The `interlocking` command-line tool.
 //!
 //! Owns operator-facing commands only; every behaviour it shows comes from
-//! the library. Today: print the default routing policies (what a node does
-//! unless configured otherwise), as a table or as JSON to start a config from;
-//! and issue join tokens from a root's state directory (`docs/root.md` §2).
+//! the library: `run` a root, hub or member from its configuration file
+//! ([`interlocking::app`]); `ctl`, the control API's command line
+//! (`cli/ctl.rs`); `up`, a whole topology as local processes (`cli/up.rs`);
+//! `token`, join tokens from a root's state directory (`docs/root.md` §2);
+//! `policies`, the default routing policies as a table or JSON.
+
+mod cli;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -26,6 +30,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a root, hub or member from its configuration file until SIGTERM,
+    /// Ctrl-C or `ctl drain`.
+    Run {
+        /// The node's configuration file (docs/config.md).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The join token for the first start (overrides root.join_token).
+        #[arg(long, env = "INTERLOCKING_JOIN_TOKEN")]
+        token: Option<String>,
+    },
+    /// Talk to a running node's control API.
+    Ctl(cli::ctl::CtlArgs),
+    /// Start every node of a topology file as a local process, show a live
+    /// status line per node, stop them all on Ctrl-C or SIGTERM.
+    Up(cli::up::UpArgs),
     /// Print the default routing policy of every channel kind.
     Policies {
         /// Print JSON (a starting point for a configuration) instead of a table.
@@ -76,66 +95,88 @@ fn parse_role(s: &str) -> Result<Role, String> {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
+        Command::Run { config, token } => return cli::run(&config, token),
+        Command::Ctl(args) => return cli::ctl::main(args),
+        Command::Up(args) => return cli::up::main(args),
         Command::Token {
             state_dir,
             node,
             role,
             ttl,
-        } => {
-            let role = parse_role(&role)?;
-            let ttl = parse_duration(&ttl)?;
-            let ca = open_ca(&state_dir)?;
-            let book = AdmissionBook::open(&state_dir)?;
-            let token = book.issue(
-                ca.fingerprint(),
-                &NodeId::new(node),
-                role,
-                ttl,
-                SystemTime::now(),
-            )?;
-            println!("{token}");
-        }
-        Command::Policies { json } => {
-            let config = RoutingConfig::default();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&config)?);
-                return Ok(());
-            }
-            println!(
-                "{:<9} {:<32} {:>8} {:>10} {:>11}",
-                "channel", "failover order", "freeze", "hold-down", "direct-only"
-            );
-            for kind in [
-                ChannelKind::Command,
-                ChannelKind::Sync,
-                ChannelKind::Media,
-                ChannelKind::Event,
-                ChannelKind::Presence,
-            ] {
-                let p = config.policy(kind);
-                let order: Vec<&str> = p.order.iter().map(|k| k.as_str()).collect();
-                println!(
-                    "{:<9} {:<32} {:>7.1}s {:>9.1}s {:>11}",
-                    kind.as_str(),
-                    order.join(" -> "),
-                    p.freeze.as_secs_f64(),
-                    p.hold_down.as_secs_f64(),
-                    p.direct_only
-                );
-            }
-            let h = &config.health;
-            println!(
-                "\npath health: stale after {:?}, failed after {} missed probes, pressured after {:?} over {} frames / {} bytes",
-                h.stale_after,
-                h.misses_to_fail,
-                h.pressured_for,
-                h.queue_budget_frames,
-                h.queue_budget_bytes
-            );
+        } => token(&state_dir, node, &role, &ttl),
+        Command::Policies { json } => policies(json),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("interlocking: {e}");
+            std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `interlocking token`: issues a join token from a root's state directory.
+fn token(
+    state_dir: &std::path::Path,
+    node: String,
+    role: &str,
+    ttl: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let role = parse_role(role)?;
+    let ttl = parse_duration(ttl)?;
+    let ca = open_ca(state_dir)?;
+    let book = AdmissionBook::open(state_dir)?;
+    let token = book.issue(
+        ca.fingerprint(),
+        &NodeId::new(node),
+        role,
+        ttl,
+        SystemTime::now(),
+    )?;
+    println!("{token}");
+    Ok(())
+}
+
+/// `interlocking policies`: the default routing policies.
+fn policies(json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let config = RoutingConfig::default();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    println!(
+        "{:<9} {:<32} {:>8} {:>10} {:>11}",
+        "channel", "failover order", "freeze", "hold-down", "direct-only"
+    );
+    for kind in [
+        ChannelKind::Command,
+        ChannelKind::Sync,
+        ChannelKind::Media,
+        ChannelKind::Event,
+        ChannelKind::Presence,
+    ] {
+        let p = config.policy(kind);
+        let order: Vec<&str> = p.order.iter().map(|k| k.as_str()).collect();
+        println!(
+            "{:<9} {:<32} {:>7.1}s {:>9.1}s {:>11}",
+            kind.as_str(),
+            order.join(" -> "),
+            p.freeze.as_secs_f64(),
+            p.hold_down.as_secs_f64(),
+            p.direct_only
+        );
+    }
+    let h = &config.health;
+    println!(
+        "\npath health: stale after {:?}, failed after {} missed probes, pressured after {:?} over {} frames / {} bytes",
+        h.stale_after,
+        h.misses_to_fail,
+        h.pressured_for,
+        h.queue_budget_frames,
+        h.queue_budget_bytes
+    );
     Ok(())
 }

@@ -99,6 +99,12 @@ impl EventSink {
     pub fn is_closed(&self) -> bool {
         self.facts.is_closed()
     }
+
+    /// The fact queue and the frame sink, so a wrapper (the application's
+    /// metering) can build a sink that observes both and passes them on.
+    pub fn parts(&self) -> (mpsc::Sender<TransportEvent>, Option<Arc<dyn FrameSink>>) {
+        (self.facts.clone(), self.frames.clone())
+    }
 }
 
 impl From<mpsc::Sender<TransportEvent>> for EventSink {

@@ -105,6 +105,17 @@ fn command_frame(
     })
 }
 
+/// The process's resident set size in bytes (Linux).
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
 /// Waits (in virtual time) until `cond` holds, at most `limit`.
 async fn until(limit: Duration, what: &str, cond: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
@@ -398,17 +409,26 @@ async fn a_flood_against_a_slow_handler_stays_bounded_and_other_streams_are_serv
     let sent = AtomicU64::new(0);
     let session = hub.session(&flooded).unwrap();
     let mut max_queued = 0;
+    let rss_before = rss();
+    let mut rss_peak = rss_before;
     for burst in 0..50u64 {
         for i in 0..200u64 {
             let id = (1 << 63) | (burst * 200 + i);
             let body = rmp_serde::to_vec(&(burst * 200 + i)).unwrap();
-            let f = command_frame(&flooded, 7, 0, id, EnvelopeKind::Command, body);
+            let mut f = command_frame(&flooded, 7, 0, id, EnvelopeKind::Command, body);
+            // 4 KiB a frame: unbounded, the flood would hold 40 MiB.
+            if let Frame::Data(d) = &mut f {
+                let mut env = Envelope::decode(&d.payload).unwrap();
+                env.operation_key = Some("x".repeat(4096));
+                d.payload = Bytes::from(env.encode());
+            }
             if m1.send(&to_hub, f).is_ok() {
                 sent.fetch_add(1, Ordering::Relaxed);
             }
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
         max_queued = max_queued.max(session.queued());
+        rss_peak = rss_peak.max(rss());
         // The calm stream is served throughout.
         if burst % 10 == 0 {
             let r = calm_sender
@@ -431,6 +451,15 @@ async fn a_flood_against_a_slow_handler_stays_bounded_and_other_streams_are_serv
     })
     .await;
     assert_eq!(admitted + busy, sent.load(Ordering::Relaxed));
+    // Reported, not asserted: RSS is the whole test process's.
+    eprintln!(
+        "flood of {} frames: RSS before {} KiB, peak {} KiB (+{} KiB), after {} KiB; {busy} refused busy",
+        sent.load(Ordering::Relaxed),
+        rss_before / 1024,
+        rss_peak / 1024,
+        rss_peak.saturating_sub(rss_before) / 1024,
+        rss() / 1024
+    );
     m1.shutdown().await;
     hub.shutdown().await;
 }
@@ -515,6 +544,58 @@ async fn class_c_receipts_resolve_under_loss_and_without_a_path() {
     assert_eq!(
         sender.send(1, SendOptions::class_c()).await.err(),
         Some(CommandError::Unroutable)
+    );
+    m1.shutdown().await;
+    hub.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_receiver_that_is_not_serving_yet_is_retried_soon_not_after_the_rto() {
+    let net = MemoryNetwork::new(16);
+    let hub = node(&net, "hub", Role::Hub, None).await;
+    let m1 = node(&net, "m1", Role::Member, Some("hub")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stream = StreamId::new("command:m1/hub");
+    let sender: CommandSender<u64, u64> = CommandChannel::spawn_sender(
+        &m1,
+        stream.clone(),
+        NodeId::new("hub"),
+        Arc::new(MemStore::new()),
+        SenderConfig::default(),
+    )
+    .await
+    .unwrap();
+    // The hub is up but does not serve the stream yet (a restart that has
+    // not reached its channels): it answers NOT_READY.
+    let r = sender.send(21, SendOptions::class_a()).await.unwrap();
+    until(Duration::from_secs(5), "a not-ready answer", || {
+        hub.refused(codes::NOT_READY) >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let retries_before = hub.refused(codes::NOT_READY);
+    assert!(
+        retries_before >= 2,
+        "retried soon after NOT_READY: {retries_before}"
+    );
+    let served_at = tokio::time::Instant::now();
+    CommandChannel::serve(
+        &hub,
+        stream.clone(),
+        NodeId::new("m1"),
+        Ledger::default(),
+        Arc::new(MemStore::new()),
+        ServeConfig::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.reply().await, Ok(42));
+    let waited = served_at.elapsed();
+    // The outbox's RTO starts at 1 s and doubles; the not-ready retry
+    // backs off from 50 ms and is capped by the RTO.
+    assert!(
+        waited < Duration::from_millis(1500),
+        "reply {waited:?} after serving"
     );
     m1.shutdown().await;
     hub.shutdown().await;

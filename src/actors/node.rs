@@ -605,6 +605,17 @@ async fn pump(shared: Arc<Shared>, mut rx: mpsc::Receiver<TransportEvent>) {
             Fact::Up => {
                 shared.open_paths.lock_recover().insert(path.clone(), ());
                 shared.cast(RoutingMsg::PathAdded(path.clone()));
+                // Channels towards that peer resend at once (rare: a path
+                // opening, so a scan of the sessions is cheap enough).
+                let up: Vec<Arc<Session>> = shared
+                    .sessions
+                    .iter()
+                    .filter(|s| s.value().binding().peer == path.peer)
+                    .map(|s| s.value().clone())
+                    .collect();
+                for s in up {
+                    s.path_up(&path);
+                }
             }
             Fact::Down(_) => {
                 shared.open_paths.lock_recover().remove(&path);

@@ -137,7 +137,12 @@ pub struct Session {
     capacity: usize,
     queued: Arc<AtomicUsize>,
     counters: SessionCounters,
+    /// Told when a path to the bound peer comes up (see [`Session::on_path_up`]).
+    path_up: std::sync::OnceLock<PathUpHook>,
 }
+
+/// Called when a path to a session's peer comes up.
+pub type PathUpHook = Box<dyn Fn(&PathId) + Send + Sync>;
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,6 +171,21 @@ impl Session {
             capacity: capacity.max(1),
             queued: Arc::default(),
             counters: SessionCounters::default(),
+            path_up: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sets the hook the node calls when a path to the bound peer comes up
+    /// (a reconnect, a restarted peer): a sender resends its unacked window
+    /// at once instead of waiting for its retransmit timers. Set once.
+    pub fn on_path_up(&self, hook: PathUpHook) {
+        let _ = self.path_up.set(hook);
+    }
+
+    /// A path to the bound peer came up.
+    pub fn path_up(&self, path: &PathId) {
+        if let Some(hook) = self.path_up.get() {
+            hook(path);
         }
     }
 

@@ -136,6 +136,12 @@ impl RedbStore {
         Ok(store)
     }
 
+    /// The redb database, for application tables of their own in the
+    /// node's one file (the built-in key-value handler's `kv` table).
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// How many `Immediate` (fsync'd) write transactions this handle has
     /// committed since it was opened; a metric, and how tests observe group
     /// commit.

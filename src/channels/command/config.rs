@@ -33,7 +33,8 @@ pub struct SenderConfig {
     /// prunes older idempotency records, after which the same key is new.
     pub idempotency_retention: Duration,
     /// How soon a command refused as busy or not ready is retried
-    /// (default 50 ms, doubling per refusal up to the outbox's RTO).
+    /// (default 50 ms, doubling per consecutive refusal: up to 8 × for not
+    /// ready, 256 × for busy, never beyond the outbox's maximum RTO).
     pub retry_soon: Duration,
 }
 

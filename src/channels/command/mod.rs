@@ -202,7 +202,7 @@ impl CommandChannel {
         let start = Arc::new(LazyStart::new(node.link(), spec));
         let slot = Arc::new(ActorSlot::new(name));
         let credit = shared.clone();
-        kit::bind(
+        let session = kit::bind(
             &node.link(),
             SessionSpec {
                 stream: stream.clone(),
@@ -228,6 +228,10 @@ impl CommandChannel {
             },
             SenderMsg::Frame,
         );
+        let up = slot.clone();
+        session.on_path_up(Box::new(move |path: &PathId| {
+            up.cast(SenderMsg::PathUp(path.clone()));
+        }));
         if pending {
             start.ensure().await?;
         }

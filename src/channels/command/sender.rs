@@ -60,6 +60,8 @@ pub enum SenderMsg {
     Frame(PathId, Frame, Permit),
     /// A retransmit or expiry timer fired.
     Tick,
+    /// A path to the target came up (a reconnect, a restarted peer).
+    PathUp(PathId),
 }
 
 /// Counters shared by a sender's actor and handle.
@@ -534,11 +536,14 @@ impl SenderState {
                         .store(half as u32, Ordering::Relaxed);
                 }
                 self.refused_streak = self.refused_streak.saturating_add(1);
+                // A receiver that is starting is back soon: retry within
+                // 8 × `retry_soon`; a busy one gets a longer back-off.
+                let cap = if r.code == codes::NOT_READY { 3 } else { 8 };
                 let after = self
                     .args
                     .config
                     .retry_soon
-                    .saturating_mul(1 << self.refused_streak.min(8));
+                    .saturating_mul(1 << self.refused_streak.min(cap));
                 if !self.outbox.retry_after(id, Self::now(), after) && self.window.contains(&id) {
                     self.transmit_unstored(id);
                 }
@@ -668,6 +673,21 @@ impl Actor for CommandSenderActor {
                     myself.cast(SenderMsg::Flush)?;
                 }
                 state.pump(&myself);
+            }
+            SenderMsg::PathUp(path) => {
+                // The path we use came (back) up: resend the window now,
+                // with fresh retransmit timers, instead of after backoff.
+                if state.path.as_ref() == Some(&path) {
+                    state.refused_streak = 0;
+                    let change = state.outbox.on_route_change(SenderState::now());
+                    for t in &change.transmits {
+                        state.transmit(t);
+                    }
+                    for id in &state.window {
+                        state.transmit_unstored(*id);
+                    }
+                    state.pump(&myself);
+                }
             }
             SenderMsg::Tick => {
                 state.timer_at = None;
