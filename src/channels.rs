@@ -16,6 +16,7 @@ pub mod dedupe;
 pub mod kit;
 pub mod order;
 pub mod outbox;
+pub mod sync;
 
 pub use command::{
     CommandChannel, CommandError, CommandHandler, CommandSender, DeliveryClass, Receipt,

@@ -26,9 +26,11 @@
 pub mod group;
 mod mem;
 mod redb_store;
+pub mod sync_store;
 
 pub use mem::MemStore;
 pub use redb_store::{RedbOptions, RedbStore};
+pub use sync_store::SyncStore;
 
 use crate::vocab::StreamId;
 

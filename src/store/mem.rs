@@ -14,6 +14,8 @@ use super::{
 };
 use crate::vocab::StreamId;
 
+mod sync;
+
 #[derive(Default)]
 struct Inner {
     /// (stream, seq) → record.
@@ -41,6 +43,8 @@ struct Inner {
 #[derive(Clone, Default)]
 pub struct MemStore {
     inner: Arc<Mutex<Inner>>,
+    /// The sync channel's records (see [`crate::store::SyncStore`]).
+    sync: Arc<Mutex<sync::SyncMem>>,
 }
 
 impl MemStore {

@@ -30,6 +30,8 @@ use super::{
 };
 use crate::vocab::StreamId;
 
+mod sync;
+
 /// (stream, seq) → encoded outbox value.
 const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox");
 /// (stream, message id) → seq.

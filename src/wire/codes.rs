@@ -21,7 +21,8 @@
 //! | `0x0230..=0x02ff` | reserved for transports                             |
 //! | `0x0300..=0x030f` | channels ([`channels`])                             |
 //! | `0x0310..=0x031f` | stream sessions ([`stream`])                        |
-//! | `0x0320..=0x03ff` | reserved for routing and channels                   |
+//! | `0x0320..=0x032f` | the sync channel ([`sync`])                         |
+//! | `0x0330..=0x03ff` | reserved for routing and channels                   |
 //! | `0x0400..=0xffff` | reserved                                            |
 //!
 //! Not in this space: QUIC transport error codes, which a peer sees in a
@@ -201,6 +202,29 @@ pub mod stream {
     pub const BAD_FRAME: u16 = 0x315;
 }
 
+/// Refusals of the sync channel (`docs/sync.md`), range `0x0320..=0x032f`,
+/// sent in its `Refuse` message.
+pub mod sync {
+    /// The owner does not serve this document.
+    pub const UNKNOWN_DOCUMENT: u16 = 0x320;
+    /// The presented cursor is ahead of the owner's log.
+    pub const CURSOR_FROM_FUTURE: u16 = 0x321;
+    /// The presented cursor belongs to another epoch of the log.
+    pub const WRONG_EPOCH: u16 = 0x322;
+    /// An update or snapshot is larger than the configured limit.
+    pub const OVERSIZED: u16 = 0x323;
+    /// The document could not apply an update.
+    pub const UNDECODABLE_UPDATE: u16 = 0x324;
+    /// The document could not load a snapshot.
+    pub const CORRUPT_SNAPSHOT: u16 = 0x325;
+    /// The sender is not this document's owner (one provider per document).
+    pub const NOT_OWNER: u16 = 0x326;
+    /// The peer is not admitted to this document (or may not publish).
+    pub const NOT_ADMITTED: u16 = 0x327;
+    /// A sync message that could not be decoded at all.
+    pub const MALFORMED: u16 = 0x328;
+}
+
 /// One code of the table: its value, its constant's name and the group
 /// (module) that defines it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,7 +233,7 @@ pub struct Code {
     pub value: u16,
     /// The constant's name.
     pub name: &'static str,
-    /// The group: `"codec"`, `"quic"`, `"root"`, `"webrtc"`, `"channels"`, `"stream"`.
+    /// The group: `"codec"`, `"quic"`, `"root"`, `"webrtc"`, `"channels"`, `"stream"`, `"sync"`.
     pub group: &'static str,
 }
 
@@ -279,6 +303,15 @@ table![
     "stream": stream::NOT_READY,
     "stream": stream::ANSWER_GONE,
     "stream": stream::BAD_FRAME,
+    "sync": sync::UNKNOWN_DOCUMENT,
+    "sync": sync::CURSOR_FROM_FUTURE,
+    "sync": sync::WRONG_EPOCH,
+    "sync": sync::OVERSIZED,
+    "sync": sync::UNDECODABLE_UPDATE,
+    "sync": sync::CORRUPT_SNAPSHOT,
+    "sync": sync::NOT_OWNER,
+    "sync": sync::NOT_ADMITTED,
+    "sync": sync::MALFORMED,
 ];
 
 /// The code with this value, if one is defined.
@@ -347,6 +380,7 @@ mod tests {
                 "webrtc" => 0x220..=0x22f,
                 "channels" => 0x300..=0x30f,
                 "stream" => 0x310..=0x31f,
+                "sync" => 0x320..=0x32f,
                 other => panic!("unknown group {other}"),
             };
             assert!(range.contains(&c.value), "{c:?} outside {range:?}");
