@@ -336,7 +336,16 @@ fn the_strict_parser_refuses_an_encoded_default() {
     // explicit `cA FALSE`.
     let ca = CertificateAuthority::generate("t").unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["x.example".to_string()]).unwrap();
-    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    // Written by hand (rcgen ≥ 0.14.10 no longer emits it for
+    // `IsCa::ExplicitNoCa`): BasicConstraints ::= SEQUENCE { cA BOOLEAN
+    // FALSE }, the DEFAULT encoded.
+    params.is_ca = rcgen::IsCa::NoCa;
+    params
+        .custom_extensions
+        .push(rcgen::CustomExtension::from_oid_content(
+            &[2, 5, 29, 19],
+            vec![0x30, 0x03, 0x01, 0x01, 0x00],
+        ));
     let key = rcgen::KeyPair::generate().unwrap();
     let issuer = rcgen::Issuer::from_ca_cert_der(ca.certificate(), {
         rcgen::KeyPair::try_from(ca.key_der().as_slice()).unwrap()
