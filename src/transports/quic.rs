@@ -29,6 +29,8 @@
 //! * If both sides dial at once, the connection dialled by the lower node
 //!   id survives; the other is closed with [`codes::DUPLICATE_CONNECTION`].
 
+mod cause;
+mod config;
 mod counters;
 pub mod faults;
 mod hello;
@@ -47,181 +49,30 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{Connection, ConnectionError, VarInt};
-use rand::{Rng, SeedableRng};
+use quinn::{Connection, VarInt};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::probe::{ProbeConfig, Prober};
+use super::probe::Prober;
 use super::{
     ConnectError, DownCause, EventSink, Fact, PeerAddr, SendError, Transport, TransportEvent,
 };
 use crate::sync::lock;
-use crate::trust::{self, NodeIdentity, TrustRoots};
-use crate::vocab::{NodeId, PathId, PathKind, StreamId, TrafficClass};
+use crate::trust;
+use crate::vocab::{NodeId, PathId, PathKind, TrafficClass};
 use crate::wire::{
-    CodecConfig, DecodeError, Frame, FrameDecoder, Hello, ProbeAck, ReadError, decode_frame,
-    encode_to_bytes, read_frame,
+    DecodeError, Frame, FrameDecoder, Hello, ProbeAck, ReadError, decode_frame, encode_to_bytes,
+    read_frame,
 };
 
 /// Close and stop codes of the QUIC transport (`docs/wire.md` §7), defined
 /// in [`crate::wire::codes::quic`].
 pub use crate::wire::codes::quic as codes;
 
-/// Decides whether `peer` may send on a logical stream. Returning `false`
-/// stops the QUIC stream that carried the frame with
-/// [`codes::NOT_ADMITTED`].
-pub type Admission = Arc<dyn Fn(&NodeId, &StreamId) -> bool + Send + Sync>;
-
-/// Jittered exponential backoff for re-dialling a lost connection.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Backoff {
-    /// Delay before the first re-dial.
-    pub initial: Duration,
-    /// Upper bound of any delay.
-    pub max: Duration,
-    /// Growth factor per failed attempt.
-    pub multiplier: f64,
-    /// Fraction of each delay drawn at random: the delay is
-    /// `d * (1 - jitter * u)` with `u` uniform in `[0, 1)`.
-    pub jitter: f64,
-    /// Give up after this many attempts (`None`: until closed).
-    pub max_attempts: Option<u32>,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(1),
-            multiplier: 2.0,
-            jitter: 0.5,
-            max_attempts: None,
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay before attempt `attempt` (0-based), with `rng` supplying
-    /// the jitter. Never above [`Backoff::max`].
-    pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
-        let base =
-            self.initial.as_secs_f64() * self.multiplier.max(1.0).powi(attempt.min(64) as i32);
-        let base = base.min(self.max.as_secs_f64());
-        let jitter = self.jitter.clamp(0.0, 1.0) * rng.random::<f64>();
-        Duration::from_secs_f64(base * (1.0 - jitter))
-    }
-}
-
-/// Per-class send-queue budget; a frame over it is refused with
-/// [`SendError::Full`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueueBudget {
-    /// Frames waiting per class and peer.
-    pub frames: usize,
-    /// Bytes waiting per class and peer.
-    pub bytes: usize,
-}
-
-impl Default for QueueBudget {
-    fn default() -> Self {
-        Self {
-            frames: 4096,
-            bytes: 16 * 1024 * 1024,
-        }
-    }
-}
-
-/// Configuration of a [`QuicTransport`].
-#[derive(Clone)]
-pub struct QuicConfig {
-    /// This node's credentials; its node id is the transport's identity.
-    pub identity: NodeIdentity,
-    /// The CAs whose certificates peers must present.
-    pub roots: TrustRoots,
-    /// Where to listen (`127.0.0.1:0` in tests).
-    pub listen: SocketAddr,
-    /// Liveness probing.
-    pub probe: ProbeConfig,
-    /// Frame size limit.
-    pub codec: CodecConfig,
-    /// Re-dial policy.
-    pub reconnect: Backoff,
-    /// Send-queue budget per class and peer.
-    pub queue: QueueBudget,
-    /// QUIC idle timeout: no packet for this long means [`DownCause::Timeout`].
-    pub idle_timeout: Duration,
-    /// QUIC keep-alive interval (below `idle_timeout`).
-    pub keep_alive: Duration,
-    /// How long a handshake may take.
-    pub handshake_timeout: Duration,
-    /// Seed of the backoff jitter.
-    pub seed: u64,
-    /// Which logical streams each peer may send on (`None`: all).
-    pub admission: Option<Admission>,
-    /// How long after the handshake the peer's `Hello` may take; a
-    /// connection without one by then is closed with
-    /// [`codes::HELLO_MISSING`] (`docs/wire.md` §7.4).
-    pub hello_timeout: Duration,
-    /// The secret the stateless-reset key is derived from (`None`: the
-    /// identity's private key). Must outlive restarts for a restarted
-    /// process to reset its predecessor's connections: set it when the
-    /// identity is reissued at every start.
-    pub reset_secret: Option<Vec<u8>>,
-}
-
-impl std::fmt::Debug for QuicConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QuicConfig")
-            .field("node", &self.identity.node)
-            .field("listen", &self.listen)
-            .field("probe", &self.probe)
-            .field("reconnect", &self.reconnect)
-            .finish_non_exhaustive()
-    }
-}
-
-impl QuicConfig {
-    /// A configuration with defaults: listen on `127.0.0.1:0`, default
-    /// probes, codec and backoff (200 ms doubling to 1 s), 10 s idle
-    /// timeout, 1 s keep-alive, 1 s handshake timeout. Dead connections are
-    /// noticed by probes (routing) and stateless resets (the reset key is
-    /// derived from `identity`), not by the idle timeout.
-    pub fn new(identity: NodeIdentity, roots: TrustRoots) -> Self {
-        Self {
-            identity,
-            roots,
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            probe: ProbeConfig::default(),
-            codec: CodecConfig::default(),
-            reconnect: Backoff::default(),
-            queue: QueueBudget::default(),
-            idle_timeout: Duration::from_secs(10),
-            keep_alive: Duration::from_secs(1),
-            handshake_timeout: Duration::from_secs(1),
-            seed: 0,
-            admission: None,
-            hello_timeout: Duration::from_secs(10),
-            reset_secret: None,
-        }
-    }
-}
-
-/// Why a QUIC transport could not be built.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum QuicError {
-    /// The TLS configuration was refused.
-    #[error(transparent)]
-    Trust(#[from] trust::TrustError),
-    /// quinn refused the TLS configuration.
-    #[error("quic crypto configuration: {0}")]
-    Crypto(String),
-    /// The socket could not be bound.
-    #[error("bind failed: {0}")]
-    Io(#[from] std::io::Error),
-}
+use cause::{down_cause, is_certificate_alert, peer_node, tls_alert};
+pub use config::{Admission, Backoff, QueueBudget, QuicConfig, QuicError};
 
 /// Frames and bytes queued on one class sender.
 #[derive(Default)]
@@ -420,69 +271,6 @@ impl QuicTransport {
     pub fn connection(&self, peer: &NodeId) -> Option<Connection> {
         lock(&self.inner.peers).get(peer).map(|p| p.conn.clone())
     }
-}
-
-/// Maps how a connection ended to the cause reported upward.
-fn down_cause(e: &ConnectionError) -> DownCause {
-    match e {
-        ConnectionError::TimedOut => DownCause::Timeout,
-        ConnectionError::Reset => DownCause::Reset,
-        ConnectionError::LocallyClosed => DownCause::ClosedLocally,
-        ConnectionError::ApplicationClosed(c) => DownCause::ClosedByPeer {
-            code: c.error_code.into_inner() as u32,
-            reason: String::from_utf8_lossy(&c.reason).into_owned(),
-        },
-        ConnectionError::ConnectionClosed(c) => {
-            let code = u64::from(c.error_code);
-            if (0x100..0x200).contains(&code) {
-                DownCause::Tls(format!("peer sent TLS alert {}: {c}", code - 0x100))
-            } else {
-                DownCause::ClosedByPeer {
-                    code: code as u32,
-                    reason: String::from_utf8_lossy(&c.reason).into_owned(),
-                }
-            }
-        }
-        ConnectionError::TransportError(t) => {
-            let code = u64::from(t.code);
-            if (0x100..0x200).contains(&code) {
-                DownCause::Tls(t.to_string())
-            } else {
-                DownCause::Reset
-            }
-        }
-        other => DownCause::Unreachable(other.to_string()),
-    }
-}
-
-/// The TLS alert behind a handshake failure, if it was one.
-fn tls_alert(e: &ConnectionError) -> Option<u8> {
-    let code = match e {
-        ConnectionError::TransportError(t) => u64::from(t.code),
-        ConnectionError::ConnectionClosed(c) => u64::from(c.error_code),
-        _ => return None,
-    };
-    (0x100..0x200).contains(&code).then(|| (code - 0x100) as u8)
-}
-
-/// Whether a TLS alert is about certificates.
-fn is_certificate_alert(alert: u8) -> bool {
-    // bad_certificate 42 … certificate_unknown 46, unknown_ca 48,
-    // access_denied 49, decrypt_error 51, certificate_required 116.
-    matches!(alert, 42..=46 | 48 | 49 | 51 | 116)
-}
-
-/// The node id in a connection's verified peer certificate.
-fn peer_node(conn: &Connection) -> Result<NodeId, trust::TrustError> {
-    let certs = conn
-        .peer_identity()
-        .and_then(|any| {
-            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                .ok()
-        })
-        .ok_or(trust::TrustError::NoIdentity)?;
-    let leaf = certs.first().ok_or(trust::TrustError::NoIdentity)?;
-    trust::node_from_certificate(leaf)
 }
 
 impl Inner {
