@@ -18,6 +18,8 @@ export const KIND = { Hello: 1, Probe: 2, ProbeAck: 3, Data: 4, Ack: 5, Reject: 
 export const VERSION = 2;
 const CHANNELS = 5;
 const MAX_MESSAGE = 16 * 1024;
+/** How long a fresh session waits for the hub's first frame. */
+const HEAR_HUB_MS = 5000;
 
 /** Encodes one frame: 4-byte big-endian length, version, kind, body. */
 export function encodeFrame(kind, body) {
@@ -70,10 +72,17 @@ async function post(url, body) {
 
 export class Client {
   /** `base`: the hub's page server; `token`: a single-use browser join token. */
-  constructor({ base, token }) {
+  /**
+   * `resendMs`: an unanswered command is sent again (same id) this often;
+   * `timeoutMs`: then its promise rejects with `code: "timeout"`.
+   */
+  constructor({ base, token, resendMs = 1000, timeoutMs = 30000 }) {
     this.base = base;
     this.token = token;
-    this.pending = new Map(); // message id -> { frame, resolve, reject }
+    this.resendMs = resendMs;
+    this.timeoutMs = timeoutMs;
+    this.pending = new Map(); // message id -> { frame, resolve, reject, sent, until }
+    this.timer = null;
     this.nextId = 1;
     this.session = Date.now() * 1000;
     // The sender incarnation of this page's command stream (docs/channels.md):
@@ -103,6 +112,12 @@ export class Client {
     this.pc = pc;
     this.channels = [];
     this.reader = new FrameReader();
+    // Nothing but ProbeAcks is sent until a frame from the hub arrives (the
+    // hub probes as soon as its end of the channels is open): a message that
+    // reaches the hub while its channels are still opening can be lost by
+    // its stack after SCTP has acknowledged it (docs/webrtc.md §5).
+    this.heard = false;
+    const heard = new Promise((resolve) => { this.onHeard = resolve; });
     let opened = 0;
     const open = new Promise((resolve) => {
       for (let i = 0; i < CHANNELS; i++) {
@@ -120,7 +135,12 @@ export class Client {
     };
     await this.negotiate();
     await open;
-    for (const p of this.pending.values()) this.send(p.frame);
+    let silent;
+    const limit = new Promise((_, reject) => {
+      silent = setTimeout(() => reject(new Error("the hub sent nothing on the open channels")), HEAR_HUB_MS);
+    });
+    try { await Promise.race([heard, limit]); } finally { clearTimeout(silent); }
+    this.resendAll();
   }
 
   /** Offer (with every candidate), post it, apply the answer. */
@@ -149,7 +169,27 @@ export class Client {
   async restartIce() {
     this.pc.restartIce();
     await this.negotiate();
-    for (const p of this.pending.values()) this.send(p.frame);
+    this.resendAll();
+  }
+
+  resendAll() {
+    const now = Date.now();
+    for (const p of this.pending.values()) { p.sent = now; this.send(p.frame); }
+  }
+
+  /** Resends what is unanswered after `resendMs`; rejects what is past `timeoutMs`. */
+  tick() {
+    const now = Date.now();
+    for (const [id, p] of this.pending) {
+      if (now >= p.until) {
+        this.pending.delete(id);
+        p.reject(Object.assign(new Error("no reply within " + this.timeoutMs + " ms"), { code: "timeout" }));
+      } else if (now - p.sent >= this.resendMs) {
+        p.sent = now;
+        this.send(p.frame);
+      }
+    }
+    if (this.pending.size === 0) { clearInterval(this.timer); this.timer = null; }
   }
 
   async recover() {
@@ -163,8 +203,10 @@ export class Client {
     // Data: [stream, incarnation, seq 0 (unordered), id, class 0, delivery C, payload].
     const frame = encodeFrame(KIND.Data, [this.stream, this.incarnation, 0, id, 0, 2, encode(envelope)]);
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { frame, resolve, reject });
+      const now = Date.now();
+      this.pending.set(id, { frame, resolve, reject, sent: now, until: now + this.timeoutMs });
       this.send(frame);
+      if (!this.timer) this.timer = setInterval(() => this.tick(), Math.max(10, this.resendMs / 4));
     });
   }
 
@@ -173,7 +215,8 @@ export class Client {
 
   send(frame) {
     const dc = this.channels && this.channels[0];
-    if (!dc || dc.readyState !== "open") return; // resent after reconnecting
+    // Not yet heard from the hub, or not open: resent once it is.
+    if (!dc || dc.readyState !== "open" || !this.heard) return;
     for (let at = 0; at < frame.length; at += MAX_MESSAGE) {
       dc.send(frame.subarray(at, Math.min(frame.length, at + MAX_MESSAGE)));
     }
@@ -182,6 +225,7 @@ export class Client {
   onMessage(bytes) {
     let frames;
     try { frames = this.reader.push(bytes); } catch (e) { return; }
+    if (frames.length > 0 && !this.heard) { this.heard = true; this.onHeard(); }
     for (const f of frames) {
       if (f.kind === KIND.Probe) {
         this.send(encodeFrame(KIND.ProbeAck, [f.body[0], f.body[1]]));
@@ -207,6 +251,7 @@ export class Client {
 
   close() {
     this.closing = true;
+    if (this.timer) { clearInterval(this.timer); this.timer = null; }
     if (this.pc) this.pc.close();
   }
 }
