@@ -2,7 +2,9 @@
 //! with a single-use browser join token, opens the data channels and sends
 //! 100 commands to a handler on the hub (100 correct replies, each command
 //! applied once); garbage on the data channel gets a typed refusal while
-//! the page keeps being served; reused and expired tokens are refused.
+//! the page keeps being served; reused and expired tokens are refused; the
+//! hub closing the browser's peer mid-run is recovered by a fresh session
+//! with every command applied once.
 //! The page reports to this test's own loopback endpoint. Every wait is
 //! bounded.
 
@@ -17,8 +19,10 @@ use axum::routing::post;
 use interlocking::actors::node::{Node, NodeBuilder};
 use interlocking::channels::CommandHandler;
 use interlocking::store::{RedbStore, Store};
+use interlocking::transports::Transport;
 use interlocking::transports::probe::ProbeConfig;
-use interlocking::transports::webrtc::{WebrtcConfig, codes};
+use interlocking::transports::webrtc::{WebrtcConfig, WebrtcHandle, codes};
+use interlocking::vocab::NodeId;
 use interlocking::vocab::Role;
 use interlocking::web::{self, WebConfig, WebServer};
 use serde_json::Value;
@@ -110,6 +114,7 @@ fn chromium(url: &str) -> Chromium {
 struct Hub {
     node: Node,
     web: WebServer,
+    webrtc: WebrtcHandle,
     store: Arc<dyn Store>,
     handler: Doubler,
     _dir: tempfile::TempDir,
@@ -128,7 +133,7 @@ async fn hub() -> Hub {
     let builder = NodeBuilder::new("hub", Role::Hub).webrtc(cfg);
     let handle = builder.webrtc_handle();
     let node = builder.spawn().await.unwrap();
-    let web = web::serve(node.id().clone(), handle, WebConfig::default())
+    let web = web::serve(node.id().clone(), handle.clone(), WebConfig::default())
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -136,6 +141,7 @@ async fn hub() -> Hub {
     Hub {
         node,
         web,
+        webrtc: handle,
         store,
         handler: Doubler::default(),
         _dir: dir,
@@ -145,6 +151,10 @@ async fn hub() -> Hub {
 async fn page(hub: &Hub, report: &str, rx: &mut mpsc::Receiver<Value>, query: &str) -> Value {
     let url = format!("http://{}/?report={report}&{query}", hub.web.addr());
     let _browser = chromium(&url);
+    wait_report(hub, rx).await
+}
+
+async fn wait_report(hub: &Hub, rx: &mut mpsc::Receiver<Value>) -> Value {
     match tokio::time::timeout(LIMIT, rx.recv()).await {
         Ok(r) => r.expect("report endpoint open"),
         Err(_) => panic!(
@@ -215,6 +225,69 @@ async fn chromium_is_admitted_and_gets_100_replies_garbage_is_refused_tokens_are
     assert_eq!(r["error_code"], u64::from(codes::TOKEN_REFUSED), "{r}");
     assert_eq!(hub.handler.applied.lock().unwrap().len(), 101);
 
+    hub.web.shutdown();
+    hub.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_closing_the_browser_peer_mid_run_is_recovered_and_every_command_applied_once() {
+    let hub = hub().await;
+    let (report, mut rx) = report_endpoint().await;
+    let token = hub
+        .web
+        .gate()
+        .issue(
+            &hub.node,
+            hub.handler.clone(),
+            hub.store.clone(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let url = format!(
+        "http://{}/?report={report}&token={token}&n=100&pace=10",
+        hub.web.addr()
+    );
+    let _browser = chromium(&url);
+
+    // Mid-run: once 30 commands were applied, the hub closes the peer.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while hub.handler.applied.lock().unwrap().len() < 30 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "30 commands not applied within {LIMIT:?}; applied {:?}",
+            hub.handler.applied.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rtc = hub.webrtc.get().expect("the hub's WebRTC transport");
+    let sessions_before = rtc.counters().sessions_up;
+    rtc.close(
+        &NodeId::new("browser-1"),
+        0,
+        "test: the hub closes the peer",
+    )
+    .await;
+
+    let r = wait_report(&hub, &mut rx).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["replies"], 100, "{r}");
+    assert_eq!(r["correct"], 100, "{r}");
+    let applied = hub.handler.applied.lock().unwrap().clone();
+    assert_eq!(applied.len(), 100, "{applied:?}");
+    assert!(
+        applied.values().all(|n| *n == 1),
+        "applied twice: {applied:?}"
+    );
+    assert!(
+        rtc.counters().sessions_up > sessions_before,
+        "the page came back on a fresh session: {:?}",
+        rtc.counters()
+    );
+    eprintln!(
+        "hub closed the peer: longest gap between two replies {:.1} ms",
+        r["max_gap_ms"].as_f64().unwrap()
+    );
     hub.web.shutdown();
     hub.node.shutdown().await;
 }
