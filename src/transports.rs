@@ -198,6 +198,12 @@ pub enum Fact {
     Up,
     /// The path is gone.
     Down(DownCause),
+    /// The path stayed up but now runs over a new connection to the peer
+    /// (the peer reconnected, perhaps after a restart). Frames handed to
+    /// the old connection shortly before may never have arrived: whoever
+    /// keeps state about frames in flight towards the peer (a sender's
+    /// window, a relay's dedupe table) should not count on them.
+    Renewed,
     /// A frame arrived on the path.
     Frame(Frame),
     /// A liveness probe was answered after `rtt`.

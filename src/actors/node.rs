@@ -540,7 +540,8 @@ fn observation(fact: &Fact) -> Option<Observation> {
             bytes: *bytes,
         },
         Fact::Incident(what) => Observation::Incident { what: what.clone() },
-        Fact::Frame(_) => return None,
+        // The path's health is unchanged; the sessions were told.
+        Fact::Frame(_) | Fact::Renewed => return None,
         #[allow(unreachable_patterns)]
         _ => return None,
     })
@@ -630,11 +631,14 @@ impl Shared {
 async fn pump(shared: Arc<Shared>, mut rx: mpsc::Receiver<TransportEvent>) {
     while let Some(TransportEvent { path, fact }) = rx.recv().await {
         match &fact {
-            Fact::Up => {
-                shared.open_paths.lock_recover().insert(path.clone(), ());
-                shared.cast(RoutingMsg::PathAdded(path.clone()));
+            Fact::Up | Fact::Renewed => {
+                if matches!(fact, Fact::Up) {
+                    shared.open_paths.lock_recover().insert(path.clone(), ());
+                    shared.cast(RoutingMsg::PathAdded(path.clone()));
+                }
                 // Channels towards that peer resend at once (rare: a path
-                // opening, so a scan of the sessions is cheap enough).
+                // opening or its connection renewed, so a scan of the
+                // sessions is cheap enough).
                 let up: Vec<Arc<Session>> = shared
                     .sessions
                     .iter()

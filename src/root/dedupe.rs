@@ -156,6 +156,18 @@ impl DedupeTable {
         Verdict::Forward
     }
 
+    /// Forgets every unanswered key towards `to` (its connection was
+    /// renewed: what went to the old one may be lost, so a retry must be
+    /// forwarded, not dropped as in flight). Cached replies stay. Returns
+    /// how many keys were forgotten.
+    pub fn forget_unanswered_to(&mut self, to: &NodeId) -> usize {
+        let before = self.seen.len();
+        self.seen.retain(|k, e| &k.1 != to || e.reply.is_some());
+        let seen = &self.seen;
+        self.order.retain(|(k, _)| seen.contains_key(k));
+        before - self.seen.len()
+    }
+
     /// Forgets keys first forwarded longer than the TTL ago.
     fn expire(&mut self, now: Instant) {
         while let Some((_, at)) = self.order.front() {
@@ -226,6 +238,53 @@ mod tests {
                 t0 + Duration::from_secs(1)
             ),
             Verdict::Replay(reply)
+        );
+    }
+
+    #[test]
+    fn a_renewed_connection_lets_unanswered_retries_through_and_keeps_replies() {
+        let t0 = Instant::now();
+        let mut t = table();
+        let s = StreamId::new("command:m/h");
+        let (cmd, reply) = (Bytes::from_static(b"cmd"), Bytes::from_static(b"reply"));
+        // 1 answered, 2 unanswered towards h; 3 unanswered towards m.
+        assert_eq!(
+            t.on_frame(&n("m"), &n("h"), &s, 0, 1, &cmd, t0),
+            Verdict::Forward
+        );
+        assert_eq!(
+            t.on_frame(&n("h"), &n("m"), &s, 0, 1, &reply, t0),
+            Verdict::Forward
+        );
+        assert_eq!(
+            t.on_frame(&n("m"), &n("h"), &s, 0, 2, &cmd, t0),
+            Verdict::Forward
+        );
+        assert_eq!(
+            t.on_frame(&n("h"), &n("m"), &s, 0, 3, &cmd, t0),
+            Verdict::Forward
+        );
+        let soon = t0 + Duration::from_millis(100);
+        assert_eq!(
+            t.on_frame(&n("m"), &n("h"), &s, 0, 2, &cmd, soon),
+            Verdict::Drop
+        );
+
+        assert_eq!(t.forget_unanswered_to(&n("h")), 1);
+        assert_eq!(t.len(), 2);
+        // The retry of 2 goes to h's new connection; 1 is still answered
+        // from the cache; 3 (towards m) is still held.
+        assert_eq!(
+            t.on_frame(&n("m"), &n("h"), &s, 0, 2, &cmd, soon),
+            Verdict::Forward
+        );
+        assert_eq!(
+            t.on_frame(&n("m"), &n("h"), &s, 0, 1, &cmd, soon),
+            Verdict::Replay(reply)
+        );
+        assert_eq!(
+            t.on_frame(&n("h"), &n("m"), &s, 0, 3, &cmd, soon),
+            Verdict::Drop
         );
     }
 

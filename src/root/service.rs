@@ -535,6 +535,14 @@ async fn serve(
                 lock(&inner.online).remove(&peer);
                 lock(&inner.registry).remove(&peer);
             }
+            Fact::Renewed => {
+                // The node reconnected (perhaps restarted): what was
+                // forwarded to its old connection and never answered may
+                // be lost, so retries of it must be forwarded again, not
+                // held back as "in flight".
+                let n = lock(&inner.dedupe).forget_unanswered_to(&peer);
+                tracing::debug!(node = %peer, forgotten = n, "root: connection renewed; unanswered relay keys forgotten");
+            }
             Fact::Frame(frame) => on_frame(&inner, peer, frame).await,
             _ => {}
         }

@@ -372,7 +372,7 @@ impl Inner {
                             .conn
                             .close(VarInt::from(codes::DUPLICATE_CONNECTION), b"duplicate");
                         peers.insert(peer.clone(), entry);
-                        false
+                        Some(Fact::Renewed)
                     } else {
                         tracing::debug!(peer = %peer, "quic: closing duplicate connection");
                         conn.close(VarInt::from(codes::DUPLICATE_CONNECTION), b"duplicate");
@@ -380,18 +380,28 @@ impl Inner {
                     }
                 }
                 Some(_) => {
+                    // The old connection is closed (its Down is on its
+                    // way, or reported): this one is news only to whoever
+                    // kept frames in flight on it.
                     peers.insert(peer.clone(), entry);
-                    false
+                    Some(Fact::Renewed)
                 }
                 None => {
                     peers.insert(peer.clone(), entry);
-                    true
+                    Some(Fact::Up)
                 }
             }
         };
-        if up {
-            tracing::info!(node = %self.node, peer = %peer, remote = %conn.remote_address(), "quic: path up");
-            self.report(&peer, Fact::Up).await;
+        match up {
+            Some(Fact::Up) => {
+                tracing::info!(node = %self.node, peer = %peer, remote = %conn.remote_address(), "quic: path up");
+                self.report(&peer, Fact::Up).await;
+            }
+            Some(fact) => {
+                tracing::info!(node = %self.node, peer = %peer, remote = %conn.remote_address(), "quic: connection renewed");
+                self.report(&peer, fact).await;
+            }
+            None => {}
         }
         tokio::spawn(boxed_drive(self.clone(), conn, peer, generation));
     }

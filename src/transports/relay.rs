@@ -545,7 +545,9 @@ async fn link_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<TransportEvent>) {
                     root_link_lost(&inner, misses).await;
                 }
             }
-            Fact::Up => {
+            Fact::Up | Fact::Renewed => {
+                // Renewed: the root connection was replaced (the root
+                // restarted, say); register and reopen as after an Up.
                 misses = 0;
                 inner.root_up.send_replace(true);
                 let reg = lock(&inner.registration).clone();

@@ -674,10 +674,14 @@ impl Actor for CommandSenderActor {
                 }
                 state.pump(&myself);
             }
-            SenderMsg::PathUp(path) => {
-                // The path we use came (back) up: resend the window now,
-                // with fresh retransmit timers, instead of after backoff.
-                if state.path.as_ref() == Some(&path) {
+            SenderMsg::PathUp(_path) => {
+                // A path to the peer came (back) up: the peer is reachable
+                // again, perhaps restarted. What was sent while it was away
+                // may be lost even on a route that stayed up (a relay that
+                // forwarded into the peer's dead connection), so the window
+                // is resent now on the current route, with fresh retransmit
+                // timers, instead of after backoff. The receiver dedupes.
+                if state.path.is_some() {
                     state.refused_streak = 0;
                     let change = state.outbox.on_route_change(SenderState::now());
                     for t in &change.transmits {
