@@ -3,11 +3,14 @@
 //! as their own process (this example re-executing itself as a node,
 //! through the same [`App`] entry point as `interlocking run`); a member in
 //! this process sends class-A commands to the hub's durable `kv` handler at
-//! a fixed rate. The hub is killed with SIGKILL and restarted on its state
-//! dir `--kills` times.
+//! a fixed rate. The hub (or, with `--kill root`, the root) is killed with
+//! SIGKILL and restarted on its state dir `--kills` times. With
+//! `--relay-only` the member knows no direct address of the hub, so its
+//! stream runs on the relay through the root.
 //!
 //! ```text
-//! cargo run --release --example recovery -- [--kills 20] [--rate 50] [--down-ms 300] [--json]
+//! cargo run --release --example recovery -- [--kills 20] [--rate 50] [--down-ms 300]
+//!     [--kill hub|root] [--relay-only] [--json]
 //! ```
 //!
 //! `RUST_LOG` filters the member's log (stderr), `NODE_LOG` the root's and
@@ -32,6 +35,8 @@ use serde_json::json;
 
 struct Args {
     kills: usize,
+    kill_root: bool,
+    relay_only: bool,
     rate: u64,
     down: Duration,
     json: bool,
@@ -40,6 +45,8 @@ struct Args {
 fn args() -> Args {
     let mut a = Args {
         kills: 20,
+        kill_root: false,
+        relay_only: false,
         rate: 50,
         down: Duration::from_millis(300),
         json: false,
@@ -56,6 +63,14 @@ fn args() -> Args {
             "--rate" => a.rate = num().max(1),
             "--down-ms" => a.down = Duration::from_millis(num()),
             "--json" => a.json = true,
+            "--relay-only" => a.relay_only = true,
+            "--kill" => {
+                a.kill_root = match it.next().as_deref() {
+                    Some("root") => true,
+                    Some("hub") => false,
+                    other => panic!("--kill takes hub or root, not {other:?}"),
+                }
+            }
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -222,13 +237,18 @@ async fn main() {
     std::fs::write(
         &member_cfg,
         format!(
-            "[node]\nid = \"member-1\"\nrole = \"member\"\nstate_dir = \"{}\"\n\n{root_table}\n[[peers]]\nid = \"hub\"\nquic = \"127.0.0.1:{hq}\"\n\n[[channels]]\nstream = \"command:member-1/hub\"\ntarget = \"hub\"\n",
-            d.join("member").display()
+            "[node]\nid = \"member-1\"\nrole = \"member\"\nstate_dir = \"{}\"\n\n{root_table}\n{peers}[[channels]]\nstream = \"command:member-1/hub\"\ntarget = \"hub\"\n",
+            d.join("member").display(),
+            peers = if a.relay_only {
+                "[[peers]]\nid = \"hub\"\n\n".to_string()
+            } else {
+                format!("[[peers]]\nid = \"hub\"\nquic = \"127.0.0.1:{hq}\"\n\n")
+            }
         ),
     )
     .unwrap();
 
-    let root = NodeProc::start(&root_cfg, None, &d.join("root.log"));
+    let mut root = NodeProc::start(&root_cfg, None, &d.join("root.log"));
     root.running();
     let hub_token = token(&d.join("root"), "hub", Role::Hub);
     let member_token = token(&d.join("root"), "member-1", Role::Member);
@@ -308,10 +328,17 @@ async fn main() {
 
     let mut back = Vec::new();
     for _ in 0..a.kills {
-        hub.kill();
-        tokio::time::sleep(a.down).await;
-        hub = NodeProc::start(&hub_cfg, None, &d.join("hub.log"));
-        let listening = hub.running();
+        let listening = if a.kill_root {
+            root.kill();
+            tokio::time::sleep(a.down).await;
+            root = NodeProc::start(&root_cfg, None, &d.join("root.log"));
+            root.running()
+        } else {
+            hub.kill();
+            tokio::time::sleep(a.down).await;
+            hub = NodeProc::start(&hub_cfg, None, &d.join("hub.log"));
+            hub.running()
+        };
         wait_replies(1, listening).await;
         let first = log
             .lock()
@@ -348,7 +375,8 @@ async fn main() {
         println!(
             "{}",
             json!({
-                "kills": a.kills, "rate": a.rate, "down_ms": a.down.as_millis() as u64,
+                "kills": a.kills, "killed": if a.kill_root { "root" } else { "hub" },
+                "relay_only": a.relay_only, "rate": a.rate, "down_ms": a.down.as_millis() as u64,
                 "steady_ms": {"p50": s50, "p99": s99, "max": smax, "n": steady.len()},
                 "during_kills_ms": {"p50": d50, "p99": d99, "max": dmax, "n": during.len()},
                 "restart_to_first_reply_ms": {"p50": b50, "p99": b99, "max": bmax},
@@ -356,10 +384,16 @@ async fn main() {
         );
     } else {
         println!(
-            "recovery under the library defaults: {} hub SIGKILLs, {} ms down, {} class-A commands/s",
+            "recovery under the library defaults: {} {} SIGKILLs, {} ms down, {} class-A commands/s, stream on {}",
             a.kills,
+            if a.kill_root { "root" } else { "hub" },
             a.down.as_millis(),
-            a.rate
+            a.rate,
+            if a.relay_only {
+                "the relay"
+            } else {
+                "direct QUIC (relay as fallback)"
+            }
         );
         println!(
             "  reply latency, steady      p50 {s50:8.1} ms  p99 {s99:8.1} ms  max {smax:8.1} ms  ({} replies)",
@@ -370,7 +404,7 @@ async fn main() {
             during.len()
         );
         println!(
-            "  hub running -> first reply  p50 {b50:8.1} ms  p99 {b99:8.1} ms  max {bmax:8.1} ms"
+            "  restarted node running -> first reply  p50 {b50:8.1} ms  p99 {b99:8.1} ms  max {bmax:8.1} ms"
         );
     }
     member.shutdown().await;
