@@ -19,6 +19,7 @@
 //! | [`wire`] | the frame envelope and its versioned, size-limited codec (`docs/wire.md`) | what frames mean |
 //! | [`transports`] | the transport contract and its adapters (memory with seeded faults, QUIC with mutual TLS, relay through the root; WebRTC, sidecar to come): connect, send, close, facts up | channels, store, routing decisions |
 //! | [`trust`] | the certificate authority, node certificates (validity windows, issuance for a node's own key), mutual-TLS configs (TLS 1.3, ALPN `interlocking/2`), the join ALPN's server-only configs, node identity from a verified certificate | sockets, frames, channels, routing |
+//! | [`turn`] | a TURN server (RFC 8656 over UDP) the root runs for WebRTC peers without a direct path; credentials minted from a shared secret (TURN REST API scheme) | frames, channels, routing |
 //! | [`routing`] | the pure routing core (paths, health, policy, freeze, decisions) and the `RoutingAuthority` actor shell around it (`docs/routing.md`) | sockets, tokio inside the core, channel semantics |
 //! | [`channels`] | channel semantics as pure cores: the sender outbox (credit window, resend, route-change replay), receiver dedupe, in-order delivery (`docs/channels.md`); the channel kit every kind's actor is built with (slot, lazy start, supervision, session binding, route subscription); the command channel | sockets, path choice |
 //! | [`store`] | durability behind the [`store::Store`] trait: redb (group-committed outbox, idempotency records, dedupe replies, cursors) and an in-memory store for simulations | channel logic, transports |
@@ -75,6 +76,7 @@ mod sync;
 pub mod topology;
 pub mod transports;
 pub mod trust;
+pub mod turn;
 pub mod vocab;
 pub mod web;
 pub mod wire;

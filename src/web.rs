@@ -29,6 +29,7 @@ use crate::store::Store;
 use crate::sync::lock;
 use crate::transports::webrtc::signalling::MAX_SIGNAL_LEN;
 use crate::transports::webrtc::{BrowserOffer, SignalError, WebrtcHandle, codes};
+use crate::turn::IceServer;
 use crate::vocab::{ChannelKind, NodeId, StreamId};
 
 const PAGE: &str = include_str!("../web/index.html");
@@ -42,6 +43,21 @@ pub struct WebConfig {
     pub listen: SocketAddr,
     /// At most this many unused tokens are kept; issuing more is refused.
     pub max_tokens: usize,
+    /// A TURN server (the root's) whose credentials each admitted browser
+    /// gets with its admission, for when no direct path exists.
+    pub turn: Option<TurnGrant>,
+}
+
+/// How the page server mints TURN credentials for admitted browsers
+/// ([`crate::turn::mint`]).
+#[derive(Clone, Debug)]
+pub struct TurnGrant {
+    /// The server's `turn:` URLs.
+    pub urls: Vec<String>,
+    /// The secret shared with the TURN server.
+    pub secret: Vec<u8>,
+    /// How long minted credentials are valid.
+    pub ttl: Duration,
 }
 
 impl Default for WebConfig {
@@ -49,6 +65,7 @@ impl Default for WebConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_tokens: 1024,
+            turn: None,
         }
     }
 }
@@ -193,6 +210,7 @@ impl WebServer {
 struct App {
     gate: Arc<BrowserGate>,
     webrtc: WebrtcHandle,
+    turn: Option<Arc<TurnGrant>>,
 }
 
 #[derive(Deserialize)]
@@ -205,6 +223,7 @@ struct Joined {
     node: String,
     secret: String,
     stream: String,
+    ice_servers: Vec<IceServer>,
 }
 
 #[derive(Deserialize)]
@@ -246,6 +265,23 @@ fn script(body: &'static str) -> Response {
 async fn join_route(State(app): State<App>, Json(b): Json<JoinBody>) -> Response {
     match app.gate.admit(&b.token) {
         Ok((node, secret, stream)) => Json(Joined {
+            ice_servers: app
+                .turn
+                .iter()
+                .map(|t| {
+                    let (username, credential) = crate::turn::mint(
+                        &t.secret,
+                        node.as_str(),
+                        t.ttl,
+                        std::time::SystemTime::now(),
+                    );
+                    IceServer {
+                        urls: t.urls.clone(),
+                        username,
+                        credential,
+                    }
+                })
+                .collect(),
             node: node.to_string(),
             secret,
             stream: stream.to_string(),
@@ -292,6 +328,7 @@ pub async fn serve(
     let app = App {
         gate: gate.clone(),
         webrtc,
+        turn: config.turn.clone().map(Arc::new),
     };
     let router = Router::new()
         .route("/", get(|| async { Html(PAGE) }))

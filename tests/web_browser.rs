@@ -4,7 +4,9 @@
 //! applied once); garbage on the data channel gets a typed refusal while
 //! the page keeps being served; reused and expired tokens are refused; the
 //! hub closing the browser's peer mid-run is recovered by a fresh session
-//! with every command applied once.
+//! with every command applied once; a page allowed only relayed
+//! candidates reaches the hub through the root's TURN server with
+//! credentials minted at its admission.
 //! The page reports to this test's own loopback endpoint. Every wait is
 //! bounded.
 
@@ -121,6 +123,10 @@ struct Hub {
 }
 
 async fn hub() -> Hub {
+    hub_with(WebConfig::default()).await
+}
+
+async fn hub_with(web_config: WebConfig) -> Hub {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -133,7 +139,7 @@ async fn hub() -> Hub {
     let builder = NodeBuilder::new("hub", Role::Hub).webrtc(cfg);
     let handle = builder.webrtc_handle();
     let node = builder.spawn().await.unwrap();
-    let web = web::serve(node.id().clone(), handle.clone(), WebConfig::default())
+    let web = web::serve(node.id().clone(), handle.clone(), web_config)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -288,6 +294,55 @@ async fn hub_closing_the_browser_peer_mid_run_is_recovered_and_every_command_app
         "hub closed the peer: longest gap between two replies {:.1} ms",
         r["max_gap_ms"].as_f64().unwrap()
     );
+    hub.web.shutdown();
+    hub.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_only_page_is_carried_by_the_roots_turn_server() {
+    use interlocking::turn::{TurnConfig, TurnServer};
+    let secret = b"operator's shared TURN secret".to_vec();
+    let turn = TurnServer::bind(TurnConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        secret.clone(),
+    ))
+    .await
+    .unwrap();
+    let hub = hub_with(WebConfig {
+        turn: Some(web::TurnGrant {
+            urls: vec![turn.url()],
+            secret,
+            ttl: Duration::from_secs(600),
+        }),
+        ..WebConfig::default()
+    })
+    .await;
+    let (report, mut rx) = report_endpoint().await;
+    let token = hub
+        .web
+        .gate()
+        .issue(
+            &hub.node,
+            hub.handler.clone(),
+            hub.store.clone(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let r = page(
+        &hub,
+        &report,
+        &mut rx,
+        &format!("token={token}&n=20&relay=1"),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}; turn {:?}", turn.counters());
+    assert_eq!(r["correct"], 20, "{r}");
+    assert_eq!(r["candidate"], "relay", "{r}");
+    let n = turn.counters();
+    assert!(n.allocations >= 1, "{n:?}");
+    assert!(n.to_peer_bytes > 0 && n.to_client_bytes > 0, "{n:?}");
+    eprintln!("TURN relayed page: {n:?}");
     hub.web.shutdown();
     hub.node.shutdown().await;
 }

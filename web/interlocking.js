@@ -76,9 +76,11 @@ export class Client {
    * `resendMs`: an unanswered command is sent again (same id) this often;
    * `timeoutMs`: then its promise rejects with `code: "timeout"`.
    */
-  constructor({ base, token, resendMs = 1000, timeoutMs = 30000 }) {
+  constructor({ base, token, resendMs = 1000, timeoutMs = 30000, relayOnly = false }) {
     this.base = base;
     this.token = token;
+    // Only TURN-relayed candidates (the root's TURN server, from /join).
+    this.relayOnly = relayOnly;
     this.resendMs = resendMs;
     this.timeoutMs = timeoutMs;
     this.pending = new Map(); // message id -> { frame, resolve, reject, sent, until }
@@ -99,6 +101,7 @@ export class Client {
     this.node = j.node;
     this.secret = j.secret;
     this.stream = j.stream;
+    this.iceServers = j.ice_servers || [];
     this.cert = await RTCPeerConnection.generateCertificate({ name: "ECDSA", namedCurve: "P-256" });
     await this.fresh();
   }
@@ -108,7 +111,11 @@ export class Client {
     if (this.pc) this.pc.close();
     this.session += 1;
     this.generation = 0;
-    const pc = new RTCPeerConnection({ certificates: [this.cert] });
+    const pc = new RTCPeerConnection({
+      certificates: [this.cert],
+      iceServers: this.iceServers,
+      iceTransportPolicy: this.relayOnly ? "relay" : "all",
+    });
     this.pc = pc;
     this.channels = [];
     this.reader = new FrameReader();
@@ -208,6 +215,19 @@ export class Client {
       this.send(frame);
       if (!this.timer) this.timer = setInterval(() => this.tick(), Math.max(10, this.resendMs / 4));
     });
+  }
+
+  /** The local candidate type of the selected pair ("host", "relay", …). */
+  async candidateType() {
+    const stats = await this.pc.getStats();
+    for (const s of stats.values()) {
+      if (s.type === "transport" && s.selectedCandidatePairId) {
+        const pair = stats.get(s.selectedCandidatePairId);
+        const local = pair && stats.get(pair.localCandidateId);
+        if (local) return local.candidateType;
+      }
+    }
+    return null;
   }
 
   /** Sends raw bytes on the control channel (tests). */
