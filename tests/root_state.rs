@@ -112,3 +112,116 @@ async fn a_restarted_root_answers_a_retry_from_the_reply_it_cached_before() {
     tb.shutdown().await;
     root.shutdown().await;
 }
+
+/// The contract every [`RootState`] backend keeps, run against each one
+/// (a shared cluster backend joins the list with a second instance on the
+/// same store as `other`, so cross-root rules are checked too).
+mod contract {
+    use std::time::{Duration, Instant, SystemTime};
+
+    use bytes::Bytes;
+    use interlocking::root::AdmissionError;
+    use interlocking::root::dedupe::Verdict;
+    use interlocking::root::rendezvous::Registration;
+    use interlocking::root::state::{DedupeBounds, LocalState, RootState};
+    use interlocking::vocab::{NodeId, Role, StreamId};
+
+    fn bounds() -> DedupeBounds {
+        DedupeBounds {
+            capacity: 4,
+            max_bytes: 1 << 20,
+            ttl: Duration::from_secs(30),
+            hold: Duration::from_secs(2),
+        }
+    }
+
+    /// `one` and `other` are two roots' views of the same state.
+    async fn check(one: &dyn RootState, other: &dyn RootState) {
+        let (m, now, ttl) = (NodeId::new("m"), SystemTime::now(), Duration::from_secs(60));
+        // Admission: a token redeems once, at whichever root.
+        let t = one
+            .issue([1; 32], &m, Role::Member, ttl, now, &["cam".into()])
+            .unwrap();
+        let claims = other.redeem(&t, &m, Role::Member, now).await.unwrap();
+        assert_eq!(claims.node, m);
+        assert_eq!(
+            one.redeem(&t, &m, Role::Member, now).await,
+            Err(AdmissionError::Reused)
+        );
+        assert!(one.capabilities(&m).contains("cam"));
+        let t = one.issue([1; 32], &m, Role::Member, ttl, now, &[]).unwrap();
+        assert_eq!(
+            other.redeem(&t, &m, Role::Member, now + ttl).await,
+            Err(AdmissionError::Expired)
+        );
+        // The registry.
+        one.register(
+            &m,
+            Registration {
+                addrs: vec!["127.0.0.1:1".into()],
+                capabilities: vec!["cam".into()],
+            },
+        );
+        let mut seen = 0;
+        one.with_registry(&mut |r| seen = r.len());
+        assert_eq!(seen, 1);
+        // Revocation at one root holds at the other and unregisters.
+        other.revoke(&m).await.unwrap();
+        assert!(one.is_revoked(&m) && other.is_revoked(&m));
+        assert_eq!(one.revoked(), vec![m.clone()]);
+        let t = one.issue([1; 32], &m, Role::Member, ttl, now, &[]).unwrap();
+        assert_eq!(
+            one.redeem(&t, &m, Role::Member, now).await,
+            Err(AdmissionError::Revoked(m.clone()))
+        );
+        // Relay dedupe: forward, hold, replay, bounded by count.
+        let t0 = Instant::now();
+        let s = StreamId::new("command:a/b");
+        let k = |from: &str, to: &str, id| (NodeId::new(from), NodeId::new(to), s.clone(), 1, id);
+        let (cmd, reply) = (Bytes::from_static(b"c"), Bytes::from_static(b"r"));
+        assert_eq!(
+            one.relay_verdict(k("a", "b", 1), &cmd, t0).await,
+            Verdict::Forward
+        );
+        assert_eq!(
+            one.relay_verdict(k("a", "b", 1), &cmd, t0).await,
+            Verdict::Drop
+        );
+        assert_eq!(
+            one.relay_verdict(k("b", "a", 1), &reply, t0).await,
+            Verdict::Forward
+        );
+        assert_eq!(
+            one.relay_verdict(k("a", "b", 1), &cmd, t0).await,
+            Verdict::Replay(reply.clone())
+        );
+        for id in 2..=5 {
+            assert_eq!(
+                one.relay_verdict(k("a", "b", id), &cmd, t0).await,
+                Verdict::Forward
+            );
+        }
+        assert_eq!(
+            one.relay_verdict(k("a", "b", 1), &cmd, t0).await,
+            Verdict::Forward,
+            "the oldest key is forgotten past the capacity"
+        );
+        assert!(one.health().ready && other.health().ready);
+        one.close().await;
+        other.close().await;
+    }
+
+    #[tokio::test]
+    async fn local_in_memory() {
+        // One root only: both views are the same instance.
+        let s = LocalState::in_memory(bounds());
+        check(&s, &s).await;
+    }
+
+    #[tokio::test]
+    async fn local_with_a_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalState::open(dir.path(), bounds()).unwrap();
+        check(&s, &s).await;
+    }
+}
