@@ -11,6 +11,9 @@
 //!   [`dedupe::DedupeTable`] for relayed class-A frames;
 //! * [`rendezvous`]: the checks on `Register` (size, addresses, granted
 //!   capabilities) and the answer to every `Lookup`;
+//! * [`state`]: the [`state::RootState`] backend trait (admission,
+//!   revocation, registry, relay dedupe) and its default [`state::LocalState`]
+//!   (state dir files plus `root.redb` for relay dedupe);
 //! * [`mod@join`]: the joining node's side of admission ([`join()`]).
 //!
 //! The relay *transport* that nodes use to reach peers through the root is
@@ -25,6 +28,7 @@ pub mod dedupe;
 pub mod join;
 pub mod rendezvous;
 pub mod service;
+pub mod state;
 
 pub use admission::{AdmissionBook, AdmissionError, JoinToken, codes};
 pub use join::{JoinError, Joined, join};

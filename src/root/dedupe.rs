@@ -47,6 +47,8 @@ pub enum Verdict {
 
 #[derive(Debug)]
 struct Entry {
+    /// When the key was first forwarded (its age counts from here).
+    first: Instant,
     /// When the key was last forwarded.
     forwarded_at: Instant,
     /// The encoded reply that came back for it, if any.
@@ -65,6 +67,20 @@ pub struct DedupeTable {
     seen: HashMap<DedupeKey, Entry>,
     /// Keys in first-forwarded order, for expiry and eviction.
     order: VecDeque<(DedupeKey, Instant)>,
+    /// Forgotten keys not yet taken by [`DedupeTable::take_evicted`], when
+    /// tracking is on (a persisting owner deletes them from its store).
+    evicted: Option<Vec<DedupeKey>>,
+}
+
+/// One remembered key as a persisting owner stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntrySnapshot {
+    /// When the key was first forwarded.
+    pub first: Instant,
+    /// When it was last forwarded.
+    pub forwarded_at: Instant,
+    /// The reply cached for it, if any.
+    pub reply: Option<Bytes>,
 }
 
 impl DedupeTable {
@@ -79,6 +95,59 @@ impl DedupeTable {
             hold,
             seen: HashMap::new(),
             order: VecDeque::new(),
+            evicted: None,
+        }
+    }
+
+    /// Keeps the keys the table forgets (expired or evicted) until
+    /// [`DedupeTable::take_evicted`] takes them; at most `capacity` plus
+    /// the keys forgotten since the last take are held.
+    pub fn tracking_evictions(mut self) -> Self {
+        self.evicted = Some(Vec::new());
+        self
+    }
+
+    /// The keys forgotten since the last call (empty unless tracking).
+    pub fn take_evicted(&mut self) -> Vec<DedupeKey> {
+        self.evicted
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// The state of `key`, if remembered.
+    pub fn snapshot(&self, key: &DedupeKey) -> Option<EntrySnapshot> {
+        self.seen.get(key).map(|e| EntrySnapshot {
+            first: e.first,
+            forwarded_at: e.forwarded_at,
+            reply: e.reply.clone(),
+        })
+    }
+
+    /// Puts back a key loaded from storage. Keys must come oldest `first`
+    /// first; the capacity and byte bounds hold as for new keys (the
+    /// oldest are forgotten). A key already remembered is left as it is.
+    pub fn restore(&mut self, key: DedupeKey, entry: EntrySnapshot) {
+        if self.seen.contains_key(&key) {
+            return;
+        }
+        while self.order.len() >= self.capacity {
+            self.evict_oldest();
+        }
+        if let Some(r) = &entry.reply {
+            self.bytes += r.len();
+        }
+        self.order.push_back((key.clone(), entry.first));
+        self.seen.insert(
+            key,
+            Entry {
+                first: entry.first,
+                forwarded_at: entry.forwarded_at,
+                reply: entry.reply,
+            },
+        );
+        while self.bytes > self.max_bytes && self.order.len() > 1 {
+            self.evict_oldest();
         }
     }
 
@@ -106,6 +175,23 @@ impl DedupeTable {
         frame: &Bytes,
         now: Instant,
     ) -> Verdict {
+        self.on_frame_tracked(from, to, stream, incarnation, message_id, frame, now)
+            .0
+    }
+
+    /// Like [`DedupeTable::on_frame`], also naming the key whose entry the
+    /// call created or changed (to persist it), if any.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_frame_tracked(
+        &mut self,
+        from: &NodeId,
+        to: &NodeId,
+        stream: &StreamId,
+        incarnation: u64,
+        message_id: u64,
+        frame: &Bytes,
+        now: Instant,
+    ) -> (Verdict, Option<DedupeKey>) {
         self.expire(now);
         let key = (
             from.clone(),
@@ -116,13 +202,13 @@ impl DedupeTable {
         );
         if let Some(entry) = self.seen.get_mut(&key) {
             if let Some(reply) = &entry.reply {
-                return Verdict::Replay(reply.clone());
+                return (Verdict::Replay(reply.clone()), None);
             }
             if now.saturating_duration_since(entry.forwarded_at) < self.hold {
-                return Verdict::Drop;
+                return (Verdict::Drop, None);
             }
             entry.forwarded_at = now;
-            return Verdict::Forward;
+            return (Verdict::Forward, Some(key));
         }
         let reverse = (
             to.clone(),
@@ -139,8 +225,10 @@ impl DedupeTable {
                 while self.bytes > self.max_bytes && self.order.len() > 1 {
                     self.evict_oldest();
                 }
+                let changed = self.seen.contains_key(&reverse).then_some(reverse);
+                return (Verdict::Forward, changed);
             }
-            return Verdict::Forward;
+            return (Verdict::Forward, None);
         }
         while self.order.len() >= self.capacity {
             self.evict_oldest();
@@ -148,12 +236,13 @@ impl DedupeTable {
         self.seen.insert(
             key.clone(),
             Entry {
+                first: now,
                 forwarded_at: now,
                 reply: None,
             },
         );
-        self.order.push_back((key, now));
-        Verdict::Forward
+        self.order.push_back((key.clone(), now));
+        (Verdict::Forward, Some(key))
     }
 
     /// Forgets every unanswered key towards `to` (its connection was
@@ -183,6 +272,9 @@ impl DedupeTable {
         if let Some((key, _)) = self.order.pop_front() {
             if let Some(Entry { reply: Some(r), .. }) = self.seen.remove(&key) {
                 self.bytes -= r.len();
+            }
+            if let Some(evicted) = &mut self.evicted {
+                evicted.push(key);
             }
         }
     }

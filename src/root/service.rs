@@ -24,7 +24,7 @@
 //! channel state). The root reads the envelope of relayed inner `Data`
 //! frames for dedupe and nothing else of them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,9 +36,10 @@ use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::admission::{AdmissionBook, AdmissionError, JoinToken, codes, unix_ms};
-use super::dedupe::{DedupeTable, Verdict};
-use super::rendezvous::{self, Registration};
+use super::admission::{AdmissionError, JoinToken, codes, unix_ms};
+use super::dedupe::Verdict;
+use super::rendezvous;
+use super::state::{DedupeBounds, LocalState, RootState, StateHealth};
 use crate::actors::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::sync::lock;
 use crate::transports::probe::ProbeConfig;
@@ -176,12 +177,10 @@ fn bump(c: &AtomicU64) {
 struct Inner {
     config: RootConfig,
     ca: Arc<CertificateAuthority>,
-    book: AdmissionBook,
+    state: Arc<dyn RootState>,
     quic: Arc<QuicTransport>,
     online: Mutex<HashSet<NodeId>>,
     known: Mutex<HashSet<NodeId>>,
-    registry: Mutex<HashMap<NodeId, Registration>>,
-    dedupe: Mutex<DedupeTable>,
     counters: Counters,
 }
 
@@ -217,11 +216,17 @@ impl Root {
     /// starts serving. Must be called inside a tokio runtime.
     pub async fn spawn(config: RootConfig) -> Result<RootHandle, RootError> {
         trust::ensure_crypto_provider();
-        let (ca, book) = match &config.state_dir {
-            Some(dir) => (open_ca(dir)?, AdmissionBook::open(dir)?),
+        let bounds = DedupeBounds {
+            capacity: config.dedupe_capacity,
+            max_bytes: config.dedupe_max_bytes,
+            ttl: config.dedupe_ttl,
+            hold: config.dedupe_hold,
+        };
+        let (ca, state): (_, Arc<dyn RootState>) = match &config.state_dir {
+            Some(dir) => (open_ca(dir)?, Arc::new(LocalState::open(dir, bounds)?)),
             None => (
                 CertificateAuthority::generate("interlocking root CA")?,
-                AdmissionBook::in_memory(),
+                Arc::new(LocalState::in_memory(bounds)),
             ),
         };
         let identity = ca.issue_node(&config.node, Role::Root)?;
@@ -249,21 +254,12 @@ impl Root {
         )?;
 
         let inner = Arc::new(Inner {
-            dedupe: Mutex::new(
-                DedupeTable::new(
-                    config.dedupe_capacity,
-                    config.dedupe_ttl,
-                    config.dedupe_hold,
-                )
-                .with_max_bytes(config.dedupe_max_bytes),
-            ),
             config,
             ca: Arc::new(ca),
-            book,
+            state,
             quic,
             online: Mutex::new(HashSet::new()),
             known: Mutex::new(HashSet::new()),
-            registry: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         });
         let (stop, _) = watch::channel(false);
@@ -377,7 +373,7 @@ impl RootHandle {
         ttl: Option<Duration>,
         capabilities: &[String],
     ) -> Result<JoinToken, AdmissionError> {
-        self.inner.book.issue(
+        self.inner.state.issue(
             self.inner.ca.fingerprint(),
             node,
             role,
@@ -391,8 +387,7 @@ impl RootHandle {
     /// new connections are closed as soon as they are up, relays to and
     /// from it are refused, and its tokens no longer redeem.
     pub async fn revoke(&self, node: &NodeId) -> Result<(), AdmissionError> {
-        self.inner.book.revoke(node)?;
-        lock(&self.inner.registry).remove(node);
+        self.inner.state.revoke(node).await?;
         if lock(&self.inner.online).remove(node) {
             bump(&self.inner.counters.revoked_closed);
             self.inner
@@ -405,7 +400,12 @@ impl RootHandle {
 
     /// Whether `node` is revoked.
     pub fn is_revoked(&self, node: &NodeId) -> bool {
-        self.inner.book.is_revoked(node)
+        self.inner.state.is_revoked(node)
+    }
+
+    /// The root-state backend's health (for readiness).
+    pub fn state_health(&self) -> StateHealth {
+        self.inner.state.health()
     }
 
     /// Nodes connected now, sorted.
@@ -439,12 +439,14 @@ impl RootHandle {
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
+        // Commit queued state and release its files for a successor.
+        self.inner.state.close().await;
     }
 }
 
 /// Why a destination cannot be reached through the root, if it cannot.
 fn destination_refusal(inner: &Inner, to: &NodeId) -> Option<(u16, String)> {
-    if inner.book.is_revoked(to) {
+    if inner.state.is_revoked(to) {
         return Some((codes::REVOKED, format!("{to} is revoked")));
     }
     if lock(&inner.online).contains(to) {
@@ -519,7 +521,7 @@ async fn serve(
         let peer = ev.path.peer;
         match ev.fact {
             Fact::Up => {
-                if inner.book.is_revoked(&peer) {
+                if inner.state.is_revoked(&peer) {
                     bump(&inner.counters.revoked_closed);
                     tracing::warn!(node = %peer, code = codes::REVOKED, "root: revoked node refused");
                     inner
@@ -533,7 +535,7 @@ async fn serve(
             }
             Fact::Down(_) => {
                 lock(&inner.online).remove(&peer);
-                lock(&inner.registry).remove(&peer);
+                inner.state.unregister(&peer);
             }
             Fact::Renewed => {
                 // The node reconnected (perhaps restarted): what was
@@ -560,18 +562,21 @@ fn refuse(inner: &Inner, peer: &NodeId, to: NodeId, code: u16, reason: String) {
 
 /// The dedupe verdict on an encoded inner frame from `from` to `to`: only
 /// class-A data frames (by their `delivery` field) are looked at.
-fn dedupe(inner: &Inner, from: &NodeId, to: &NodeId, frame: &Bytes) -> Verdict {
+async fn dedupe(inner: &Inner, from: &NodeId, to: &NodeId, frame: &Bytes) -> Verdict {
     match decode_frame(frame, &inner.config.codec) {
-        Ok(Frame::Data(d)) if d.delivery == DeliveryClass::A.code() => lock(&inner.dedupe)
-            .on_frame(
-                from,
-                to,
-                &d.stream,
+        Ok(Frame::Data(d)) if d.delivery == DeliveryClass::A.code() => {
+            let key = (
+                from.clone(),
+                to.clone(),
+                d.stream,
                 d.incarnation,
                 d.message_id,
-                frame,
-                std::time::Instant::now(),
-            ),
+            );
+            inner
+                .state
+                .relay_verdict(key, frame, std::time::Instant::now())
+                .await
+        }
         _ => Verdict::Forward,
     }
 }
@@ -601,7 +606,7 @@ async fn on_frame(inner: &Arc<Inner>, peer: NodeId, frame: Frame) {
             if let Some((code, reason)) = destination_refusal(inner, &to) {
                 return refuse(inner, &peer, to, code, reason);
             }
-            match dedupe(inner, &peer, &to, &frame) {
+            match dedupe(inner, &peer, &to, &frame).await {
                 Verdict::Forward => {}
                 Verdict::Drop => {
                     bump(&inner.counters.deduped);
@@ -640,11 +645,9 @@ async fn on_frame(inner: &Arc<Inner>, peer: NodeId, frame: Frame) {
             forward(inner, &peer, to, out);
         }
         Frame::Register(r) => {
-            let allowed = inner.book.capabilities(&peer);
+            let allowed = inner.state.capabilities(&peer);
             match rendezvous::check_register(&peer, &r, &allowed, &inner.config.codec) {
-                Ok(reg) => {
-                    lock(&inner.registry).insert(peer, reg);
-                }
+                Ok(reg) => inner.state.register(&peer, reg),
                 Err((code, reason)) => {
                     // The earlier registration (if any) stays.
                     tracing::warn!(node = %peer, code, reason = %reason, "root: register refused");
@@ -661,15 +664,16 @@ async fn on_frame(inner: &Arc<Inner>, peer: NodeId, frame: Frame) {
             }
         }
         Frame::Lookup(l) => {
-            let reply = {
-                let registry = lock(&inner.registry);
-                rendezvous::answer(
+            let mut reply = None;
+            inner.state.with_registry(&mut |registry| {
+                reply = Some(rendezvous::answer(
                     &l,
-                    &registry,
+                    registry,
                     |n| destination_refusal(inner, n).map(|(code, _)| code),
-                    |n| inner.book.is_revoked(n),
-                )
-            };
+                    |n| inner.state.is_revoked(n),
+                ))
+            });
+            let Some(reply) = reply else { return };
             if let Err(SendError::Encode(e)) =
                 inner.quic.send(&peer, Frame::LookupReply(reply.clone()))
             {
@@ -708,7 +712,7 @@ async fn handle_join(inner: Arc<Inner>, incoming: quinn::Incoming) {
     let mut decoder = FrameDecoder::new(inner.config.codec);
     let request = tokio::time::timeout(limit, read_frame(&mut recv, &mut buf, &mut decoder)).await;
     let answer = match request {
-        Ok(Ok(Some(Frame::JoinRequest(req)))) => admit(&inner, req),
+        Ok(Ok(Some(Frame::JoinRequest(req)))) => admit(&inner, req).await,
         Ok(Ok(Some(other))) => Err(AdmissionError::BadRequest(format!(
             "expected a JoinRequest, got {:?}",
             other.kind()
@@ -754,14 +758,15 @@ async fn handle_join(inner: Arc<Inner>, incoming: quinn::Incoming) {
 }
 
 /// Checks a join request and issues the node's certificate.
-fn admit(inner: &Inner, req: JoinRequest) -> Result<JoinGranted, AdmissionError> {
+async fn admit(inner: &Inner, req: JoinRequest) -> Result<JoinGranted, AdmissionError> {
     let token: JoinToken = req.token.parse()?;
     if token.ca_fingerprint != inner.ca.fingerprint() {
         return Err(AdmissionError::Unknown);
     }
     inner
-        .book
-        .redeem(&token, &req.node, req.role, SystemTime::now())?;
+        .state
+        .redeem(&token, &req.node, req.role, SystemTime::now())
+        .await?;
     let (cert, not_after) = inner
         .ca
         .issue_for_key(
