@@ -251,7 +251,14 @@ impl DedupeTable {
     /// how many keys were forgotten.
     pub fn forget_unanswered_to(&mut self, to: &NodeId) -> usize {
         let before = self.seen.len();
-        self.seen.retain(|k, e| &k.1 != to || e.reply.is_some());
+        let evicted = &mut self.evicted;
+        self.seen.retain(|k, e| {
+            let keep = &k.1 != to || e.reply.is_some();
+            if !keep && let Some(ev) = evicted.as_mut() {
+                ev.push(k.clone());
+            }
+            keep
+        });
         let seen = &self.seen;
         self.order.retain(|(k, _)| seen.contains_key(k));
         before - self.seen.len()

@@ -542,7 +542,7 @@ async fn serve(
                 // forwarded to its old connection and never answered may
                 // be lost, so retries of it must be forwarded again, not
                 // held back as "in flight".
-                let n = lock(&inner.dedupe).forget_unanswered_to(&peer);
+                let n = inner.state.relay_forget_unanswered_to(&peer);
                 tracing::debug!(node = %peer, forgotten = n, "root: connection renewed; unanswered relay keys forgotten");
             }
             Fact::Frame(frame) => on_frame(&inner, peer, frame).await,

@@ -134,6 +134,10 @@ pub trait RootState: Send + Sync + 'static {
     /// The dedupe verdict on a relayed class-A data frame ([`DedupeTable`]).
     async fn relay_verdict(&self, key: DedupeKey, frame: &Bytes, now: Instant) -> Verdict;
 
+    /// Forgets every unanswered relay key towards `to`, whose connection
+    /// was renewed (see [`DedupeTable::forget_unanswered_to`]); how many.
+    fn relay_forget_unanswered_to(&self, to: &NodeId) -> usize;
+
     /// The backend's health, for readiness.
     fn health(&self) -> StateHealth;
 
@@ -468,6 +472,22 @@ impl RootState for LocalState {
             }
         }
         verdict
+    }
+
+    fn relay_forget_unanswered_to(&self, to: &NodeId) -> usize {
+        let (n, evicted) = {
+            let mut t = lock(&self.dedupe);
+            let n = t.forget_unanswered_to(to);
+            (n, t.take_evicted())
+        };
+        if lock(&self.writer).is_some() {
+            for k in evicted {
+                if let Ok(k) = rmp_serde::to_vec(&k) {
+                    self.queue(WriteOp::Del(k));
+                }
+            }
+        }
+        n
     }
 
     fn health(&self) -> StateHealth {
