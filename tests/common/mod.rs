@@ -4,3 +4,4 @@
 pub mod child;
 pub mod contract;
 pub mod rootkit;
+pub mod sim;
