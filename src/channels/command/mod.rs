@@ -23,9 +23,11 @@
 //! - the **server** ([`CommandChannel::serve`]): decodes each command
 //!   envelope, delivers in sequence order, dedupes (memory and store),
 //!   refuses expired commands and commands of a stale authority epoch,
-//!   applies the [`CommandHandler`] at most once per message, stores the
-//!   reply, and answers with a wire [`Ack`](crate::wire::Ack) plus a reply
-//!   envelope; its stream is bound to the one peer allowed to send on it.
+//!   applies the [`CommandHandler`] at most once per message (or an
+//!   [`AtomicHandler`] inside the transaction that stores its dedupe
+//!   record: [`CommandChannel::serve_atomic`]), stores the reply, and
+//!   answers with a wire [`Ack`](crate::wire::Ack) plus a reply envelope;
+//!   its stream is bound to the one peer allowed to send on it.
 //!
 //! It does not choose paths (the routing authority does), does not define
 //! the store's layout and does not retry by itself beyond the outbox's
