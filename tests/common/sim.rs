@@ -175,6 +175,8 @@ fn kill(node: &Node, name: &str) -> bool {
 pub async fn run(seed: u64, cfg: SimConfig) -> SimReport {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let net = MemoryNetwork::new(seed);
+    // Long soaks: the delivery trace is not needed, keep memory bounded.
+    net.record_trace(false);
     let hub_store: Arc<dyn Store> = Arc::new(MemStore::new());
     let mut hub = Some(spawn_hub(&net, &hub_store, cfg.members).await);
     let mut members = Vec::new();
