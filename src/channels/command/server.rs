@@ -583,7 +583,17 @@ impl ServerState {
         Ok(())
     }
 
-    async fn on_data(&mut self, path: PathId, d: Data) -> Result<(), ActorProcessingErr> {
+    /// Handles one data frame; `permit` (its inbox slot) is released once
+    /// the frame is dealt with, or before a durable write, so an answer's
+    /// credit counts the frame's slot as free, as it does after the queued
+    /// flush.
+    async fn on_data(
+        &mut self,
+        path: PathId,
+        d: Data,
+        permit: Permit,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut permit = Some(permit);
         if d.incarnation < self.incarnation {
             self.args.handle.stale.fetch_add(1, Ordering::Relaxed);
             self.reject(
@@ -629,6 +639,7 @@ impl ServerState {
                     if narrow && !self.records.is_empty() {
                         // An effect outside the store happened: make its
                         // record durable now, not behind the mailbox.
+                        drop(permit.take());
                         self.flush().await?;
                     }
                 }
@@ -715,8 +726,7 @@ impl Actor for CommandServerActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ServerMsg::Frame(path, Frame::Data(d), permit) => {
-                state.on_data(path, d).await?;
-                drop(permit);
+                state.on_data(path, d, permit).await?;
                 if !state.answers.is_empty() && !state.flush_queued {
                     // Queued behind every frame already in the mailbox: they
                     // all share one durable write (group commit). Only
