@@ -39,7 +39,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::actors::node::NodeBuilder;
 use crate::channels::SpawnError;
 use crate::channels::command::{
-    CommandChannel, CommandHandler, SenderConfig, ServeConfig, ServeHandle,
+    AtomicHandler, CommandChannel, CommandHandler, SenderConfig, ServeConfig, ServeHandle,
 };
 use crate::config::{ChannelRole, Config, ConfigError};
 use crate::control::{ControlServer, metrics_handle};
@@ -92,6 +92,31 @@ trait Registered: Send + Sync {
 }
 
 struct Factory<F>(F);
+
+/// An [`AtomicHandler`] factory.
+struct AtomicFactory<F>(F);
+
+impl<H, F> Registered for AtomicFactory<F>
+where
+    H: AtomicHandler,
+    F: Fn(&HandlerContext) -> Result<H, String> + Send + Sync,
+{
+    fn serve<'a>(
+        &'a self,
+        node: &'a crate::actors::node::Node,
+        stream: StreamId,
+        peer: NodeId,
+        ctx: &'a HandlerContext,
+    ) -> ServeFuture<'a> {
+        Box::pin(async move {
+            let handler = (self.0)(ctx)?;
+            let store: Arc<dyn crate::store::Store> = ctx.store.clone();
+            CommandChannel::serve_atomic(node, stream, peer, handler, store, ServeConfig::default())
+                .await
+                .map_err(|e: SpawnError| e.to_string())
+        })
+    }
+}
 
 impl<H, F> Registered for Factory<F>
 where
@@ -161,10 +186,22 @@ impl App {
         self
     }
 
-    /// Registers the built-in handlers: `echo` and `kv`.
+    /// Registers an [`AtomicHandler`] built per served stream by `factory`:
+    /// its writes commit with each command's dedupe record.
+    pub fn atomic_handler_with<H, F>(mut self, name: &str, factory: F) -> Self
+    where
+        H: AtomicHandler,
+        F: Fn(&HandlerContext) -> Result<H, String> + Send + Sync + 'static,
+    {
+        self.handlers
+            .insert(name.to_string(), Box::new(AtomicFactory(factory)));
+        self
+    }
+
+    /// Registers the built-in handlers: `echo` and `kv` (atomic).
     pub fn builtin_handlers(self) -> Self {
         self.handler("echo", Echo)
-            .handler_with("kv", |ctx| Kv::open(ctx.store.clone()))
+            .atomic_handler_with("kv", |ctx| Kv::open(ctx.store.clone()))
     }
 
     /// The join token for a first start (overrides `root.join_token`).

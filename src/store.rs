@@ -22,6 +22,9 @@
 //!   repeat after a restart and sequence numbers of a stream have no gaps.
 //! - [`Store::dedupe_record`] is durable before it returns: a receiver acks
 //!   only what it has recorded.
+//! - [`Store::dedupe_record_with`] runs an application's writes (through an
+//!   [`AppTxn`]) in the same durable transaction as the dedupe records and
+//!   cursor they go with: after any crash both are there or neither is.
 
 pub mod group;
 mod mem;
@@ -131,6 +134,63 @@ pub enum StoreError {
     /// A previous panic while holding the store's lock left it unusable.
     #[error("store lock poisoned")]
     Poisoned,
+    /// The backend does not implement this operation (a test double).
+    #[error("not supported by this store: {0}")]
+    Unsupported(&'static str),
+    /// An application table name is empty, too long, or not allowed.
+    #[error("bad application table name {0:?}")]
+    BadTable(String),
+}
+
+/// Longest application table name (see [`AppTxn`]).
+pub const APP_TABLE_MAX: usize = 64;
+
+/// Application tables inside a store transaction: each `table` is a
+/// byte-keyed map of the application's own, kept apart from the channels'
+/// tables (in redb, the table `app/<table>` of the node's file). Table
+/// names are 1–[`APP_TABLE_MAX`] bytes.
+///
+/// Reads see the writes made earlier in the same transaction, including
+/// those of earlier commands of the same group commit.
+pub trait AppTxn {
+    /// The value under `key`.
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Sets `key` to `value`; returns the previous value.
+    fn insert(
+        &mut self,
+        table: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Removes `key`; returns the previous value.
+    fn remove(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+/// What an atomic apply leaves to be committed with its effects: the
+/// dedupe records (whose replies the caller gets back), cursor changes, and
+/// replies that are not recorded (class C).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AtomicBatch {
+    /// Dedupe records, written as by [`Store::dedupe_record`].
+    pub records: Vec<DedupeRecord>,
+    /// Cursor changes.
+    pub cursors: Vec<(StreamId, u64)>,
+    /// Replies not recorded (returned unchanged).
+    pub unrecorded: Vec<(u64, Vec<u8>)>,
+}
+
+/// The application's part of a [`Store::dedupe_record_with`]: runs inside
+/// the store's write transaction (possibly with other callers' operations:
+/// group commit) and returns what to record with its writes. An `Err`
+/// aborts the whole transaction.
+pub type AtomicApply =
+    Box<dyn FnOnce(&mut dyn AppTxn) -> Result<AtomicBatch, StoreError> + Send + 'static>;
+
+fn check_table(table: &str) -> Result<(), StoreError> {
+    if table.is_empty() || table.len() > APP_TABLE_MAX {
+        return Err(StoreError::BadTable(table.to_string()));
+    }
+    Ok(())
 }
 
 /// The storage contract of the channels. Methods are synchronous and may
@@ -196,6 +256,28 @@ pub trait Store: Send + Sync + 'static {
         records: &[DedupeRecord],
         cursors: &[(StreamId, u64)],
     ) -> Result<(), StoreError>;
+
+    /// Runs `apply` inside one durable write transaction, then writes the
+    /// records and cursors it returns in that same transaction, and returns
+    /// them once committed. The application's writes, the records and the
+    /// cursors become durable together or not at all.
+    fn dedupe_record_with(&self, apply: AtomicApply) -> Result<AtomicBatch, StoreError> {
+        let _ = apply;
+        Err(StoreError::Unsupported("dedupe_record_with"))
+    }
+
+    /// Reads `key` of an application table outside any command (see
+    /// [`AppTxn`]); the committed state.
+    fn app_get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let _ = (table, key);
+        Err(StoreError::Unsupported("app_get"))
+    }
+
+    /// How many keys an application table holds.
+    fn app_len(&self, table: &str) -> Result<u64, StoreError> {
+        let _ = table;
+        Err(StoreError::Unsupported("app_len"))
+    }
 
     /// Every retained dedupe record, ordered by stream then message id; used
     /// to rebuild the receiver's in-memory dedupe after a restart.

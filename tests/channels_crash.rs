@@ -35,33 +35,17 @@ use interlocking::channels::{
 };
 use interlocking::store::{MemStore, RedbStore, Store};
 use interlocking::transports::PeerAddr;
-use interlocking::transports::probe::ProbeConfig;
 use interlocking::transports::quic::QuicConfig;
 use interlocking::trust::{CertificateAuthority, NodeIdentity, TrustRoots};
 use interlocking::vocab::{NodeId, PathKind, Role, StreamId};
 use rand::{Rng, SeedableRng};
 use rustls::pki_types::CertificateDer;
 
+mod common;
+use common::child::{env_u64, probe, var};
+
 const CHILD_VAR: &str = "INTERLOCKING_CRASH_CHILD";
 const STREAM: &str = "command:m1/hub";
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("child: {name} not set"))
-}
-
-fn probe() -> ProbeConfig {
-    ProbeConfig {
-        interval: Duration::from_millis(100),
-        timeout: Duration::from_millis(500),
-    }
-}
 
 /// Concurrent sends per wave in the child.
 const WAVE: usize = 8;

@@ -2,7 +2,8 @@
 //! redb backend can show: reopening the same file and group commit.
 
 use interlocking::store::{
-    AppendOutcome, DedupeRecord, MemStore, NewOutboxEntry, OutboxBatch, RedbStore, Store,
+    AppendOutcome, AtomicBatch, DedupeRecord, MemStore, NewOutboxEntry, OutboxBatch, RedbStore,
+    Store, StoreError,
 };
 use interlocking::vocab::StreamId;
 
@@ -145,15 +146,66 @@ fn contract(store: &dyn Store) {
     assert_eq!(store.cursor(&StreamId::new("none")).unwrap(), None);
 }
 
+/// Application writes commit with the records and cursor, or not at all.
+fn atomic_contract(store: &dyn Store) {
+    let s = StreamId::new("command:n/atomic");
+    let record = |id: u64| DedupeRecord {
+        stream: s.clone(),
+        message_id: id,
+        seq: id,
+        reply: vec![id as u8],
+        recorded_at_ms: 1_000,
+    };
+    assert_eq!(store.app_get("t", b"k").unwrap(), None);
+    assert_eq!(store.app_len("t").unwrap(), 0);
+    let (r1, s1) = (record(1), s.clone());
+    let batch = store
+        .dedupe_record_with(Box::new(move |txn| {
+            assert_eq!(txn.insert("t", b"k", b"v1")?, None);
+            // The transaction sees its own writes.
+            assert_eq!(txn.insert("t", b"k", b"v2")?, Some(b"v1".to_vec()));
+            txn.insert("t", b"gone", b"x")?;
+            assert_eq!(txn.remove("t", b"gone")?, Some(b"x".to_vec()));
+            Ok(AtomicBatch {
+                records: vec![r1],
+                cursors: vec![(s1, 1)],
+                unrecorded: vec![],
+            })
+        }))
+        .unwrap();
+    assert_eq!(batch.records.len(), 1);
+    assert_eq!(store.app_get("t", b"k").unwrap(), Some(b"v2".to_vec()));
+    assert_eq!(store.app_get("t", b"gone").unwrap(), None);
+    assert_eq!(store.app_len("t").unwrap(), 1);
+    assert_eq!(store.dedupe_lookup(&s, 1).unwrap(), Some(vec![1]));
+    assert_eq!(store.cursor(&s).unwrap(), Some(1));
+    // An error aborts the writes, the records and the cursor.
+    let (r2, s2) = (record(2), s.clone());
+    let failed = store.dedupe_record_with(Box::new(move |txn| {
+        txn.insert("t", b"k", b"v3")?;
+        let _ = (r2, s2);
+        Err(StoreError::Corrupt("handler gave up".into()))
+    }));
+    assert!(failed.is_err());
+    assert_eq!(store.app_get("t", b"k").unwrap(), Some(b"v2".to_vec()));
+    assert_eq!(store.dedupe_lookup(&s, 2).unwrap(), None);
+    assert_eq!(store.cursor(&s).unwrap(), Some(1));
+    // Table names are bounded.
+    assert!(store.app_get("", b"k").is_err());
+    assert!(store.app_get(&"x".repeat(65), b"k").is_err());
+}
+
 #[test]
 fn mem_store_meets_the_contract() {
     contract(&MemStore::new());
+    atomic_contract(&MemStore::new());
 }
 
 #[test]
 fn redb_store_meets_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     contract(&RedbStore::open(dir.path().join("node.redb")).unwrap());
+    atomic_contract(&RedbStore::open(dir.path().join("atomic.redb")).unwrap());
 }
 
 #[test]

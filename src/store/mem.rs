@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
-    AppendOutcome, DedupeRecord, NewOutboxEntry, OutboxBatch, OutboxRecord, Store, StoreError,
+    AppTxn, AppendOutcome, AtomicApply, AtomicBatch, DedupeRecord, NewOutboxEntry, OutboxBatch,
+    OutboxRecord, Store, StoreError,
 };
 use crate::vocab::StreamId;
 
@@ -35,6 +36,44 @@ struct Inner {
     sender_incarnations: BTreeMap<StreamId, u64>,
     /// Accepted remote sender incarnations by stream.
     peer_incarnations: BTreeMap<StreamId, u64>,
+    /// Application tables: (table, key) → value.
+    app: BTreeMap<(String, Vec<u8>), Vec<u8>>,
+}
+
+/// An [`AppTxn`] over the committed application tables plus the writes of
+/// the running transaction, applied only if it commits.
+struct MemTxn<'a> {
+    committed: &'a BTreeMap<(String, Vec<u8>), Vec<u8>>,
+    writes: BTreeMap<(String, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl AppTxn for MemTxn<'_> {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        super::check_table(table)?;
+        let k = (table.to_string(), key.to_vec());
+        Ok(match self.writes.get(&k) {
+            Some(v) => v.clone(),
+            None => self.committed.get(&k).cloned(),
+        })
+    }
+
+    fn insert(
+        &mut self,
+        table: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let old = self.get(table, key)?;
+        self.writes
+            .insert((table.to_string(), key.to_vec()), Some(value.to_vec()));
+        Ok(old)
+    }
+
+    fn remove(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let old = self.get(table, key)?;
+        self.writes.insert((table.to_string(), key.to_vec()), None);
+        Ok(old)
+    }
 }
 
 /// An in-memory [`Store`]. **Not durable**: for tests and simulations only.
@@ -163,6 +202,48 @@ impl Store for MemStore {
             g.cursors.insert(stream.clone(), *cursor);
         }
         Ok(())
+    }
+
+    fn dedupe_record_with(&self, apply: AtomicApply) -> Result<AtomicBatch, StoreError> {
+        let mut g = self.lock()?;
+        let (batch, writes) = {
+            let mut txn = MemTxn {
+                committed: &g.app,
+                writes: BTreeMap::new(),
+            };
+            let batch = apply(&mut txn)?;
+            (batch, txn.writes)
+        };
+        for (k, v) in writes {
+            match v {
+                Some(v) => g.app.insert(k, v),
+                None => g.app.remove(&k),
+            };
+        }
+        for r in &batch.records {
+            g.dedupe
+                .entry((r.stream.clone(), r.message_id))
+                .or_insert_with(|| r.clone());
+        }
+        for (stream, cursor) in &batch.cursors {
+            g.cursors.insert(stream.clone(), *cursor);
+        }
+        Ok(batch)
+    }
+
+    fn app_get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        super::check_table(table)?;
+        Ok(self
+            .lock()?
+            .app
+            .get(&(table.to_string(), key.to_vec()))
+            .cloned())
+    }
+
+    fn app_len(&self, table: &str) -> Result<u64, StoreError> {
+        super::check_table(table)?;
+        let g = self.lock()?;
+        Ok(g.app.keys().filter(|(t, _)| t == table).count() as u64)
     }
 
     fn pending_outbox_for(&self, stream: &StreamId) -> Result<Vec<OutboxRecord>, StoreError> {

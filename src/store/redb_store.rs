@@ -26,7 +26,8 @@ use redb::{
 
 use super::group::GroupCommitter;
 use super::{
-    AppendOutcome, DedupeRecord, OutboxBatch, OutboxRecord, Store, StoreError, prune_victims,
+    AppTxn, AppendOutcome, AtomicApply, AtomicBatch, DedupeRecord, OutboxBatch, OutboxRecord,
+    Store, StoreError, prune_victims,
 };
 use crate::vocab::StreamId;
 
@@ -175,7 +176,7 @@ impl Store for RedbStore {
     fn append_outbox(&self, batch: &OutboxBatch) -> Result<Vec<AppendOutcome>, StoreError> {
         match self.durable(DurableOp::Append(batch.clone())) {
             DurableOut::Appended(r) => r,
-            DurableOut::Recorded(_) => Err(StoreError::Corrupt("group commit mixed up".into())),
+            _ => Err(StoreError::Corrupt("group commit mixed up".into())),
         }
     }
 
@@ -328,8 +329,38 @@ impl Store for RedbStore {
     ) -> Result<(), StoreError> {
         match self.durable(DurableOp::Record(records.to_vec(), cursors.to_vec())) {
             DurableOut::Recorded(r) => r,
-            DurableOut::Appended(_) => Err(StoreError::Corrupt("group commit mixed up".into())),
+            _ => Err(StoreError::Corrupt("group commit mixed up".into())),
         }
+    }
+
+    fn dedupe_record_with(&self, apply: AtomicApply) -> Result<AtomicBatch, StoreError> {
+        match self.durable(DurableOp::Atomic(apply)) {
+            DurableOut::Atomic(r) => r,
+            _ => Err(StoreError::Corrupt("group commit mixed up".into())),
+        }
+    }
+
+    fn app_get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let name = app_name(table)?;
+        let txn = self.db.begin_read()?;
+        let t = match txn.open_table(app_def(&name)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    fn app_len(&self, table: &str) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata;
+        let name = app_name(table)?;
+        let txn = self.db.begin_read()?;
+        let t = match txn.open_table(app_def(&name)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(t.len()?)
     }
 
     fn dedupe_load(&self) -> Result<Vec<DedupeRecord>, StoreError> {
@@ -418,12 +449,14 @@ impl Store for RedbStore {
 enum DurableOp {
     Append(OutboxBatch),
     Record(Vec<DedupeRecord>, Vec<(StreamId, u64)>),
+    Atomic(AtomicApply),
 }
 
 /// The result of one [`DurableOp`].
 enum DurableOut {
     Appended(Result<Vec<AppendOutcome>, StoreError>),
     Recorded(Result<(), StoreError>),
+    Atomic(Result<AtomicBatch, StoreError>),
 }
 
 impl RedbStore {
@@ -436,15 +469,29 @@ impl RedbStore {
 
     fn commit_group(&self, ops: Vec<DurableOp>) -> Vec<DurableOut> {
         let n = ops.len();
-        let run = || -> Result<Vec<DurableOut>, StoreError> {
+        // What each operation was, to fail them all alike if the commit fails.
+        let kinds: Vec<u8> = ops
+            .iter()
+            .map(|op| match op {
+                DurableOp::Append(_) => 0,
+                DurableOp::Record(..) => 1,
+                DurableOp::Atomic(_) => 2,
+            })
+            .collect();
+        let run = move || -> Result<Vec<DurableOut>, StoreError> {
             let txn = self.begin(true)?;
             let mut outs = Vec::with_capacity(n);
-            for op in &ops {
+            for op in ops {
                 outs.push(match op {
-                    DurableOp::Append(batch) => DurableOut::Appended(Ok(append_in(&txn, batch)?)),
+                    DurableOp::Append(batch) => DurableOut::Appended(Ok(append_in(&txn, &batch)?)),
                     DurableOp::Record(records, cursors) => {
-                        record_in(&txn, records, cursors)?;
+                        record_in(&txn, &records, &cursors)?;
                         DurableOut::Recorded(Ok(()))
+                    }
+                    DurableOp::Atomic(apply) => {
+                        let batch = apply(&mut RedbTxn(&txn))?;
+                        record_in(&txn, &batch.records, &batch.cursors)?;
+                        DurableOut::Atomic(Ok(batch))
                     }
                 });
             }
@@ -457,12 +504,14 @@ impl RedbStore {
             Err(e) => {
                 // The whole transaction failed: so did every operation in it.
                 let why = e.to_string();
-                ops.iter()
-                    .map(|op| {
+                kinds
+                    .iter()
+                    .map(|kind| {
                         let e = StoreError::Corrupt(format!("group commit failed: {why}"));
-                        match op {
-                            DurableOp::Append(_) => DurableOut::Appended(Err(e)),
-                            DurableOp::Record(..) => DurableOut::Recorded(Err(e)),
+                        match kind {
+                            0 => DurableOut::Appended(Err(e)),
+                            1 => DurableOut::Recorded(Err(e)),
+                            _ => DurableOut::Atomic(Err(e)),
                         }
                     })
                     .collect()
@@ -475,6 +524,44 @@ impl RedbStore {
     /// many operations shared each fsync.
     pub fn grouped_ops(&self) -> u64 {
         self.grouped_ops.load(Ordering::Relaxed)
+    }
+}
+
+/// The redb name of an application table (checked): `app/<table>`.
+fn app_name(table: &str) -> Result<String, StoreError> {
+    super::check_table(table)?;
+    Ok(format!("app/{table}"))
+}
+
+/// The definition of an application table named by [`app_name`].
+fn app_def(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
+    TableDefinition::new(name)
+}
+
+/// An [`AppTxn`] on a redb write transaction.
+struct RedbTxn<'a>(&'a WriteTransaction);
+
+impl AppTxn for RedbTxn<'_> {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.0.open_table(app_def(&app_name(table)?))?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    fn insert(
+        &mut self,
+        table: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut t = self.0.open_table(app_def(&app_name(table)?))?;
+        let old = t.insert(key, value)?.map(|v| v.value().to_vec());
+        Ok(old)
+    }
+
+    fn remove(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut t = self.0.open_table(app_def(&app_name(table)?))?;
+        let old = t.remove(key)?.map(|v| v.value().to_vec());
+        Ok(old)
     }
 }
 

@@ -1,5 +1,7 @@
-//! The command channel's application API: the handler trait, send
-//! options, errors and the wall clock.
+//! The command channel's application API: the handler traits (effects
+//! outside the store: [`CommandHandler`]; effects in the store, committed
+//! with the dedupe record: [`AtomicHandler`]), send options, errors and the
+//! wall clock.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -8,7 +10,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::vocab::{DeliveryClass, TrafficClass};
+use crate::store::AppTxn;
+use crate::vocab::{DeliveryClass, StreamId, TrafficClass};
 
 /// A wall clock in milliseconds since the Unix epoch (injectable for tests).
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -23,7 +26,35 @@ pub fn system_clock() -> Clock {
     })
 }
 
-/// Applies the commands of one stream on the receiving node.
+/// Who one command is, for handlers that make their effects idempotent
+/// themselves: the same command resent (after any crash) has the same
+/// context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CommandContext {
+    /// The logical stream.
+    pub stream: StreamId,
+    /// The sender's incarnation: message ids and sequence numbers are
+    /// unique within it.
+    pub incarnation: u64,
+    /// The sender's message id (unique per sender node and incarnation).
+    pub message_id: u64,
+    /// The sequence number on the stream (0: class C, unordered).
+    pub seq: u64,
+    /// The sender's operation key, if it set one.
+    pub operation_key: Option<String>,
+}
+
+/// Applies the commands of one stream on the receiving node, with effects
+/// **outside** the node's store (a file, another service, memory).
+///
+/// Guarantee (see `docs/channels.md`, "Handler styles"): called at most
+/// once per accepted message while the node runs; across a crash of the
+/// receiving node, a command applied in the last moments before the crash
+/// (after `handle` returned, before its dedupe record was fsync'd) is
+/// applied again after the restart. Make such effects idempotent with
+/// [`CommandContext`] ([`CommandHandler::handle_with`]), or use
+/// [`AtomicHandler`] when the effect can live in the store.
 #[async_trait]
 pub trait CommandHandler: Send + Sync + 'static {
     /// The command type (MessagePack on the wire).
@@ -31,8 +62,45 @@ pub trait CommandHandler: Send + Sync + 'static {
     /// The reply type (MessagePack on the wire).
     type Reply: Serialize + DeserializeOwned + Send;
     /// Applies one command; called at most once per accepted message, in
-    /// sequence order.
+    /// sequence order (but see the trait's note on crashes).
     async fn handle(&self, cmd: Self::Command) -> Result<Self::Reply, String>;
+
+    /// Applies one command knowing who it is; what the channel calls. The
+    /// default forgets the context and calls [`CommandHandler::handle`].
+    async fn handle_with(
+        &self,
+        ctx: &CommandContext,
+        cmd: Self::Command,
+    ) -> Result<Self::Reply, String> {
+        let _ = ctx;
+        self.handle(cmd).await
+    }
+}
+
+/// Applies the commands of one stream with effects **inside** the node's
+/// store: its writes go through `txn` and commit in the same durable
+/// transaction as the command's dedupe record, reply and delivered cursor.
+///
+/// Guarantee: exactly once, across crashes of either node — after any
+/// crash a command is either applied with its record or not at all (then
+/// it is resent and applied). Runs on a blocking thread inside the store's
+/// write transaction, so it must be quick and must not wait on the
+/// network; several commands (of this and other streams) may share one
+/// transaction (group commit), and `txn` shows the earlier ones' writes.
+/// Writes made before returning `Err` commit with the error reply:
+/// validate first, then write.
+pub trait AtomicHandler: Send + Sync + 'static {
+    /// The command type (MessagePack on the wire).
+    type Command: Serialize + DeserializeOwned + Send;
+    /// The reply type (MessagePack on the wire).
+    type Reply: Serialize + DeserializeOwned + Send;
+    /// Applies one command in `txn`, in sequence order.
+    fn handle(
+        &self,
+        txn: &mut dyn AppTxn,
+        ctx: &CommandContext,
+        cmd: Self::Command,
+    ) -> Result<Self::Reply, String>;
 }
 
 /// Errors a command sender sees.

@@ -23,9 +23,11 @@
 //! - the **server** ([`CommandChannel::serve`]): decodes each command
 //!   envelope, delivers in sequence order, dedupes (memory and store),
 //!   refuses expired commands and commands of a stale authority epoch,
-//!   applies the [`CommandHandler`] at most once per message, stores the
-//!   reply, and answers with a wire [`Ack`](crate::wire::Ack) plus a reply
-//!   envelope; its stream is bound to the one peer allowed to send on it.
+//!   applies the [`CommandHandler`] at most once per message (or an
+//!   [`AtomicHandler`] inside the transaction that stores its dedupe
+//!   record: [`CommandChannel::serve_atomic`]), stores the reply, and
+//!   answers with a wire [`Ack`](crate::wire::Ack) plus a reply envelope;
+//!   its stream is bound to the one peer allowed to send on it.
 //!
 //! It does not choose paths (the routing authority does), does not define
 //! the store's layout and does not retry by itself beyond the outbox's
@@ -109,7 +111,9 @@ pub mod sender;
 pub mod server;
 
 pub use crate::vocab::DeliveryClass;
-pub use api::{Clock, CommandError, CommandHandler, SendOptions, system_clock};
+pub use api::{
+    AtomicHandler, Clock, CommandContext, CommandError, CommandHandler, SendOptions, system_clock,
+};
 pub use config::{SenderConfig, ServeConfig};
 pub use envelope::{Envelope, EnvelopeKind, REJECT_UNDECODABLE, ReplyBody};
 pub use sender::{
@@ -121,7 +125,7 @@ pub use server::{
 };
 
 use sender::SenderShared;
-use server::{ErasedHandler, Typed};
+use server::{Atomic, ErasedHandler, Typed};
 
 /// The name, within its node, of the sender actor of `stream`: find the
 /// running incarnation with [`Node::actor`].
@@ -264,6 +268,11 @@ impl CommandChannel {
     /// actor under the node's supervisor. Frames from any other node are
     /// refused by the session (`NOT_BOUND`) and never reach the handler.
     /// Replies go back on the path each command arrived on.
+    ///
+    /// The handler's effects are outside the store: see
+    /// [`CommandHandler`] for what a crash of this node can do to them, and
+    /// [`CommandChannel::serve_atomic`] for effects that commit with the
+    /// dedupe record.
     pub async fn serve<H: CommandHandler>(
         node: &Node,
         stream: StreamId,
@@ -272,9 +281,35 @@ impl CommandChannel {
         store: Arc<dyn Store>,
         config: ServeConfig,
     ) -> Result<Arc<ServeHandle>, SpawnError> {
+        Self::serve_erased(node, stream, peer, Arc::new(Typed(handler)), store, config).await
+    }
+
+    /// Serves `stream` as [`CommandChannel::serve`] does, with a handler
+    /// whose effects are writes in `store`, committed in the same durable
+    /// transaction as each command's dedupe record and reply: exactly once
+    /// across crashes (see [`AtomicHandler`]). `store` must implement
+    /// [`Store::dedupe_record_with`] (both backends do).
+    pub async fn serve_atomic<H: AtomicHandler>(
+        node: &Node,
+        stream: StreamId,
+        peer: NodeId,
+        handler: H,
+        store: Arc<dyn Store>,
+        config: ServeConfig,
+    ) -> Result<Arc<ServeHandle>, SpawnError> {
+        Self::serve_erased(node, stream, peer, Arc::new(Atomic(handler)), store, config).await
+    }
+
+    async fn serve_erased(
+        node: &Node,
+        stream: StreamId,
+        peer: NodeId,
+        handler: Arc<dyn ErasedHandler>,
+        store: Arc<dyn Store>,
+        config: ServeConfig,
+    ) -> Result<Arc<ServeHandle>, SpawnError> {
         let name = node.scoped_name(&server_actor_name(&stream));
         let handle: Arc<ServeHandle> = Arc::default();
-        let handler: Arc<dyn ErasedHandler> = Arc::new(Typed(handler));
         let incarnation = {
             let (store, stream) = (store.clone(), stream.clone());
             tokio::task::spawn_blocking(move || store.peer_incarnation(&stream))

@@ -10,6 +10,20 @@
 //! a sender incarnation older than the current one gets
 //! [`codes::STALE_INCARNATION`]. The node's stream session has already
 //! checked that the frame came from the bound peer.
+//!
+//! Durability of an applied command, by handler style (`docs/channels.md`,
+//! "Handler styles"):
+//! - an [`AtomicHandler`](super::AtomicHandler) is not called when its
+//!   command is delivered but in the next flush, inside the store
+//!   transaction that writes the dedupe records and cursor
+//!   ([`Store::dedupe_record_with`]). The flush is queued behind the frames
+//!   already in the mailbox, so a burst shares one transaction and one fsync
+//!   (group commit); nothing is applied before it, so nothing can be lost
+//!   or doubled by a crash in between;
+//! - a [`CommandHandler`] is called on delivery and its record is made
+//!   durable right after that one command, before the next frame is
+//!   looked at: a crash can re-apply at most the command being applied or
+//!   fsync'd at that moment.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,13 +32,15 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::api::CommandHandler;
+use std::collections::HashMap;
+
+use super::api::{AtomicHandler, CommandContext, CommandHandler};
 use super::config::ServeConfig;
 use super::envelope::{Envelope, EnvelopeKind, REJECT_UNDECODABLE, ReplyBody};
 use crate::actors::node::NodeLink;
 use crate::actors::session::{Permit, Session, codes};
 use crate::channels::{Check, Dedupe, Offer, Sequencer};
-use crate::store::{DedupeRecord, Store};
+use crate::store::{AppTxn, AtomicBatch, DedupeRecord, Store};
 use crate::vocab::{PathId, StreamId};
 use crate::wire::{Ack, Data, Frame, Reject};
 
@@ -91,28 +107,134 @@ impl ServeHandle {
     }
 }
 
+/// A handler of either style, with its types erased.
 #[async_trait]
 pub(super) trait ErasedHandler: Send + Sync + 'static {
-    async fn apply(&self, body: &[u8]) -> ReplyBody;
+    /// Whether it is an [`AtomicHandler`] (applied in the flush, by
+    /// [`ErasedHandler::apply_in`]).
+    fn atomic(&self) -> bool;
+    /// Applies a [`CommandHandler`]'s command.
+    async fn apply(&self, ctx: &CommandContext, body: &[u8]) -> ReplyBody;
+    /// Applies an [`AtomicHandler`]'s command inside `txn`.
+    fn apply_in(&self, txn: &mut dyn AppTxn, ctx: &CommandContext, body: &[u8]) -> ReplyBody;
 }
 
+fn reply_body<R: serde::Serialize>(r: Result<R, String>) -> ReplyBody {
+    match r {
+        Ok(r) => match rmp_serde::to_vec(&r) {
+            Ok(b) => ReplyBody::Ok(b),
+            Err(e) => ReplyBody::Handler(format!("unencodable reply: {e}")),
+        },
+        Err(e) => ReplyBody::Handler(e),
+    }
+}
+
+/// A [`CommandHandler`], erased.
 pub(super) struct Typed<H>(pub(super) H);
 
 #[async_trait]
 impl<H: CommandHandler> ErasedHandler for Typed<H> {
-    async fn apply(&self, body: &[u8]) -> ReplyBody {
+    fn atomic(&self) -> bool {
+        false
+    }
+
+    async fn apply(&self, ctx: &CommandContext, body: &[u8]) -> ReplyBody {
         let cmd: H::Command = match rmp_serde::from_slice(body) {
             Ok(c) => c,
             Err(e) => return ReplyBody::Rejected(format!("undecodable command: {e}")),
         };
-        match self.0.handle(cmd).await {
-            Ok(r) => match rmp_serde::to_vec(&r) {
-                Ok(b) => ReplyBody::Ok(b),
-                Err(e) => ReplyBody::Handler(format!("unencodable reply: {e}")),
-            },
-            Err(e) => ReplyBody::Handler(e),
-        }
+        reply_body(self.0.handle_with(ctx, cmd).await)
     }
+
+    fn apply_in(&self, _: &mut dyn AppTxn, _: &CommandContext, _: &[u8]) -> ReplyBody {
+        ReplyBody::Handler("not an atomic handler".into())
+    }
+}
+
+/// An [`AtomicHandler`], erased.
+pub(super) struct Atomic<H>(pub(super) H);
+
+#[async_trait]
+impl<H: AtomicHandler> ErasedHandler for Atomic<H> {
+    fn atomic(&self) -> bool {
+        true
+    }
+
+    async fn apply(&self, _: &CommandContext, _: &[u8]) -> ReplyBody {
+        ReplyBody::Handler("an atomic handler runs inside the store".into())
+    }
+
+    fn apply_in(&self, txn: &mut dyn AppTxn, ctx: &CommandContext, body: &[u8]) -> ReplyBody {
+        let cmd: H::Command = match rmp_serde::from_slice(body) {
+            Ok(c) => c,
+            Err(e) => return ReplyBody::Rejected(format!("undecodable command: {e}")),
+        };
+        reply_body(self.0.handle(txn, ctx, cmd))
+    }
+}
+
+/// A delivered command of an atomic handler, applied in the next flush.
+struct PendingApply {
+    ctx: CommandContext,
+    reply_stream: StreamId,
+    body: Vec<u8>,
+    epoch: u64,
+    recorded_at_ms: u64,
+}
+
+/// An answer waiting for the flush: its reply, or the id of a message an
+/// atomic handler applies in that flush.
+enum Answer {
+    Ready(Vec<u8>),
+    Pending(u64),
+}
+
+/// The encoded reply envelope of message `message_id`.
+fn reply_envelope(
+    message_id: u64,
+    stream: &StreamId,
+    issued_at_ms: u64,
+    epoch: u64,
+    body: &ReplyBody,
+) -> Vec<u8> {
+    Envelope {
+        kind: EnvelopeKind::Reply,
+        message_id,
+        stream_id: stream.clone(),
+        issued_at_ms,
+        ttl_ms: 0,
+        authority_epoch: epoch,
+        operation_key: None,
+        body: rmp_serde::to_vec(body).unwrap_or_default(),
+    }
+    .encode()
+}
+
+/// Applies `pending` in `txn`; returns their records after `records`.
+fn apply_pending(
+    handler: &dyn ErasedHandler,
+    txn: &mut dyn AppTxn,
+    key: &StreamId,
+    pending: Vec<PendingApply>,
+    mut records: Vec<DedupeRecord>,
+) -> Vec<DedupeRecord> {
+    for p in pending {
+        let body = handler.apply_in(txn, &p.ctx, &p.body);
+        records.push(DedupeRecord {
+            stream: key.clone(),
+            message_id: p.ctx.message_id,
+            seq: p.ctx.seq,
+            reply: reply_envelope(
+                p.ctx.message_id,
+                &p.reply_stream,
+                p.recorded_at_ms,
+                p.epoch,
+                &body,
+            ),
+            recorded_at_ms: p.recorded_at_ms,
+        });
+    }
+    records
 }
 
 /// Arguments of a [`CommandServerActor`] (rebuilt on every restart).
@@ -140,7 +262,10 @@ pub struct ServerState {
     /// The highest sequence number applied since the last flush.
     cursor: Option<u64>,
     /// Answers held until the records they depend on are durable, in order.
-    answers: Vec<(PathId, Data, Vec<u8>)>,
+    answers: Vec<(PathId, Data, Answer)>,
+    /// Commands of an atomic handler delivered since the last flush, which
+    /// applies them.
+    pending: Vec<PendingApply>,
     flush_queued: bool,
     /// When dedupe records were last pruned to the retention.
     last_prune: tokio::time::Instant,
@@ -172,26 +297,40 @@ impl ServerState {
     }
 
     fn reply_envelope(&self, env: &Envelope, body: &ReplyBody) -> Vec<u8> {
-        Envelope {
-            kind: EnvelopeKind::Reply,
-            message_id: env.message_id,
-            stream_id: env.stream_id.clone(),
-            issued_at_ms: (self.args.config.clock)(),
-            ttl_ms: 0,
-            authority_epoch: self.args.handle.epoch(),
-            operation_key: None,
-            body: rmp_serde::to_vec(body).unwrap_or_default(),
-        }
-        .encode()
+        reply_envelope(
+            env.message_id,
+            &env.stream_id,
+            (self.args.config.clock)(),
+            self.args.handle.epoch(),
+            body,
+        )
     }
 
-    /// Applies (or refuses) one message in order; returns the stored reply.
-    async fn apply(&mut self, d: &Data, env: &Envelope) -> Result<Vec<u8>, ActorProcessingErr> {
+    fn context(&self, d: &Data, env: &Envelope) -> CommandContext {
+        CommandContext {
+            stream: self.args.stream.clone(),
+            incarnation: d.incarnation,
+            message_id: d.message_id,
+            seq: d.seq,
+            operation_key: env.operation_key.clone(),
+        }
+    }
+
+    /// Applies (or refuses) one message in order; returns the stored reply,
+    /// or, for an atomic handler's command, that it is applied in the next
+    /// flush.
+    async fn apply(&mut self, d: &Data, env: &Envelope) -> Result<Answer, ActorProcessingErr> {
         let stream = &self.key;
         if let Check::Seen(reply) = self.dedupe.check(stream, d.message_id) {
-            return Ok(reply.to_vec());
+            return Ok(Answer::Ready(reply.to_vec()));
         }
         let now_ms = (self.args.config.clock)();
+        let runs = env.kind != EnvelopeKind::Cancel
+            && !(env.ttl_ms > 0 && env.issued_at_ms.saturating_add(env.ttl_ms) < now_ms)
+            && env.authority_epoch >= self.args.handle.epoch();
+        if runs && self.args.handler.atomic() {
+            return self.apply_atomic(d, env, now_ms).await;
+        }
         let body = if env.kind == EnvelopeKind::Cancel {
             ReplyBody::Rejected("cancelled".into())
         } else if env.ttl_ms > 0 && env.issued_at_ms.saturating_add(env.ttl_ms) < now_ms {
@@ -203,7 +342,11 @@ impl ServerState {
                 self.args.handle.epoch()
             ))
         } else {
-            let r = self.args.handler.apply(&env.body).await;
+            let r = self
+                .args
+                .handler
+                .apply(&self.context(d, env), &env.body)
+                .await;
             self.args.handle.applied.fetch_add(1, Ordering::Relaxed);
             r
         };
@@ -219,7 +362,7 @@ impl ServerState {
                 reply.clone(),
                 tokio::time::Instant::now().into_std(),
             );
-            return Ok(reply);
+            return Ok(Answer::Ready(reply));
         }
         // Made durable by the next flush, with every other record applied
         // before it (group commit); its answer waits for that flush.
@@ -237,7 +380,62 @@ impl ServerState {
             reply.clone(),
             tokio::time::Instant::now().into_std(),
         );
-        Ok(reply)
+        Ok(Answer::Ready(reply))
+    }
+
+    /// An atomic handler's command: ordered ones wait for the flush, which
+    /// applies them in its transaction; class C (never recorded) gets a
+    /// transaction of its own now.
+    async fn apply_atomic(
+        &mut self,
+        d: &Data,
+        env: &Envelope,
+        now_ms: u64,
+    ) -> Result<Answer, ActorProcessingErr> {
+        let p = PendingApply {
+            ctx: self.context(d, env),
+            reply_stream: env.stream_id.clone(),
+            body: env.body.to_vec(),
+            epoch: self.args.handle.epoch(),
+            recorded_at_ms: now_ms,
+        };
+        if d.seq != 0 {
+            self.pending.push(p);
+            self.cursor = Some(self.cursor.map_or(d.seq, |c| c.max(d.seq)));
+            return Ok(Answer::Pending(d.message_id));
+        }
+        let (store, handler, key) = (
+            self.args.store.clone(),
+            self.args.handler.clone(),
+            self.key.clone(),
+        );
+        let batch = tokio::task::spawn_blocking(move || {
+            store.dedupe_record_with(Box::new(move |txn| {
+                let mut unrecorded = Vec::new();
+                for r in apply_pending(handler.as_ref(), txn, &key, vec![p], Vec::new()) {
+                    unrecorded.push((r.message_id, r.reply));
+                }
+                Ok(AtomicBatch {
+                    unrecorded,
+                    ..AtomicBatch::default()
+                })
+            }))
+        })
+        .await??;
+        self.args.handle.applied.fetch_add(1, Ordering::Relaxed);
+        let reply = batch
+            .unrecorded
+            .into_iter()
+            .next()
+            .map(|(_, r)| r)
+            .unwrap_or_default();
+        self.dedupe.record(
+            &self.key,
+            d.message_id,
+            reply.clone(),
+            tokio::time::Instant::now().into_std(),
+        );
+        Ok(Answer::Ready(reply))
     }
 
     /// Writes the pending dedupe records and cursor in one transaction off
@@ -245,7 +443,37 @@ impl ServerState {
     async fn flush(&mut self) -> Result<(), ActorProcessingErr> {
         let records = std::mem::take(&mut self.records);
         let cursor = self.cursor.take();
-        if !records.is_empty() || cursor.is_some() {
+        let pending = std::mem::take(&mut self.pending);
+        let mut applied: HashMap<u64, Vec<u8>> = HashMap::new();
+        if !pending.is_empty() {
+            // The atomic handler's effects, their records, the other
+            // records and the cursor: one transaction.
+            let n = pending.len() as u64;
+            let (store, key) = (self.args.store.clone(), self.key.clone());
+            let handler = self.args.handler.clone();
+            let gate = self.args.handle.store_gate.clone().lock_owned().await;
+            let batch = tokio::task::spawn_blocking(move || {
+                let _gate = gate;
+                store.dedupe_record_with(Box::new(move |txn| {
+                    let cursors: Vec<(StreamId, u64)> =
+                        cursor.map(|c| (key.clone(), c)).into_iter().collect();
+                    let records = apply_pending(handler.as_ref(), txn, &key, pending, records);
+                    Ok(AtomicBatch {
+                        records,
+                        cursors,
+                        unrecorded: Vec::new(),
+                    })
+                }))
+            })
+            .await??;
+            self.args.handle.applied.fetch_add(n, Ordering::Relaxed);
+            let now = tokio::time::Instant::now().into_std();
+            for r in batch.records {
+                self.dedupe
+                    .record(&self.key, r.message_id, r.reply.clone(), now);
+                applied.insert(r.message_id, r.reply);
+            }
+        } else if !records.is_empty() || cursor.is_some() {
             let (store, stream) = (self.args.store.clone(), self.key.clone());
             let gate = self.args.handle.store_gate.clone().lock_owned().await;
             tokio::task::spawn_blocking(move || {
@@ -256,7 +484,19 @@ impl ServerState {
             })
             .await??;
         }
-        for (path, d, reply) in std::mem::take(&mut self.answers) {
+        for (path, d, answer) in std::mem::take(&mut self.answers) {
+            let reply = match answer {
+                Answer::Ready(reply) => reply,
+                Answer::Pending(id) => match applied.get(&id) {
+                    Some(reply) => reply.clone(),
+                    None => match self.dedupe.check(&self.key, id) {
+                        Check::Seen(reply) => reply.to_vec(),
+                        // Not reached: a pending answer's command was in
+                        // this flush or an earlier one.
+                        _ => continue,
+                    },
+                },
+            };
             self.answer(&path, &d, &reply);
         }
         self.prune_if_due().await;
@@ -343,7 +583,17 @@ impl ServerState {
         Ok(())
     }
 
-    async fn on_data(&mut self, path: PathId, d: Data) -> Result<(), ActorProcessingErr> {
+    /// Handles one data frame; `permit` (its inbox slot) is released once
+    /// the frame is dealt with, or before a durable write, so an answer's
+    /// credit counts the frame's slot as free, as it does after the queued
+    /// flush.
+    async fn on_data(
+        &mut self,
+        path: PathId,
+        d: Data,
+        permit: Permit,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut permit = Some(permit);
         if d.incarnation < self.incarnation {
             self.args.handle.stale.fetch_add(1, Ordering::Relaxed);
             self.reject(
@@ -374,16 +624,24 @@ impl ServerState {
             self.adopt(d.incarnation).await?;
         }
         if d.seq == 0 {
-            let reply = self.apply(&d, &env).await?;
-            self.answer(&path, &d, &reply);
+            if let Answer::Ready(reply) = self.apply(&d, &env).await? {
+                self.answer(&path, &d, &reply);
+            }
             return Ok(());
         }
+        let narrow = !self.args.handler.atomic();
         let key = self.key.clone();
         match self.order.offer(&key, d.seq, (path, d, env)) {
             Offer::Deliver(items) => {
                 for (_, (path, d, env)) in items {
-                    let reply = self.apply(&d, &env).await?;
-                    self.answers.push((path, d, reply));
+                    let answer = self.apply(&d, &env).await?;
+                    self.answers.push((path, d, answer));
+                    if narrow && !self.records.is_empty() {
+                        // An effect outside the store happened: make its
+                        // record durable now, not behind the mailbox.
+                        drop(permit.take());
+                        self.flush().await?;
+                    }
                 }
             }
             Offer::Delivered((path, d, _)) => {
@@ -391,9 +649,16 @@ impl ServerState {
                 // so the answer also waits for the flush.
                 if let Check::Seen(reply) = self.dedupe.check(&key, d.message_id) {
                     let reply = reply.to_vec();
-                    self.answers.push((path, d, reply));
+                    self.answers.push((path, d, Answer::Ready(reply)));
+                } else if self
+                    .pending
+                    .iter()
+                    .any(|p| p.ctx.message_id == d.message_id)
+                {
+                    let id = d.message_id;
+                    self.answers.push((path, d, Answer::Pending(id)));
                 } else if let Ok(Some(reply)) = self.args.store.dedupe_lookup(&key, d.message_id) {
-                    self.answers.push((path, d, reply));
+                    self.answers.push((path, d, Answer::Ready(reply)));
                 } else {
                     // Applied long ago, record pruned: say so, never silence
                     // (the sender would retransmit it forever).
@@ -447,6 +712,7 @@ impl Actor for CommandServerActor {
             records: Vec::new(),
             cursor: None,
             answers: Vec::new(),
+            pending: Vec::new(),
             flush_queued: false,
             last_prune: tokio::time::Instant::now(),
         })
@@ -460,11 +726,12 @@ impl Actor for CommandServerActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ServerMsg::Frame(path, Frame::Data(d), permit) => {
-                state.on_data(path, d).await?;
-                drop(permit);
+                state.on_data(path, d, permit).await?;
                 if !state.answers.is_empty() && !state.flush_queued {
                     // Queued behind every frame already in the mailbox: they
-                    // all share one durable write (group commit).
+                    // all share one durable write (group commit). Only
+                    // atomic applies and duplicates' answers wait here: a
+                    // non-atomic handler's records were flushed on apply.
                     state.flush_queued = true;
                     myself.cast(ServerMsg::Flush)?;
                 }
