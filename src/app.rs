@@ -361,16 +361,16 @@ impl App {
                     async move { result }
                 });
             } else {
-            builder = builder.transport(PathKind::Relay, move |sink| {
-                let sink = metered::metered_sink(PathKind::Relay, sink);
-                let result = RelayTransport::bind(relay.clone(), sink)
-                    .map(|t| {
-                        *lock(&slot) = Some(t.clone());
-                        metered::Metered::wrap(t as Arc<dyn Transport>)
-                    })
-                    .map_err(|e| e.to_string());
-                async move { result }
-            });
+                builder = builder.transport(PathKind::Relay, move |sink| {
+                    let sink = metered::metered_sink(PathKind::Relay, sink);
+                    let result = RelayTransport::bind(relay.clone(), sink)
+                        .map(|t| {
+                            *lock(&slot) = Some(t.clone());
+                            metered::Metered::wrap(t as Arc<dyn Transport>)
+                        })
+                        .map_err(|e| e.to_string());
+                    async move { result }
+                });
             }
         }
         let relay_kind = match cfg.sidecar {

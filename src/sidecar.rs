@@ -56,9 +56,7 @@ use tokio::task::JoinHandle;
 use crate::sync::lock;
 use crate::transports::quic::{QuicConfig, QuicError, QuicTransport};
 use crate::transports::relay::DEFAULT_ROOT_MISSES;
-pub use crate::transports::sidecar::{
-    SidecarStatus, secret_path, socket_path, status_path,
-};
+pub use crate::transports::sidecar::{SidecarStatus, secret_path, socket_path, status_path};
 use crate::transports::{Fact, PeerAddr, SendError, Transport, TransportEvent};
 use crate::vocab::{NodeId, Role};
 use crate::wire::codes::sidecar as codes;
@@ -341,7 +339,8 @@ impl Sidecar {
     /// Closes the local sessions and the remote session, removes the socket.
     pub async fn shutdown(self) {
         let _ = self.inner.shutdown.send(true);
-        self.inner.close_all(codes::REMOTE_CLOSED, "sidecar stopping");
+        self.inner
+            .close_all(codes::REMOTE_CLOSED, "sidecar stopping");
         self.inner.link.shutdown().await;
         for t in &self.tasks {
             t.abort();
@@ -429,7 +428,10 @@ async fn remote_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<TransportEvent>) 
             Fact::Down(cause) => {
                 inner.remote_up.send_replace(false);
                 tracing::warn!(hub = %inner.hub, cause = %cause, "sidecar: remote session down; closing local sessions");
-                inner.close_all(codes::REMOTE_CLOSED, &format!("remote session down: {cause}"));
+                inner.close_all(
+                    codes::REMOTE_CLOSED,
+                    &format!("remote session down: {cause}"),
+                );
             }
             Fact::ProbeAnswered { rtt } => {
                 misses = 0;
@@ -513,7 +515,13 @@ async fn local_session(inner: Arc<Inner>, mut stream: UnixStream) {
         _ => false,
     };
     if !uid_ok || !authentic {
-        return refuse(&inner, stream, codes::UNAUTHENTICATED, "secret or uid refused").await;
+        return refuse(
+            &inner,
+            stream,
+            codes::UNAUTHENTICATED,
+            "secret or uid refused",
+        )
+        .await;
     }
     let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
     let (close, mut closed) = watch::channel(None);
@@ -531,7 +539,13 @@ async fn local_session(inner: Arc<Inner>, mut stream: UnixStream) {
         room
     };
     if !admitted {
-        return refuse(&inner, stream, codes::SESSIONS_FULL, "two local sessions are open").await;
+        return refuse(
+            &inner,
+            stream,
+            codes::SESSIONS_FULL,
+            "two local sessions are open",
+        )
+        .await;
     }
     let remove = |inner: &Inner| lock(&inner.sessions).retain(|s| s.id != id);
     let mut up = inner.remote_up.subscribe();
@@ -540,7 +554,13 @@ async fn local_session(inner: Arc<Inner>, mut stream: UnixStream) {
         .is_ok_and(|r| r.is_ok());
     if !ready {
         remove(&inner);
-        return refuse(&inner, stream, codes::REMOTE_DOWN, "the remote session is not up").await;
+        return refuse(
+            &inner,
+            stream,
+            codes::REMOTE_DOWN,
+            "the remote session is not up",
+        )
+        .await;
     }
     let answer = Frame::Hello(Hello {
         node: inner.hub.clone(),
@@ -568,7 +588,10 @@ async fn local_session(inner: Arc<Inner>, mut stream: UnixStream) {
             let out = match out {
                 Ok(out) => out,
                 Err((code, reason)) => {
-                    let close = Frame::Close(Close { code: u32::from(code), reason });
+                    let close = Frame::Close(Close {
+                        code: u32::from(code),
+                        reason,
+                    });
                     let _ = write_frame(&mut writer, &close, &codec).await;
                     return;
                 }
@@ -603,7 +626,10 @@ async fn local_session(inner: Arc<Inner>, mut stream: UnixStream) {
                         inner.counters.to_root.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(SendError::Full { .. }) => {
-                        inner.counters.refused_frames.fetch_add(1, Ordering::Relaxed);
+                        inner
+                            .counters
+                            .refused_frames
+                            .fetch_add(1, Ordering::Relaxed);
                         let _ = tx
                             .send(ToHub::Reject(Reject {
                                 stream: None,
@@ -625,7 +651,10 @@ async fn local_session(inner: Arc<Inner>, mut stream: UnixStream) {
                     }
                 },
                 Err(refusal) => {
-                    inner.counters.refused_frames.fetch_add(1, Ordering::Relaxed);
+                    inner
+                        .counters
+                        .refused_frames
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(hub = %inner.hub, ?refusal, "sidecar: frame refused");
                     let _ = tx.send(ToHub::Reject(refusal.reject())).await;
                 }
@@ -641,7 +670,12 @@ async fn local_session(inner: Arc<Inner>, mut stream: UnixStream) {
 /// Writes the diagnostics file about once a probe interval.
 async fn status_loop(inner: Arc<Inner>) {
     let path = status_path(&inner.cfg.dir);
-    let every = inner.cfg.quic.probe.interval.max(Duration::from_millis(100));
+    let every = inner
+        .cfg
+        .quic
+        .probe
+        .interval
+        .max(Duration::from_millis(100));
     loop {
         if let Ok(json) = serde_json::to_string(&inner.status()) {
             let _ = write_private(&path, &json);

@@ -113,7 +113,10 @@ fn close_code(f: &Option<Frame>) -> Option<u32> {
 async fn hub_reaches_a_member_through_the_sidecar_both_ways() {
     let mut w = world().await;
     assert_eq!(w.hub.kind(), PathKind::Sidecar);
-    w.hub.connect(&via_root("m1")).await.expect("hub reaches m1");
+    w.hub
+        .connect(&via_root("m1"))
+        .await
+        .expect("hub reaches m1");
     wait_up(&mut w.hub_rx, &NodeId::new("m1")).await;
     for seq in 0..50 {
         w.hub
@@ -136,7 +139,10 @@ async fn hub_reaches_a_member_through_the_sidecar_both_ways() {
         (0..20).collect::<Vec<_>>()
     );
     let st = w.sidecar.status();
-    assert!(st.remote_up && st.sessions == 1 && st.to_root >= 50 && st.to_hub >= 20, "{st:?}");
+    assert!(
+        st.remote_up && st.sessions == 1 && st.to_root >= 50 && st.to_hub >= 20,
+        "{st:?}"
+    );
     w.member.shutdown().await;
     w.hub.shutdown().await;
     w.sidecar.shutdown().await;
@@ -164,7 +170,10 @@ async fn strangers_and_a_third_session_are_refused() {
     assert_eq!(mode(&sc), 0o700);
     // Session 2 (a new hub during a handoff) is accepted...
     let (_second, a) = raw(&sc, "hub", &secret).await;
-    assert!(matches!(a, Some(Frame::Hello(ref h)) if h.role == Role::Sidecar), "{a:?}");
+    assert!(
+        matches!(a, Some(Frame::Hello(ref h)) if h.role == Role::Sidecar),
+        "{a:?}"
+    );
     // ...and a third is refused with a typed code.
     let (_third, a) = raw(&sc, "hub", &secret).await;
     assert_eq!(close_code(&a), Some(u32::from(codes::SESSIONS_FULL)));

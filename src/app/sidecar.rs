@@ -114,7 +114,13 @@ impl ChildSupervisor {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let state = Arc::new(Mutex::new(ChildState::default()));
         let stop = watch::channel(false).0;
-        let task = tokio::spawn(supervise(exe, config, policy, state.clone(), stop.subscribe()));
+        let task = tokio::spawn(supervise(
+            exe,
+            config,
+            policy,
+            state.clone(),
+            stop.subscribe(),
+        ));
         Ok(Self { state, stop, task })
     }
 

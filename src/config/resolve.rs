@@ -422,8 +422,16 @@ pub fn resolve(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Config
                         p
                     };
                     // sun_path holds 108 bytes with its terminator.
-                    if p.join(crate::transports::sidecar::SOCKET_FILE).as_os_str().len() > 100 {
-                        return ctx.err(d.span(), "sidecar.dir", "too long for a Unix socket path (at most 87 bytes)");
+                    if p.join(crate::transports::sidecar::SOCKET_FILE)
+                        .as_os_str()
+                        .len()
+                        > 100
+                    {
+                        return ctx.err(
+                            d.span(),
+                            "sidecar.dir",
+                            "too long for a Unix socket path (at most 87 bytes)",
+                        );
                     }
                     p
                 }

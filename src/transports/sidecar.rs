@@ -319,7 +319,15 @@ impl Inner {
         self.reached.store(true, Ordering::Release);
         tracing::info!(node = %self.cfg.node, session = id, "sidecar: local session up");
         self.report(Fact::Up).await;
-        tokio::spawn(run_session(self.clone(), id, stream, buf, decoder, rx, stopped));
+        tokio::spawn(run_session(
+            self.clone(),
+            id,
+            stream,
+            buf,
+            decoder,
+            rx,
+            stopped,
+        ));
         Ok(())
     }
 
