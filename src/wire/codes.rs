@@ -415,6 +415,7 @@ mod tests {
                 "quic" => 0x200..=0x20f,
                 "root" => 0x210..=0x21f,
                 "webrtc" => 0x220..=0x22f,
+                "sidecar" => 0x230..=0x23f,
                 "channels" => 0x300..=0x30f,
                 "stream" => 0x310..=0x31f,
                 "sync" => 0x320..=0x32f,
