@@ -205,6 +205,11 @@ async fn sidecar_sigkilled_ten_times_loses_and_doubles_nothing() {
     let v = client(hub_ctl).get("/control/sidecar").await.unwrap();
     assert!(v["child"]["starts"].as_u64() >= Some(11), "{v}");
     assert_eq!(v["child"]["escalated"], false);
+    // The same through `ctl`.
+    let out = run(&["ctl", "--config", hub_cfg.to_str().unwrap(), "sidecar"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("remote up"), "{text}");
+    assert!(text.contains("escalated false"), "{text}");
     back.sort();
     eprintln!(
         "figure: hub back on the sidecar path after SIGKILL: median {:?} (min {:?}, max {:?}, n={})",
