@@ -683,3 +683,83 @@ async fn status_loop(inner: Arc<Inner>) {
         tokio::time::sleep(every).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Ack, Data, Lookup, Relay, Signal};
+    use bytes::Bytes;
+
+    fn hub() -> NodeId {
+        NodeId::new("hub")
+    }
+
+    #[test]
+    fn only_the_hubs_own_root_frames_are_carried() {
+        let relay = |from: &str| {
+            Frame::Relay(Relay {
+                to: NodeId::new("m1"),
+                from: NodeId::new(from),
+                frame: Bytes::from_static(b"opaque"),
+            })
+        };
+        let carried = FromHub::check(relay("hub"), &hub()).unwrap();
+        assert_eq!(carried.frame(), &relay("hub"), "carried unchanged");
+        assert_eq!(
+            FromHub::check(relay("m2"), &hub()).unwrap_err(),
+            Refusal::NotOwnIdentity(NodeId::new("m2"))
+        );
+        let signal = Frame::Signal(Signal {
+            to: NodeId::new("m1"),
+            from: NodeId::new("root"),
+            kind: "webrtc/offer".into(),
+            payload: Bytes::new(),
+        });
+        assert!(matches!(
+            FromHub::check(signal, &hub()),
+            Err(Refusal::NotOwnIdentity(_))
+        ));
+        let lookup = Frame::Lookup(Lookup {
+            request_id: 1,
+            node: Some(NodeId::new("m1")),
+            capability: None,
+        });
+        assert!(FromHub::check(lookup, &hub()).is_ok());
+        let ack = Frame::Ack(Ack {
+            stream: "command:m1/hub".into(),
+            incarnation: 1,
+            seq: 1,
+            message_id: 1,
+            credit: 1,
+        });
+        let data = Frame::Data(Data {
+            stream: "command:hub/m1".into(),
+            incarnation: 1,
+            seq: 1,
+            message_id: 1,
+            class: 0,
+            delivery: 0,
+            payload: Bytes::new(),
+        });
+        for f in [ack, data] {
+            let kind = f.kind();
+            assert_eq!(
+                FromHub::check(f, &hub()).unwrap_err(),
+                Refusal::KindRefused(kind)
+            );
+        }
+        let r = Refusal::KindRefused(crate::wire::FrameKind::Ack).reject();
+        assert_eq!(
+            (r.code, r.stream, r.message_id),
+            (codes::KIND_REFUSED, None, None)
+        );
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret("abcd", "abcd"));
+        assert!(!same_secret("abcd", "abce"));
+        assert!(!same_secret("abcd", "abc"));
+        assert!(!same_secret("", "a"));
+    }
+}
