@@ -616,6 +616,15 @@ async fn link_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<TransportEvent>) {
             Fact::Frame(Frame::Signal(sig)) => {
                 let _ = inner.signals.send(sig);
             }
+            Fact::Frame(Frame::Reject(r))
+                if r.stream.is_none()
+                    && crate::wire::codes::lookup(r.code).is_some_and(|c| c.group == "sidecar") =>
+            {
+                // A sidecar refused one frame of this node's (it names no
+                // peer): the frame was not sent; a class-A frame is resent
+                // by its outbox. Not a registration refusal.
+                tracing::warn!(node = %inner.node, code = r.code, reason = %r.reason, "relay: the sidecar refused a frame");
+            }
             Fact::Frame(Frame::Reject(r)) if r.stream.is_none() => {
                 // The root refuses a `Register` this way (`docs/root.md` §4).
                 tracing::warn!(node = %inner.node, code = r.code, reason = %r.reason, "relay: the root refused the registration");
