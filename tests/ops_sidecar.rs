@@ -158,7 +158,7 @@ async fn sidecar_sigkilled_ten_times_loses_and_doubles_nothing() {
         .expect("first command");
     const N: u32 = 60;
     let senders = tokio::spawn(send_all(member_ctl, 0..N, Duration::from_millis(60)));
-    let mut back = Vec::new();
+    let (mut back, mut up) = (Vec::new(), Vec::new());
     for k in 0..10 {
         let v = client(hub_ctl).get("/control/sidecar").await.unwrap();
         let pid = v["child"]["pid"]
@@ -179,6 +179,7 @@ async fn sidecar_sigkilled_ten_times_loses_and_doubles_nothing() {
             },
         )
         .await;
+        up.push(killed.elapsed());
         // A command answered through the new sidecar: back on the way
         // through the root.
         let body = json!({"stream": "command:member-1/hub", "command": {"op": "put", "key": format!("probe{k}"), "value": k}, "timeout_ms": 30_000});
@@ -211,6 +212,14 @@ async fn sidecar_sigkilled_ten_times_loses_and_doubles_nothing() {
     assert!(out.status.success() && text.contains("remote up"), "{text}");
     assert!(text.contains("escalated false"), "{text}");
     back.sort();
+    up.sort();
+    eprintln!(
+        "figure: new sidecar's remote session up after SIGKILL: median {:?} (min {:?}, max {:?}, n={})",
+        up[up.len() / 2],
+        up[0],
+        up[up.len() - 1],
+        up.len()
+    );
     eprintln!(
         "figure: hub back on the sidecar path after SIGKILL: median {:?} (min {:?}, max {:?}, n={})",
         back[back.len() / 2],
