@@ -26,6 +26,7 @@ pub mod handlers;
 pub mod identity;
 pub mod metered;
 pub mod runtime;
+pub mod sidecar;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -49,6 +50,7 @@ use crate::sync::lock;
 use crate::transports::quic::faults::FaultHandle;
 use crate::transports::quic::{Backoff, QuicConfig, QuicTransport};
 use crate::transports::relay::{RelayConfig, RelayTransport};
+use crate::transports::sidecar::SidecarLinkConfig;
 use crate::transports::{PeerAddr, Transport};
 use crate::vocab::{NodeId, PathKind, Role, StreamId};
 use handlers::{Echo, Kv};
@@ -65,6 +67,17 @@ pub enum AppError {
     #[error("start failed: {0}")]
     Start(String),
 }
+
+/// Restart intensity of a sidecar child: 20 restarts within 60 s, backoff
+/// 50 ms doubling to 2 s; past that the hub stops restarting it and reports
+/// `escalated` (it keeps running on its other paths).
+const SIDECAR_RESTARTS: crate::actors::restart::RestartPolicy =
+    crate::actors::restart::RestartPolicy {
+        max_restarts: 20,
+        within: Duration::from_secs(60),
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_secs(2),
+    };
 
 fn start_err(e: impl std::fmt::Display) -> AppError {
     AppError::Start(e.to_string())
@@ -294,7 +307,39 @@ impl App {
         let routing = {
             let mut r = cfg.routing.clone();
             r.history = cfg.diagnostics.decision_log;
+            if cfg.sidecar.is_some() {
+                // The sidecar path takes the relay's place in every order:
+                // it is the same way through the root, owned by the sidecar.
+                for p in [
+                    &mut r.command,
+                    &mut r.sync,
+                    &mut r.media,
+                    &mut r.event,
+                    &mut r.presence,
+                ] {
+                    for k in p.order.iter_mut() {
+                        if *k == PathKind::Relay {
+                            *k = PathKind::Sidecar;
+                        }
+                    }
+                }
+            }
             r
+        };
+        // A sidecar child starts first; the hub's link re-dials its socket
+        // until it answers.
+        let sidecar_parts = match &cfg.sidecar {
+            Some(s) => Some(runtime::SidecarParts {
+                dir: s.dir.clone(),
+                child: Mutex::new(match s.child {
+                    true => Some(
+                        sidecar::ChildSupervisor::start(cfg.path.clone(), SIDECAR_RESTARTS)
+                            .map_err(start_err)?,
+                    ),
+                    false => None,
+                }),
+            }),
+            None => None,
         };
         let mut builder = NodeBuilder::new(cfg.id.clone(), cfg.role).routing(routing);
         let quic_slot: Arc<Mutex<Option<Arc<QuicTransport>>>> = Arc::default();
@@ -341,23 +386,40 @@ impl App {
             let mut relay = RelayConfig::new(link, PeerAddr::at(root.id.clone(), root.addr));
             relay.probe = cfg.transports.probe;
             let slot = relay_slot.clone();
-            builder = builder.transport(PathKind::Relay, move |sink| {
-                let sink = metered::metered_sink(PathKind::Relay, sink);
-                let result = RelayTransport::bind(relay.clone(), sink)
-                    .map(|t| {
-                        *lock(&slot) = Some(t.clone());
-                        metered::Metered::wrap(t as Arc<dyn Transport>)
-                    })
-                    .map_err(|e| e.to_string());
-                async move { result }
-            });
+            if let Some(s) = &cfg.sidecar {
+                let mut local = SidecarLinkConfig::new(cfg.id.clone(), root.id.clone(), &s.dir);
+                local.probe = cfg.transports.probe;
+                builder = builder.transport(PathKind::Sidecar, move |sink| {
+                    let sink = metered::metered_sink(PathKind::Sidecar, sink);
+                    let t = crate::transports::sidecar::bind(relay.clone(), local.clone(), sink);
+                    *lock(&slot) = Some(t.clone());
+                    let result: Result<_, String> =
+                        Ok(metered::Metered::wrap(t as Arc<dyn Transport>));
+                    async move { result }
+                });
+            } else {
+                builder = builder.transport(PathKind::Relay, move |sink| {
+                    let sink = metered::metered_sink(PathKind::Relay, sink);
+                    let result = RelayTransport::bind(relay.clone(), sink)
+                        .map(|t| {
+                            *lock(&slot) = Some(t.clone());
+                            metered::Metered::wrap(t as Arc<dyn Transport>)
+                        })
+                        .map_err(|e| e.to_string());
+                    async move { result }
+                });
+            }
         }
+        let relay_kind = match cfg.sidecar {
+            Some(_) => PathKind::Sidecar,
+            None => PathKind::Relay,
+        };
         for p in &cfg.peers {
             if let (Some(addr), true) = (p.quic, cfg.transports.quic) {
                 builder = builder.dial(PathKind::Quic, PeerAddr::at(p.id.clone(), addr));
             }
             if p.relay && cfg.transports.relay {
-                builder = builder.dial(PathKind::Relay, PeerAddr::node(p.id.clone()));
+                builder = builder.dial(relay_kind, PeerAddr::node(p.id.clone()));
             }
         }
         let node = builder.spawn().await.map_err(start_err)?;
@@ -440,6 +502,7 @@ impl App {
             store,
             quic: quic_slot,
             relay: relay_slot,
+            sidecar: sidecar_parts,
             faults,
             senders,
             served,
@@ -522,6 +585,10 @@ impl Running {
                 let node = lock(&n.node).take();
                 if let Some(node) = node {
                     node.shutdown().await;
+                }
+                let child = n.sidecar.as_ref().and_then(|s| lock(&s.child).take());
+                if let Some(child) = child {
+                    child.stop().await;
                 }
             }
         }

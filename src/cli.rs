@@ -36,6 +36,34 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
+/// `interlocking sidecar --config HUB_FILE`.
+pub fn sidecar(config: &Path) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("interlocking sidecar: {e}");
+            return ExitCode::from(EXIT_START);
+        }
+    };
+    rt.block_on(async move {
+        init_tracing();
+        let cfg = match interlocking::config::Config::load(config) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("interlocking sidecar: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        match interlocking::app::sidecar::run(&cfg).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("interlocking sidecar: {e}");
+                ExitCode::from(EXIT_START)
+            }
+        }
+    })
+}
+
 /// `interlocking run --config FILE`.
 pub fn run(config: &Path, token: Option<String>) -> ExitCode {
     let rt = match runtime() {

@@ -164,6 +164,17 @@ pub struct Diagnostics {
     pub dashboard: bool,
 }
 
+/// How a hub reaches the root when a sidecar process owns the remote
+/// session (`docs/sidecar.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SidecarSettings {
+    /// The hub spawns and supervises it (`true`), or attaches to one
+    /// started separately.
+    pub child: bool,
+    /// Its directory: socket, secret, status.
+    pub dir: PathBuf,
+}
+
 /// A checked configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -191,6 +202,8 @@ pub struct Config {
     pub channels: Vec<Channel>,
     /// Control API.
     pub diagnostics: Diagnostics,
+    /// Hub only: the sidecar owning its remote session, if any.
+    pub sidecar: Option<SidecarSettings>,
 }
 
 impl Config {

@@ -111,6 +111,7 @@ fn router(ctx: Ctx) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/control/status", get(status))
+        .route("/control/sidecar", get(sidecar))
         .route("/control/routes", get(routes))
         .route("/control/streams/{*id}", get(stream))
         .route("/control/timeline", get(timeline))
@@ -201,6 +202,19 @@ async fn stream(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
 
 async fn timeline(State(ctx): State<Ctx>) -> Response {
     Json(views::timeline(&ctx.runtime)).into_response()
+}
+
+/// `GET /control/sidecar`: the hub's sidecar (its own diagnostics: remote
+/// session state, reconnects, RTT; and, for a child, its supervision).
+async fn sidecar(State(ctx): State<Ctx>) -> Response {
+    match ctx.runtime.node().and_then(|n| n.sidecar.as_ref()) {
+        Some(s) => Json(s.view()).into_response(),
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": "no sidecar configured"})),
+        )
+            .into_response(),
+    }
 }
 
 async fn peers(State(ctx): State<Ctx>) -> Response {

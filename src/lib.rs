@@ -17,21 +17,19 @@
 //! | --- | --- | --- |
 //! | [`vocab`] | shared value types: node, stream and path ids, path kinds, channel kinds, traffic classes | any logic or other module |
 //! | [`wire`] | the frame envelope and its versioned, size-limited codec (`docs/wire.md`) | what frames mean |
-//! | [`transports`] | the transport contract and its adapters (memory with seeded faults, QUIC with mutual TLS, relay through the root; WebRTC, sidecar to come): connect, send, close, facts up | channels, store, routing decisions |
+//! | [`transports`] | the transport contract and its adapters (memory with seeded faults, QUIC with mutual TLS, relay through the root, WebRTC, the relay over a sidecar's local session): connect, send, close, facts up | channels, store, routing decisions |
 //! | [`trust`] | the certificate authority, node certificates (validity windows, issuance for a node's own key), mutual-TLS configs (TLS 1.3, ALPN `interlocking/2`), the join ALPN's server-only configs, node identity from a verified certificate | sockets, frames, channels, routing |
 //! | [`turn`] | a TURN server (RFC 8656 over UDP) the root runs for WebRTC peers without a direct path; credentials minted from a shared secret (TURN REST API scheme) | frames, channels, routing |
 //! | [`routing`] | the pure routing core (paths, health, policy, freeze, decisions) and the `RoutingAuthority` actor shell around it (`docs/routing.md`) | sockets, tokio inside the core, channel semantics |
 //! | [`channels`] | channel semantics as pure cores: the sender outbox (credit window, resend, route-change replay), receiver dedupe, in-order delivery (`docs/channels.md`); the channel kit every kind's actor is built with (slot, lazy start, supervision, session binding, route subscription); the command channel | sockets, path choice |
 //! | [`store`] | durability behind the [`store::Store`] trait: redb (group-committed outbox, idempotency records, dedupe replies, cursors) and an in-memory store for simulations | channel logic, transports |
 //! | [`root`] | the root service: admission (single-use join tokens, short-lived certificates, revocation), relay forwarding between admitted nodes, rendezvous, dedupe of relayed class-A frames (persisted in `root.redb`), all state behind [`root::state::RootState`] (`docs/root.md`) | hub semantics: outbox, handlers, channel state, routing decisions |
+//! | [`sidecar`] | the sidecar service: a hub's remote session to the root (reconnect, heartbeats, wire diagnostics) and the local endpoint (Unix socket, per-start secret, at most two sessions) through which the hub exchanges frames with it, unchanged (`docs/sidecar.md`) | outbox, dedupe, cursors, classification, degraded modes, routing decisions, any frame of its own in a relayed stream |
 //! | [`config`] | a node's TOML configuration: schema, semantic checks, errors naming file, line and key (`docs/config.md`) | sockets, running parts |
 //! | [`app`] | the entry point a config drives: builds a root, hub or member as a process, built-in handlers (`echo`, `kv`), credentials kept in the state dir, graceful stop | protocol semantics |
 //! | [`control`] | the control API (axum): health, readiness tree and degraded modes, routes, `why`, peers, channels, Prometheus metrics, the dashboard, and its client (`docs/control.md`) | routing decisions, frames |
 //! | [`topology`] | ready-made topologies (hub–root–member) for examples, tests and the binary | behaviour of its own |
 //! | [`actors`] | the supervision tree: restart policy, generic supervisor, the node that wires routing, transports and channels together; stream sessions (every received frame checked against its stream's peer, incarnation and inbox credit on the transport's receive task); the fact pump to the routing authority | protocol semantics |
-//!
-//! WebRTC and the sidecar arrive with their issues and slot into the same
-//! tree.
 //!
 //! ## A node in a few lines
 //!
@@ -71,6 +69,7 @@ pub mod config;
 pub mod control;
 pub mod root;
 pub mod routing;
+pub mod sidecar;
 pub mod store;
 mod sync;
 pub mod topology;

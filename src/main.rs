@@ -32,6 +32,13 @@ struct Cli {
 enum Command {
     /// Run a root, hub or member from its configuration file until SIGTERM,
     /// Ctrl-C or `ctl drain`.
+    /// Run the sidecar of the hub whose configuration file this is (its
+    /// `[sidecar]` table; docs/sidecar.md) until SIGTERM or Ctrl-C.
+    Sidecar {
+        /// The hub's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     Run {
         /// The node's configuration file (docs/config.md).
         #[arg(long, short)]
@@ -104,6 +111,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run { config, token } => return cli::run(&config, token),
         Command::Ctl(args) => return cli::ctl::main(args),
+        Command::Sidecar { config } => return cli::sidecar(&config),
         Command::Up(args) => return cli::up::main(args),
         Command::Token {
             state_dir,

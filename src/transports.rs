@@ -4,8 +4,8 @@
 //! Owns the transport contract ([`Transport`], [`TransportEvent`], [`Fact`])
 //! and its implementations: [`memory`] (in-process, seeded faults),
 //! [`quic`] (direct, mutual TLS), [`relay`] (through the root) and
-//! [`webrtc`] (data channels, signalled through the root); a sidecar
-//! adapter will implement the same contract.
+//! [`webrtc`] (data channels, signalled through the root) and [`sidecar`]
+//! (the relay over a sidecar process's local session).
 //!
 //! Must not touch: channel semantics (acks, outbox, dedupe, cursors), the
 //! store, or routing decisions. A transport never chooses a path; it reports
@@ -24,6 +24,7 @@ pub mod memory;
 pub mod probe;
 pub mod quic;
 pub mod relay;
+pub mod sidecar;
 pub mod webrtc;
 
 use std::net::SocketAddr;

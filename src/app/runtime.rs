@@ -175,6 +175,8 @@ pub struct NodeParts {
     pub quic: Arc<Mutex<Option<Arc<QuicTransport>>>>,
     /// The bound relay transport (latest incarnation).
     pub relay: Arc<Mutex<Option<Arc<RelayTransport>>>>,
+    /// The sidecar owning the remote session, if configured.
+    pub sidecar: Option<SidecarParts>,
     /// The fault injector beneath QUIC, if configured.
     pub faults: Option<FaultHandle>,
     /// Configured senders by stream.
@@ -183,6 +185,28 @@ pub struct NodeParts {
     pub served: BTreeMap<StreamId, ServedEntry>,
     /// When the node's certificate expires.
     pub cert_expires: SystemTime,
+}
+
+/// A hub's sidecar, as the control API shows it.
+pub struct SidecarParts {
+    /// Its directory (socket, secret, `status.json`).
+    pub dir: std::path::PathBuf,
+    /// Its supervisor, when the hub runs it as a child (taken at shutdown).
+    pub child: Mutex<Option<super::sidecar::ChildSupervisor>>,
+}
+
+impl SidecarParts {
+    /// The sidecar's own diagnostics and, for a child, its supervision.
+    pub fn view(&self) -> serde_json::Value {
+        let status = crate::transports::sidecar::SidecarStatus::read(&self.dir);
+        let child = lock(&self.child).as_ref().map(|c| c.state());
+        serde_json::json!({
+            "dir": self.dir.display().to_string(),
+            "mode": if child.is_some() { "child" } else { "attach" },
+            "status": status,
+            "child": child,
+        })
+    }
 }
 
 impl NodeParts {

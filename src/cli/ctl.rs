@@ -57,6 +57,8 @@ enum CtlCommand {
     },
     /// Connected peers and the root link.
     Peers,
+    /// The hub's sidecar: remote session, reconnects, RTT, supervision.
+    Sidecar,
     /// Command channels: outbox, transmits, applied, dedupe.
     Channels,
     /// The readiness tree (exit code 3 when not ready).
@@ -235,6 +237,32 @@ async fn command(c: &Client, args: &CtlArgs) -> Result<ExitCode, ClientError> {
                 print_json(&v);
             } else {
                 print!("{}", s(&v["text"]));
+            }
+        }
+        CtlCommand::Sidecar => {
+            let v = c.get("/control/sidecar").await?;
+            if json {
+                print_json(&v);
+            } else {
+                let s = &v["status"];
+                println!(
+                    "sidecar ({}) in {}: remote {} · reconnects {} · rtt {} µs · sessions {} · refused {} sessions, {} frames",
+                    v["mode"].as_str().unwrap_or("?"),
+                    v["dir"].as_str().unwrap_or("?"),
+                    if s["remote_up"] == true { "up" } else { "down" },
+                    s["reconnects"],
+                    s["rtt_us"],
+                    s["sessions"],
+                    s["refused_sessions"],
+                    s["refused_frames"],
+                );
+                if v["child"].is_object() {
+                    let c = &v["child"];
+                    println!(
+                        "child pid {} · starts {} · exits {} · escalated {}",
+                        c["pid"], c["starts"], c["exits"], c["escalated"]
+                    );
+                }
             }
         }
         CtlCommand::Peers => {

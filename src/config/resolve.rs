@@ -407,6 +407,42 @@ pub fn resolve(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Config
             "must be between 1 and 4096",
         );
     }
+    let sidecar = match &raw.sidecar {
+        None => None,
+        Some(_) if role != Role::Hub => {
+            return ctx.err(0..0, "sidecar", "only a hub has a sidecar");
+        }
+        Some(s) => {
+            let dir = match &s.dir {
+                Some(d) => {
+                    let p = PathBuf::from(d.get_ref());
+                    let p = if p.is_relative() {
+                        path.parent().unwrap_or(Path::new(".")).join(p)
+                    } else {
+                        p
+                    };
+                    // sun_path holds 108 bytes with its terminator.
+                    if p.join(crate::transports::sidecar::SOCKET_FILE)
+                        .as_os_str()
+                        .len()
+                        > 100
+                    {
+                        return ctx.err(
+                            d.span(),
+                            "sidecar.dir",
+                            "too long for a Unix socket path (at most 87 bytes)",
+                        );
+                    }
+                    p
+                }
+                None => state_dir.join("sidecar"),
+            };
+            Some(crate::config::SidecarSettings {
+                child: s.mode == super::schema::RawSidecarMode::Child,
+                dir,
+            })
+        }
+    };
     Ok(Config {
         path: path.to_path_buf(),
         id,
@@ -427,5 +463,6 @@ pub fn resolve(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Config
             decision_log: d.decision_log,
             dashboard: d.dashboard,
         },
+        sidecar,
     })
 }

@@ -34,6 +34,29 @@ pub struct RawConfig {
     /// `[diagnostics]`: the control API.
     #[serde(default)]
     pub diagnostics: RawDiagnostics,
+    /// `[sidecar]`: a hub's remote session owned by a sidecar process.
+    pub sidecar: Option<RawSidecar>,
+}
+
+/// `[sidecar]` (hub only).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSidecar {
+    /// `child` (the hub spawns and supervises it) or `attach` (started
+    /// separately with `interlocking sidecar --config` on the same file).
+    pub mode: RawSidecarMode,
+    /// Its directory (socket, secret, status); default `<state_dir>/sidecar`.
+    pub dir: Option<Spanned<String>>,
+}
+
+/// How a hub gets its sidecar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawSidecarMode {
+    /// Spawned and supervised by the hub.
+    Child,
+    /// Started separately; the hub attaches to its socket.
+    Attach,
 }
 
 /// A node's role as written in the file.

@@ -28,6 +28,12 @@
 //! and signalling messages ([`RelayTransport::signal`],
 //! [`RelayTransport::signals`]) for WebRTC negotiation later.
 //!
+//! The link need not be this process's own QUIC connection: a hub whose
+//! remote sockets are owned by a sidecar process runs the same relay over
+//! the sidecar's local session ([`RelayTransport::over_link`] with a
+//! [`RootLink`] from [`super::sidecar`]); its relayed paths then have path
+//! kind [`PathKind::Sidecar`].
+//!
 //! Must not touch: channels, the store, routing decisions.
 
 use std::collections::{HashMap, HashSet};
@@ -56,6 +62,28 @@ use crate::wire::{
 /// Refusal codes of the root that mean the relayed peer is gone (its path
 /// goes down): not admitted, offline, revoked (`docs/wire.md` §7).
 const PEER_GONE: [u16; 3] = [0x210, 0x211, 0x212];
+
+/// The link to the root a relay runs over: this node's own QUIC
+/// connection ([`QuicTransport`]) or a sidecar's local session
+/// ([`super::sidecar::SidecarLink`]). Its only peer is the root; it reports
+/// `Up`, `Down`, probe facts and frames about that one peer.
+pub trait RootLink: Transport {
+    /// The peers with an open connection (the root, or nobody).
+    fn connected(&self) -> Vec<NodeId>;
+    /// Drops the connection to `peer` so that it is re-established (the
+    /// link stopped answering before its idle timeout).
+    fn redial(&self, peer: &NodeId, reason: &str);
+}
+
+impl RootLink for QuicTransport {
+    fn connected(&self) -> Vec<NodeId> {
+        self.peers()
+    }
+
+    fn redial(&self, peer: &NodeId, reason: &str) {
+        QuicTransport::redial(self, peer, reason)
+    }
+}
 
 /// Default [`RelayConfig::root_misses`].
 pub const DEFAULT_ROOT_MISSES: u32 = 8;
@@ -135,7 +163,10 @@ struct Inner {
     config: RelayConfig,
     codec: CodecConfig,
     events: EventSink,
-    link: Arc<QuicTransport>,
+    /// The path kind of the relayed paths: `Relay`, or `Sidecar` when the
+    /// link is a sidecar's local session.
+    kind: PathKind,
+    link: Arc<dyn RootLink>,
     peers: Mutex<HashMap<NodeId, PeerState>>,
     wanted: Mutex<HashSet<NodeId>>,
     /// Peers a [`reopen`] task is looking up, so there is one per peer.
@@ -171,10 +202,25 @@ impl RelayTransport {
     /// on the first [`Transport::connect`] or rendezvous request. Must be
     /// called inside a tokio runtime.
     pub fn bind(config: RelayConfig, events: impl Into<EventSink>) -> Result<Arc<Self>, QuicError> {
-        let events = events.into();
         let (tx, rx) = mpsc::channel(8192);
-        let codec = config.quic.codec;
         let link = QuicTransport::bind(config.quic.clone(), tx)?;
+        Ok(Self::over_link(config, link, rx, PathKind::Relay, events))
+    }
+
+    /// Runs the relay over `link` (whose events arrive on `link_events`),
+    /// reporting relayed paths of kind `kind`. `config.quic` gives this
+    /// node's id, the codec and the reconnect backoff; its other settings
+    /// are the link's business. Must be called inside a tokio runtime.
+    pub fn over_link(
+        config: RelayConfig,
+        link: Arc<dyn RootLink>,
+        link_events: mpsc::Receiver<TransportEvent>,
+        kind: PathKind,
+        events: impl Into<EventSink>,
+    ) -> Arc<Self> {
+        let events = events.into();
+        let rx = link_events;
+        let codec = config.quic.codec;
         let (root_up, _) = watch::channel(false);
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(Inner {
@@ -183,6 +229,7 @@ impl RelayTransport {
             config,
             codec,
             events,
+            kind,
             link,
             peers: Mutex::new(HashMap::new()),
             wanted: Mutex::new(HashSet::new()),
@@ -202,7 +249,7 @@ impl RelayTransport {
         if inner.config.eager {
             tokio::spawn(dial_root(inner.clone()));
         }
-        Ok(Arc::new(Self { inner }))
+        Arc::new(Self { inner })
     }
 
     /// Whether the link to the root is up.
@@ -223,7 +270,7 @@ impl RelayTransport {
     }
 
     /// The link to the root (diagnostics, tests).
-    pub fn link(&self) -> &Arc<QuicTransport> {
+    pub fn link(&self) -> &Arc<dyn RootLink> {
         &self.inner.link
     }
 
@@ -294,7 +341,7 @@ impl RelayTransport {
 
 impl Inner {
     fn path(&self, peer: &NodeId) -> PathId {
-        PathId::new(peer.clone(), PathKind::Relay)
+        PathId::new(peer.clone(), self.kind)
     }
 
     async fn report(&self, peer: &NodeId, fact: Fact) {
@@ -317,13 +364,13 @@ impl Inner {
             return Err(LookupError::Unreachable("relay is shut down".into()));
         }
         let _one_dial = self.dial_lock.lock().await;
-        if self.link.peers().contains(&self.root.node) {
+        if self.link.connected().contains(&self.root.node) {
             return Ok(());
         }
         if self.reached.load(Ordering::Acquire) {
             let mut up = self.root_up.subscribe();
             let back = tokio::time::timeout(self.config.lookup_timeout, up.wait_for(|u| *u)).await;
-            if matches!(back, Ok(Ok(_))) || self.link.peers().contains(&self.root.node) {
+            if matches!(back, Ok(Ok(_))) || self.link.connected().contains(&self.root.node) {
                 return Ok(());
             }
         }
@@ -407,7 +454,7 @@ impl Inner {
         });
         self.link.send(&self.root.node, relay).map_err(|e| {
             let full = matches!(e, SendError::Full { .. });
-            let (peer, kind, frame) = (peer.clone(), PathKind::Relay, Box::new(frame));
+            let (peer, kind, frame) = (peer.clone(), self.kind, Box::new(frame));
             if full {
                 SendError::Full { peer, kind, frame }
             } else {
@@ -571,6 +618,15 @@ async fn link_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<TransportEvent>) {
             Fact::Frame(Frame::Signal(sig)) => {
                 let _ = inner.signals.send(sig);
             }
+            Fact::Frame(Frame::Reject(r))
+                if r.stream.is_none()
+                    && crate::wire::codes::lookup(r.code).is_some_and(|c| c.group == "sidecar") =>
+            {
+                // A sidecar refused one frame of this node's (it names no
+                // peer): the frame was not sent; a class-A frame is resent
+                // by its outbox. Not a registration refusal.
+                tracing::warn!(node = %inner.node, code = r.code, reason = %r.reason, "relay: the sidecar refused a frame");
+            }
             Fact::Frame(Frame::Reject(r)) if r.stream.is_none() => {
                 // The root refuses a `Register` this way (`docs/root.md` §4).
                 tracing::warn!(node = %inner.node, code = r.code, reason = %r.reason, "relay: the root refused the registration");
@@ -660,7 +716,7 @@ async fn on_relay(inner: &Arc<Inner>, r: Relay) {
 #[async_trait]
 impl Transport for RelayTransport {
     fn kind(&self) -> PathKind {
-        PathKind::Relay
+        self.inner.kind
     }
 
     fn local(&self) -> &NodeId {
@@ -694,7 +750,7 @@ impl Transport for RelayTransport {
         if !lock(&self.inner.peers).contains_key(peer) {
             return Err(SendError::NoPath {
                 peer: peer.clone(),
-                kind: PathKind::Relay,
+                kind: self.inner.kind,
                 frame: Box::new(frame),
             });
         }

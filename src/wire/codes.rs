@@ -18,7 +18,8 @@
 //! | `0x0200..=0x020f` | the QUIC transport ([`quic`])                       |
 //! | `0x0210..=0x021f` | the root: relay, rendezvous, admission ([`root`])   |
 //! | `0x0220..=0x022f` | the WebRTC transport and signalling ([`webrtc`])    |
-//! | `0x0230..=0x02ff` | reserved for transports                             |
+//! | `0x0230..=0x023f` | the sidecar's local endpoint ([`sidecar`])          |
+//! | `0x0240..=0x02ff` | reserved for transports                             |
 //! | `0x0300..=0x030f` | channels ([`channels`])                             |
 //! | `0x0310..=0x031f` | stream sessions ([`stream`])                        |
 //! | `0x0320..=0x032f` | the sync channel ([`sync`])                         |
@@ -169,6 +170,35 @@ pub mod webrtc {
     pub const TOO_LARGE: u16 = 0x22a;
 }
 
+/// The sidecar's local endpoint (`docs/sidecar.md`): refusals of a local
+/// session or of one frame on it, range `0x0230..=0x023f`. Sent as
+/// `Close { code, reason }` (the session ends) or as `Reject { stream:
+/// None, message_id: None, code, reason }` (one frame refused, the session
+/// lives on).
+pub mod sidecar {
+    /// Close: the local client did not present this start's secret, or its
+    /// uid is not the sidecar's.
+    pub const UNAUTHENTICATED: u16 = 0x230;
+    /// Close: two local sessions are open already (an old and a new hub
+    /// during a handoff); a third is refused.
+    pub const SESSIONS_FULL: u16 = 0x231;
+    /// Close: the remote (root) session closed or was lost; the hub must
+    /// re-establish its session (the sidecar never resumes behind it).
+    pub const REMOTE_CLOSED: u16 = 0x232;
+    /// Close: the remote session did not come up within the sidecar's
+    /// wait; reconnect later.
+    pub const REMOTE_DOWN: u16 = 0x233;
+    /// Reject: the frame names another node than the hub this sidecar
+    /// serves as its sender (`Relay.from`, `Signal.from`).
+    pub const NOT_OWN_IDENTITY: u16 = 0x234;
+    /// Reject: this kind of frame is not carried to the root (e.g. `Data`,
+    /// `Ack`, `Join*` outside a relay envelope, or a second `Hello`).
+    pub const KIND_REFUSED: u16 = 0x235;
+    /// Reject: the remote session's send queue is full; the frame was not
+    /// sent (the hub's outbox resends what matters).
+    pub const QUEUE_FULL: u16 = 0x236;
+}
+
 pub mod channels {
     //! Codes of the channels (`0x0300..=0x030f`).
 
@@ -233,7 +263,7 @@ pub struct Code {
     pub value: u16,
     /// The constant's name.
     pub name: &'static str,
-    /// The group: `"codec"`, `"quic"`, `"root"`, `"webrtc"`, `"channels"`, `"stream"`, `"sync"`.
+    /// The group: `"codec"`, `"quic"`, `"root"`, `"webrtc"`, `"sidecar"`, `"channels"`, `"stream"`, `"sync"`.
     pub group: &'static str,
 }
 
@@ -296,6 +326,13 @@ table![
     "webrtc": webrtc::FINGERPRINT_MISMATCH,
     "webrtc": webrtc::UNEXPECTED_CHANNEL,
     "webrtc": webrtc::TOO_LARGE,
+    "sidecar": sidecar::UNAUTHENTICATED,
+    "sidecar": sidecar::SESSIONS_FULL,
+    "sidecar": sidecar::REMOTE_CLOSED,
+    "sidecar": sidecar::REMOTE_DOWN,
+    "sidecar": sidecar::NOT_OWN_IDENTITY,
+    "sidecar": sidecar::KIND_REFUSED,
+    "sidecar": sidecar::QUEUE_FULL,
     "channels": channels::UNDECODABLE,
     "stream": stream::NOT_BOUND,
     "stream": stream::BUSY,
@@ -378,6 +415,7 @@ mod tests {
                 "quic" => 0x200..=0x20f,
                 "root" => 0x210..=0x21f,
                 "webrtc" => 0x220..=0x22f,
+                "sidecar" => 0x230..=0x23f,
                 "channels" => 0x300..=0x30f,
                 "stream" => 0x310..=0x31f,
                 "sync" => 0x320..=0x32f,
