@@ -2,4 +2,5 @@
 #![allow(dead_code)]
 
 pub mod contract;
+pub mod rawquic;
 pub mod rootkit;
