@@ -9,7 +9,7 @@
 #![no_main]
 
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use arbitrary::Arbitrary;
 use interlocking::root::{AdmissionBook, AdmissionError, JoinToken};
