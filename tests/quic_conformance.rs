@@ -15,14 +15,13 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use common::contract::{data, data_bytes_with_class, recv_data, until, wait_up};
+use common::rawquic::{LIMIT, answered, closed_with, code_of, connect_from, encoded, hello};
 use interlocking::transports::quic::{QuicConfig, QuicTransport, codes};
 use interlocking::transports::{Fact, Transport, TransportEvent};
 use interlocking::trust::{self, CertificateAuthority, NodeIdentity};
 use interlocking::vocab::{NodeId, Role};
-use interlocking::wire::{self, CodecConfig, Frame, FrameDecoder, Hello, Probe};
+use interlocking::wire::{self, Frame, FrameDecoder, Hello};
 use tokio::sync::mpsc;
-
-const LIMIT: Duration = Duration::from_secs(10);
 
 struct Server {
     t: Arc<QuicTransport>,
@@ -43,51 +42,9 @@ fn server(ca: &CertificateAuthority, hello_timeout: Duration) -> Server {
     }
 }
 
-fn encoded(frame: &Frame) -> Vec<u8> {
-    wire::encode_to_bytes(frame, &CodecConfig::default())
-        .unwrap()
-        .to_vec()
-}
-
-fn hello(node: &str, role: Role) -> Vec<u8> {
-    encoded(&Frame::Hello(Hello {
-        node: NodeId::new(node),
-        role,
-        features: 0,
-        token: None,
-    }))
-}
-
 /// A bare, authenticated connection to `server` with `ident`.
 async fn raw(ident: &NodeIdentity, ca: &CertificateAuthority, s: &Server) -> quinn::Connection {
-    let tls = trust::client_config(ident, &ca.roots()).unwrap();
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-    tokio::time::timeout(
-        LIMIT,
-        ep.connect(s.t.local_addr(), &trust::server_name(&s.id))
-            .unwrap(),
-    )
-    .await
-    .expect("handshake in time")
-    .expect("handshake succeeds")
-}
-
-fn code_of(e: &quinn::ConnectionError) -> Option<u64> {
-    match e {
-        quinn::ConnectionError::ConnectionClosed(c) => Some(u64::from(c.error_code)),
-        quinn::ConnectionError::TransportError(t) => Some(u64::from(t.code)),
-        quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
-        _ => None,
-    }
-}
-
-async fn closed_with(conn: &quinn::Connection) -> u64 {
-    let e = tokio::time::timeout(LIMIT, conn.closed())
-        .await
-        .expect("connection closed in time");
-    code_of(&e).unwrap_or_else(|| panic!("no code in {e:?}"))
+    connect_from(ident, ca, [127, 0, 0, 1].into(), s.t.local_addr(), &s.id).await
 }
 
 /// Waits for the server to report an incident about `peer` and returns it.
@@ -101,31 +58,6 @@ async fn incident(s: &mut Server, peer: &str) -> String {
         Fact::Incident(what) => what,
         _ => unreachable!(),
     }
-}
-
-/// Sends a `Probe` on a stream of `conn` and waits for the `ProbeAck`
-/// datagram: proof that the server has installed the connection and reads it.
-async fn answered(conn: &quinn::Connection, nonce: u64) {
-    let mut s = conn.open_uni().await.unwrap();
-    s.write_all(&encoded(&Frame::Probe(Probe {
-        nonce,
-        sent_at_us: 1,
-    })))
-    .await
-    .unwrap();
-    // The server's own probes arrive as datagrams too; skip them.
-    for _ in 0..1000 {
-        let got = tokio::time::timeout(LIMIT, conn.read_datagram())
-            .await
-            .expect("probe answered in time")
-            .unwrap();
-        match wire::decode_frame(&got, &CodecConfig::default()).unwrap() {
-            Frame::ProbeAck(a) if a.nonce == nonce => return,
-            Frame::Probe(_) => {}
-            other => panic!("expected a ProbeAck, got {other:?}"),
-        }
-    }
-    panic!("no ProbeAck among 1000 datagrams");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,6 +39,8 @@ pub use counters::QuicCounters;
 use counters::{Counters, bump};
 use hello::{HelloCheck, peer_role};
 mod reset;
+mod slots;
+use slots::{SlotRefusal, Slots};
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -72,7 +74,7 @@ use crate::wire::{
 pub use crate::wire::codes::quic as codes;
 
 use cause::{down_cause, is_certificate_alert, peer_node, tls_alert};
-pub use config::{Admission, Backoff, QueueBudget, QuicConfig, QuicError};
+pub use config::{Admission, Backoff, QueueBudget, QuicConfig, QuicError, QuicLimits};
 
 /// Frames and bytes queued on one class sender.
 #[derive(Default)]
@@ -109,6 +111,8 @@ struct Inner {
     reconnecting: Mutex<HashSet<NodeId>>,
     rng: Mutex<ChaCha8Rng>,
     counters: Counters,
+    /// Connection slots per address and in total ([`QuicLimits`]).
+    slots: Slots,
     closed: AtomicBool,
     generation: AtomicU64,
     shutdown: watch::Sender<bool>,
@@ -137,8 +141,11 @@ fn transport_params(config: &QuicConfig) -> Arc<quinn::TransportConfig> {
     // at ~0.3 s and ~1 s, inside the 1 s handshake timeout, so a re-dial
     // reaches a peer that starts listening within about a second.
     t.initial_rtt(Duration::from_millis(100));
-    t.max_concurrent_bidi_streams(VarInt::from_u32(4));
-    t.max_concurrent_uni_streams(VarInt::from_u32(64));
+    let l = config.limits;
+    t.max_concurrent_bidi_streams(VarInt::from_u32(l.streams_bidi));
+    t.max_concurrent_uni_streams(VarInt::from_u32(l.streams_uni));
+    t.stream_receive_window(VarInt::from_u32(l.stream_window));
+    t.receive_window(VarInt::from_u32(l.connection_window));
     Arc::new(t)
 }
 
@@ -221,6 +228,7 @@ impl QuicTransport {
             dialled: Mutex::new(HashMap::new()),
             reconnecting: Mutex::new(HashSet::new()),
             counters: Counters::default(),
+            slots: Slots::default(),
             closed: AtomicBool::new(false),
             generation: AtomicU64::new(1),
             shutdown,
@@ -545,12 +553,28 @@ async fn accept_loop(inner: Arc<Inner>) {
             i = inner.endpoint.accept() => i,
         };
         let Some(incoming) = incoming else { return };
-        tokio::spawn(handshake(inner.clone(), incoming));
+        let ip = incoming.remote_address().ip();
+        match inner.slots.take(ip, &inner.config.limits) {
+            Ok(slot) => {
+                tokio::spawn(handshake(inner.clone(), incoming, slot));
+            }
+            Err(limit) => {
+                let counter = match limit {
+                    SlotRefusal::PerAddress => &inner.counters.refused_connections_per_address,
+                    SlotRefusal::Total => &inner.counters.refused_connections_total,
+                };
+                bump(counter);
+                metrics::counter!("interlocking_limit_refusals_total", "limit" => limit.as_str())
+                    .increment(1);
+                tracing::warn!(node = %inner.node, remote = %incoming.remote_address(), limit = limit.as_str(), "quic: connection refused over limit");
+                incoming.refuse();
+            }
+        }
     }
 }
 
 /// Completes one incoming handshake and installs the connection.
-async fn handshake(inner: Arc<Inner>, incoming: quinn::Incoming) {
+async fn handshake(inner: Arc<Inner>, incoming: quinn::Incoming, slot: slots::Slot) {
     let remote = incoming.remote_address();
     let conn = match incoming.accept() {
         Err(e) => Err(Some(e)),
@@ -598,6 +622,12 @@ async fn handshake(inner: Arc<Inner>, incoming: quinn::Incoming) {
         }
     };
     bump(&inner.counters.accepted);
+    // The slot is held until the connection ends, whoever closes it.
+    let closed = conn.clone();
+    tokio::spawn(async move {
+        closed.closed().await;
+        drop(slot);
+    });
     let dialer = peer.clone();
     inner.install(conn, peer, dialer).await;
 }

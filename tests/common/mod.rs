@@ -3,5 +3,6 @@
 
 pub mod child;
 pub mod contract;
+pub mod rawquic;
 pub mod rootkit;
 pub mod sim;

@@ -76,6 +76,44 @@ impl Default for QueueBudget {
     }
 }
 
+/// What one QUIC endpoint accepts from the outside at most
+/// (`docs/limits.md`). A connection over a count limit is refused before
+/// its handshake with the QUIC transport error `CONNECTION_REFUSED`
+/// (`0x2`) and counted ([`super::QuicCounters`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuicLimits {
+    /// Connections (in handshake or established) from one IP address.
+    /// Default 64.
+    pub connections_per_address: usize,
+    /// Connections (in handshake or established) in total. Default 4096.
+    pub connections_total: usize,
+    /// Unidirectional streams a peer may have open at once (QUIC
+    /// `initial_max_streams_uni`). Default 64.
+    pub streams_uni: u32,
+    /// Bidirectional streams a peer may open at once (each is refused with
+    /// `UNEXPECTED_STREAM`; QUIC `initial_max_streams_bidi`). Default 4.
+    pub streams_bidi: u32,
+    /// Bytes a peer may have in flight unread on one stream (QUIC
+    /// `initial_max_stream_data`). Default 1 250 000.
+    pub stream_window: u32,
+    /// Bytes a peer may have in flight unread on the whole connection
+    /// (QUIC `initial_max_data`). Default 16 MiB.
+    pub connection_window: u32,
+}
+
+impl Default for QuicLimits {
+    fn default() -> Self {
+        Self {
+            connections_per_address: 64,
+            connections_total: 4096,
+            streams_uni: 64,
+            streams_bidi: 4,
+            stream_window: 1_250_000,
+            connection_window: 16 * 1024 * 1024,
+        }
+    }
+}
+
 /// Configuration of a [`QuicTransport`].
 #[derive(Clone)]
 pub struct QuicConfig {
@@ -112,6 +150,8 @@ pub struct QuicConfig {
     /// process to reset its predecessor's connections: set it when the
     /// identity is reissued at every start.
     pub reset_secret: Option<Vec<u8>>,
+    /// Connection, stream and flow-control limits.
+    pub limits: QuicLimits,
 }
 
 impl std::fmt::Debug for QuicConfig {
@@ -147,6 +187,7 @@ impl QuicConfig {
             admission: None,
             hello_timeout: Duration::from_secs(10),
             reset_secret: None,
+            limits: QuicLimits::default(),
         }
     }
 }

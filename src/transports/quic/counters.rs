@@ -41,6 +41,12 @@ pub struct QuicCounters {
     pub duplicates_closed: u64,
     /// Re-dial attempts.
     pub reconnect_attempts: u64,
+    /// Connections refused before their handshake: the remote address
+    /// already had `QuicLimits::connections_per_address`.
+    pub refused_connections_per_address: u64,
+    /// Connections refused before their handshake: the endpoint already
+    /// had `QuicLimits::connections_total`.
+    pub refused_connections_total: u64,
 }
 
 /// The live counters (see [`QuicCounters`] for their meaning).
@@ -62,6 +68,8 @@ pub(super) struct Counters {
     pub(super) bad_datagrams: AtomicU64,
     pub(super) duplicates_closed: AtomicU64,
     pub(super) reconnect_attempts: AtomicU64,
+    pub(super) refused_connections_per_address: AtomicU64,
+    pub(super) refused_connections_total: AtomicU64,
 }
 
 pub(super) fn bump(c: &AtomicU64) {
@@ -88,6 +96,8 @@ impl Counters {
             bad_datagrams: g(&self.bad_datagrams),
             duplicates_closed: g(&self.duplicates_closed),
             reconnect_attempts: g(&self.reconnect_attempts),
+            refused_connections_per_address: g(&self.refused_connections_per_address),
+            refused_connections_total: g(&self.refused_connections_total),
         }
     }
 }
