@@ -483,7 +483,10 @@ mod tests {
         sources(&root, &mut files);
         let mut offenders = Vec::new();
         for f in files {
-            if f.ends_with("wire/codes.rs") {
+            // STUN/TURN method and attribute numbers are IANA registry
+            // values of another protocol (RFC 8489, RFC 8656), not codes
+            // of this one.
+            if f.ends_with("wire/codes.rs") || f.ends_with("turn/stun.rs") {
                 continue;
             }
             let text = std::fs::read_to_string(&f).unwrap();
