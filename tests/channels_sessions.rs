@@ -550,6 +550,69 @@ async fn class_c_receipts_resolve_under_loss_and_without_a_path() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn answered_class_c_commands_do_not_count_against_the_waiting_bound() {
+    // Regression: answered class-C commands stayed counted until their
+    // deadline, so more than `max_class_c_waiting` within the timeout made
+    // every later send `Full` (a sustained 410 commands/s stalled for good).
+    let net = MemoryNetwork::new(17);
+    let hub = node(&net, "hub", Role::Hub, None).await;
+    let m1 = node(&net, "m1", Role::Member, Some("hub")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stream = StreamId::new("command:m1/hub");
+    CommandChannel::serve(
+        &hub,
+        stream.clone(),
+        NodeId::new("m1"),
+        Ledger::default(),
+        Arc::new(MemStore::new()),
+        ServeConfig::default(),
+    )
+    .await
+    .unwrap();
+    let cap = 64;
+    let sender: CommandSender<u64, u64> = CommandChannel::spawn_sender(
+        &m1,
+        stream.clone(),
+        NodeId::new("hub"),
+        Arc::new(MemStore::new()),
+        {
+            let mut c = SenderConfig::default();
+            c.max_class_c_waiting = cap;
+            c
+        },
+    )
+    .await
+    .unwrap();
+    for n in 0..3 * cap as u64 {
+        let r = sender.send(n, SendOptions::class_c()).await;
+        let r = r.unwrap_or_else(|e| panic!("command {n}: {e}"));
+        assert_eq!(r.reply().await.unwrap(), 2 * n);
+    }
+    // Still bounded: with every frame lost, `cap` wait and the next is Full.
+    let lost = LinkFaults {
+        loss: 1.0,
+        ..LinkFaults::default()
+    };
+    net.set_faults_both(
+        PathKind::Quic,
+        &NodeId::new("m1"),
+        &NodeId::new("hub"),
+        lost,
+    );
+    let mut waiting = Vec::new();
+    for n in 0..cap as u64 {
+        waiting.push(sender.send(n, SendOptions::class_c()).await.unwrap());
+    }
+    assert_eq!(
+        sender.send(0, SendOptions::class_c()).await.err(),
+        Some(CommandError::Full)
+    );
+    drop(waiting);
+    m1.shutdown().await;
+    hub.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_receiver_that_is_not_serving_yet_is_retried_soon_not_after_the_rto() {
     let net = MemoryNetwork::new(16);
     let hub = node(&net, "hub", Role::Hub, None).await;

@@ -307,7 +307,15 @@ impl SenderState {
     /// is told at once; otherwise its receipt resolves with the answer or
     /// times out.
     fn send_unstored(&mut self, s: Submission) {
-        if self.class_c.len() >= self.args.config.max_class_c_waiting {
+        let cap = self.args.config.max_class_c_waiting;
+        if self.class_c.len() >= cap {
+            // The deadline queue still holds answered commands until their
+            // deadline passes; only those still waiting count against the
+            // bound (compacted only when the queue reaches it).
+            let waiters = self.args.shared.waiters();
+            self.class_c.retain(|(_, id)| waiters.contains_key(id));
+        }
+        if self.class_c.len() >= cap {
             let _ = s.accept.send(Err(CommandError::Full));
             return;
         }
