@@ -154,6 +154,15 @@ async fn hub_with(web_config: WebConfig) -> Hub {
     }
 }
 
+/// A single-use browser join token for `hub`'s handler, valid for `ttl`.
+async fn issue_token(hub: &Hub, ttl: Duration) -> String {
+    hub.web
+        .gate()
+        .issue(&hub.node, hub.handler.clone(), hub.store.clone(), ttl)
+        .await
+        .unwrap()
+}
+
 async fn page(hub: &Hub, report: &str, rx: &mut mpsc::Receiver<Value>, query: &str) -> Value {
     let url = format!("http://{}/?report={report}&{query}", hub.web.addr());
     let _browser = chromium(&url);
@@ -176,12 +185,7 @@ async fn chromium_is_admitted_and_gets_100_replies_garbage_is_refused_tokens_are
     let hub = hub().await;
     let (report, mut rx) = report_endpoint().await;
     let ttl = Duration::from_secs(60);
-    let token = hub
-        .web
-        .gate()
-        .issue(&hub.node, hub.handler.clone(), hub.store.clone(), ttl)
-        .await
-        .unwrap();
+    let token = issue_token(&hub, ttl).await;
 
     let r = page(
         &hub,
@@ -216,17 +220,7 @@ async fn chromium_is_admitted_and_gets_100_replies_garbage_is_refused_tokens_are
     assert_eq!(r["ok"], false, "{r}");
     assert_eq!(r["error_code"], u64::from(codes::TOKEN_REFUSED), "{r}");
     // An expired token: refused.
-    let expired = hub
-        .web
-        .gate()
-        .issue(
-            &hub.node,
-            hub.handler.clone(),
-            hub.store.clone(),
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    let expired = issue_token(&hub, Duration::ZERO).await;
     let r = page(&hub, &report, &mut rx, &format!("token={expired}&n=1")).await;
     assert_eq!(r["error_code"], u64::from(codes::TOKEN_REFUSED), "{r}");
     assert_eq!(hub.handler.applied.lock().unwrap().len(), 101);
@@ -239,17 +233,7 @@ async fn chromium_is_admitted_and_gets_100_replies_garbage_is_refused_tokens_are
 async fn hub_closing_the_browser_peer_mid_run_is_recovered_and_every_command_applied_once() {
     let hub = hub().await;
     let (report, mut rx) = report_endpoint().await;
-    let token = hub
-        .web
-        .gate()
-        .issue(
-            &hub.node,
-            hub.handler.clone(),
-            hub.store.clone(),
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
+    let token = issue_token(&hub, Duration::from_secs(60)).await;
     let url = format!(
         "http://{}/?report={report}&token={token}&n=100&pace=10",
         hub.web.addr()
@@ -318,17 +302,7 @@ async fn a_relay_only_page_is_carried_by_the_roots_turn_server() {
     })
     .await;
     let (report, mut rx) = report_endpoint().await;
-    let token = hub
-        .web
-        .gate()
-        .issue(
-            &hub.node,
-            hub.handler.clone(),
-            hub.store.clone(),
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
+    let token = issue_token(&hub, Duration::from_secs(60)).await;
     let r = page(
         &hub,
         &report,
