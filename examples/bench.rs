@@ -30,6 +30,9 @@
 //! reported with the min–max spread. With `--json` the last line of output
 //! is one JSON object.
 
+#[path = "../tests/demo/topology.rs"]
+mod topology;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -780,7 +783,7 @@ async fn failover(
     _ca: &CertificateAuthority,
     blackholings: usize,
 ) -> Result<Option<Failover>, BoxError> {
-    let mut opts = interlocking::topology::Options::new(11);
+    let mut opts = topology::Options::new(11);
     opts.members = blackholings;
     opts.chaos_cycles = blackholings as u32;
     opts.interval = Duration::from_millis(100);
@@ -789,7 +792,7 @@ async fn failover(
     opts.dark_ms = (1_500, 2_000);
     opts.round_robin = true;
     opts.wait_for_return = false;
-    let report = interlocking::topology::hub_root_member(opts, |_| {})
+    let report = topology::hub_root_member(opts, |_| {})
         .await
         .map_err(|e| -> BoxError { e.to_string().into() })?;
     eprintln!(

@@ -16,10 +16,13 @@
 //! line, one JSON object of figures; it exits non-zero if a command was
 //! lost or applied twice, or a voluntary return happened inside a freeze.
 
+#[path = "../tests/demo/topology.rs"]
+mod topology;
+
 use std::time::Duration;
 
 use interlocking::routing::RoutingConfig;
-use interlocking::topology::{Options, hub_root_member};
+use topology::{Options, hub_root_member};
 
 fn arg(args: &[String], name: &str) -> Option<u64> {
     let i = args.iter().position(|a| a == name)?;

@@ -13,7 +13,9 @@ use interlocking::channels::command::{CommandChannel, SendOptions, SenderConfig,
 use interlocking::root::{Root, RootConfig, RootHandle, join};
 use interlocking::routing::{Decision, Rule};
 use interlocking::store::RedbStore;
-use interlocking::topology::{Ledger, Move, quick_policy};
+#[path = "demo/topology.rs"]
+mod topology;
+
 use interlocking::transports::PeerAddr;
 use interlocking::transports::probe::ProbeConfig;
 use interlocking::transports::quic::faults::FaultHandle;
@@ -23,6 +25,7 @@ use interlocking::transports::webrtc::{IceConfig, WebrtcConfig, WebrtcFaults};
 use interlocking::vocab::{NodeId, PathKind, Role, StreamId};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
+use topology::{Ledger, Move, quick_policy};
 
 fn probe() -> ProbeConfig {
     ProbeConfig {

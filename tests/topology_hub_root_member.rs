@@ -4,7 +4,10 @@
 //! applied twice, streams fail over to the relay and come back, and no
 //! voluntary return happens inside a freeze window.
 
-use interlocking::topology::{Options, hub_root_member};
+#[path = "demo/topology.rs"]
+mod topology;
+
+use topology::{Options, hub_root_member};
 
 /// The two topologies here are real networks of up to 22 nodes in one
 /// process: run one at a time so neither starves the other's probes.

@@ -1,13 +1,16 @@
-//! Ready-made topologies, runnable from an example, the binary and tests.
+//! The hub–root–member demo topology, shared by `examples/hub_root_member.rs`,
+//! `examples/bench.rs` and the tests that run it (`#[path]`-included; it is
+//! not part of the library).
 //!
-//! Owns the wiring of whole systems out of the crate's parts — nothing
-//! else: every behaviour shown comes from the layers below. Today:
-//! [`hub_root_member`], a root, a hub and members on one loopback, each its
-//! own node with its own QUIC endpoint, joined through the root's admission
-//! and sending class-A commands to a handler on the hub; the stream prefers
-//! the direct QUIC path and falls back to the relay through the root. A
-//! seeded chaos schedule blackholes the members' direct paths (a
-//! fault-injecting socket beneath quinn) and restores them.
+//! Owns the wiring of one whole system out of the crate's parts — nothing
+//! else: every behaviour shown comes from the library. A root, a hub and
+//! members on one loopback, each its own node with its own QUIC endpoint,
+//! joined through the root's admission and sending class-A commands to a
+//! recording handler ([`Ledger`]) on the hub; the stream prefers the direct
+//! QUIC path and falls back to the relay through the root. A seeded chaos
+//! schedule blackholes the members' direct paths (a fault-injecting socket
+//! beneath quinn) and restores them.
+#![allow(dead_code)] // each including crate uses a different part
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -21,19 +24,19 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-use crate::actors::node::{Node, NodeBuilder};
-use crate::channels::command::{
+use interlocking::actors::node::{Node, NodeBuilder};
+use interlocking::channels::command::{
     CommandChannel, CommandHandler, CommandSender, SendOptions, SenderConfig, ServeConfig,
 };
-use crate::root::{Root, RootConfig, RootHandle, join};
-use crate::routing::{Decision, RoutingConfig, Rule};
-use crate::store::RedbStore;
-use crate::sync::{LockRecover, lock};
-use crate::transports::PeerAddr;
-use crate::transports::quic::QuicConfig;
-use crate::transports::quic::faults::FaultHandle;
-use crate::transports::relay::RelayConfig;
-use crate::vocab::{ChannelKind, NodeId, PathKind, Role, StreamId};
+use interlocking::root::{Root, RootConfig, RootHandle, join};
+use interlocking::routing::{Decision, RoutingConfig, Rule};
+use interlocking::store::RedbStore;
+
+use interlocking::transports::PeerAddr;
+use interlocking::transports::quic::QuicConfig;
+use interlocking::transports::quic::faults::FaultHandle;
+use interlocking::transports::relay::RelayConfig;
+use interlocking::vocab::{ChannelKind, NodeId, PathKind, Role, StreamId};
 
 /// How to run [`hub_root_member`].
 #[derive(Clone, Debug)]
@@ -205,6 +208,12 @@ impl CommandHandler for Ledger {
     }
 }
 
+/// Locks `m`, recovering from poisoning (a panicked holder leaves the data
+/// as it was).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A boxed error for the topology's set-up steps.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -212,8 +221,8 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 /// handshake timeouts (the figures this topology reports are the ones a user
 /// gets without tuning).
 fn quic_config(
-    identity: crate::trust::NodeIdentity,
-    roots: crate::trust::TrustRoots,
+    identity: interlocking::trust::NodeIdentity,
+    roots: interlocking::trust::TrustRoots,
 ) -> QuicConfig {
     QuicConfig::new(identity, roots)
 }
@@ -347,7 +356,7 @@ impl<L: Fn(String)> Observer<'_, L> {
 /// Runs the hub–root–member topology and reports what happened. `log`
 /// receives one human line per route decision and chaos event.
 pub async fn hub_root_member(opts: Options, log: impl Fn(String)) -> Result<Report, Error> {
-    crate::trust::ensure_crypto_provider();
+    interlocking::trust::ensure_crypto_provider();
     let started = Instant::now();
     let dir = opts.state_dir.join(format!(
         "interlocking-hrm-{}-{}",
@@ -480,7 +489,7 @@ async fn run(
                     waiting.push(tokio::spawn(async move {
                         let ok = receipt.reply().await.is_ok();
                         if ok {
-                            replies.lock_recover().push((name, Instant::now()));
+                            lock(&replies).push((name, Instant::now()));
                         }
                     }));
                 }
