@@ -14,11 +14,13 @@
 //! A second port keeps the node endpoint's rule simple (client certificate
 //! always required) instead of relaxing it per ALPN.
 //!
-//! Supervision: the serving task and the join task each run under a small
-//! supervisor with the crate's [`RestartPolicy`]: a panicking task is
-//! restarted with backoff (the event queue survives it); past the restart
-//! intensity the root closes its node endpoint, so nodes see it gone and
-//! fail over, instead of talking to a root that no longer forwards.
+//! Supervision: the serving loop and the join loop are supervised tasks
+//! ([`task_spec`]) under the same [`Supervisor`] and [`RestartPolicy`] as
+//! every node's actors: a panicking loop is restarted with backoff (the
+//! event queue survives it); past the restart intensity the supervisor
+//! escalates, and the root then closes its node endpoint, so nodes see it
+//! gone and fail over, instead of talking to a root that no longer
+//! forwards.
 //!
 //! Must not touch: hub semantics (no outbox, no handler execution, no
 //! channel state). The root reads the envelope of relayed inner `Data`
@@ -33,6 +35,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::QuicServerConfig;
+use ractor::{Actor, ActorRef};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -40,7 +43,9 @@ use super::admission::{AdmissionError, JoinToken, codes, unix_ms};
 use super::dedupe::Verdict;
 use super::rendezvous;
 use super::state::{DedupeBounds, LocalState, RootState, StateHealth};
-use crate::actors::restart::{RestartDecision, RestartPolicy, RestartTracker};
+use crate::actors::restart::RestartPolicy;
+use crate::actors::supervisor::{RestartMode, Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::actors::task::task_spec;
 use crate::sync::lock;
 use crate::transports::probe::ProbeConfig;
 use crate::transports::quic::{QueueBudget, QuicConfig, QuicError, QuicTransport};
@@ -140,6 +145,9 @@ pub enum RootError {
     /// The join endpoint could not be bound, or state could not be read.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// The root's supervisor could not be started.
+    #[error("supervisor: {0}")]
+    Spawn(String),
 }
 
 /// Counters of the root's work (monotonic).
@@ -264,38 +272,57 @@ impl Root {
         });
         let (stop, _) = watch::channel(false);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        let policy = inner.config.restart;
+        // Actor names are process-global in ractor; the instance number lets
+        // several roots with the same id live in one process (tests).
+        static INSTANCE: AtomicU64 = AtomicU64::new(1);
+        let prefix = format!(
+            "{}#{}/root/",
+            inner.config.node,
+            INSTANCE.fetch_add(1, Ordering::Relaxed)
+        );
         let serving = {
             let (inner, stop) = (inner.clone(), stop.subscribe());
-            move || serve(inner.clone(), rx.clone(), stop.clone())
+            task_spec(
+                format!("{prefix}serve"),
+                RestartMode::Transient,
+                move || serve(inner.clone(), rx.clone(), stop.clone()),
+            )
         };
         let joining = {
             let (inner, ep, stop) = (inner.clone(), join_ep.clone(), stop.subscribe());
-            move || join_loop(inner.clone(), ep.clone(), stop.clone())
+            task_spec(format!("{prefix}join"), RestartMode::Transient, move || {
+                join_loop(inner.clone(), ep.clone(), stop.clone())
+            })
         };
-        let escalate = |inner: Arc<Inner>| move || async move { inner.quic.shutdown().await };
-        let tasks = vec![
-            tokio::spawn(supervise(
-                "serve",
-                policy,
-                stop.subscribe(),
-                serving,
-                escalate(inner.clone()),
-            )),
-            tokio::spawn(supervise(
-                "join",
-                policy,
-                stop.subscribe(),
-                joining,
-                escalate(inner.clone()),
-            )),
-        ];
+        let (supervisor, exited) = Actor::spawn(
+            Some(format!("{prefix}supervisor")),
+            Supervisor,
+            SupervisorArgs {
+                policy: inner.config.restart,
+                children: vec![serving, joining],
+            },
+        )
+        .await
+        .map_err(|e| RootError::Spawn(e.to_string()))?;
+        // Past the restart intensity the supervisor fails: close the node
+        // endpoint so nodes fail over (a requested stop is not a failure).
+        let watcher = {
+            let (inner, stopping) = (inner.clone(), stop.subscribe());
+            tokio::spawn(async move {
+                let _ = exited.await;
+                if !*stopping.borrow() {
+                    tracing::error!(root = %inner.config.node, "root: supervisor escalated; closing the node endpoint");
+                    inner.quic.shutdown().await;
+                }
+            })
+        };
         tracing::info!(root = %inner.config.node, addr = %inner.quic.local_addr(), join = ?join_ep.local_addr(), "root: serving");
         Ok(RootHandle {
             inner,
             join_ep,
             stop,
-            tasks: Mutex::new(tasks),
+            supervisor,
+            watcher: Mutex::new(Some(watcher)),
         })
     }
 }
@@ -306,7 +333,8 @@ pub struct RootHandle {
     inner: Arc<Inner>,
     join_ep: quinn::Endpoint,
     stop: watch::Sender<bool>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    supervisor: ActorRef<SupervisorMsg>,
+    watcher: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for RootHandle {
@@ -435,9 +463,13 @@ impl RootHandle {
         self.join_ep
             .close(quinn::VarInt::from(0x200u16), b"shutdown");
         self.inner.quic.shutdown().await;
-        let tasks: Vec<JoinHandle<()>> = lock(&self.tasks).drain(..).collect();
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        let _ = self
+            .supervisor
+            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+            .await;
+        let watcher = lock(&self.watcher).take();
+        if let Some(w) = watcher {
+            let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
         }
         // Commit queued state and release its files for a successor.
         self.inner.state.close().await;
@@ -456,52 +488,6 @@ fn destination_refusal(inner: &Inner, to: &NodeId) -> Option<(u16, String)> {
         Some((codes::OFFLINE, format!("{to} is not connected to the root")))
     } else {
         Some((codes::NOT_ADMITTED, format!("{to} is not an admitted node")))
-    }
-}
-
-/// Runs the task `make` builds, restarting it when it panics, as `policy`
-/// allows; past the restart intensity, closes the node endpoint.
-async fn supervise<F, Fut, E, EFut>(
-    name: &'static str,
-    policy: RestartPolicy,
-    mut stop: watch::Receiver<bool>,
-    mut make: F,
-    escalate: E,
-) where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-    E: FnOnce() -> EFut,
-    EFut: std::future::Future<Output = ()>,
-{
-    let mut tracker = RestartTracker::new(policy);
-    loop {
-        match tokio::spawn(make()).await {
-            Err(e) if e.is_panic() => match tracker.on_exit(std::time::Instant::now()) {
-                RestartDecision::Restart { after, attempt } => {
-                    tracing::error!(
-                        task = name,
-                        attempt,
-                        ?after,
-                        "root: task panicked; restarting"
-                    );
-                    tokio::select! {
-                        _ = stop.changed() => return,
-                        _ = tokio::time::sleep(after) => {}
-                    }
-                }
-                RestartDecision::Escalate { restarts, within } => {
-                    tracing::error!(
-                        task = name,
-                        restarts,
-                        ?within,
-                        "root: restart intensity exceeded; closing the node endpoint"
-                    );
-                    escalate().await;
-                    return;
-                }
-            },
-            _ => return,
-        }
     }
 }
 
@@ -783,52 +769,4 @@ async fn admit(inner: &Inner, req: JoinRequest) -> Result<JoinGranted, Admission
         ca: Bytes::from(inner.ca.certificate().to_vec()),
         expires_at_ms: unix_ms(not_after),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicBool, AtomicU32};
-
-    fn policy(max_restarts: u32) -> RestartPolicy {
-        RestartPolicy {
-            max_restarts,
-            within: Duration::from_secs(60),
-            backoff_initial: Duration::from_millis(1),
-            backoff_max: Duration::from_millis(1),
-        }
-    }
-
-    async fn run(max_restarts: u32, panics: u32) -> (u32, bool) {
-        let runs = Arc::new(AtomicU32::new(0));
-        let escalated = Arc::new(AtomicBool::new(false));
-        let (_stop, rx) = watch::channel(false);
-        let r = runs.clone();
-        let e = escalated.clone();
-        supervise(
-            "test",
-            policy(max_restarts),
-            rx,
-            move || {
-                let r = r.clone();
-                async move {
-                    if r.fetch_add(1, Ordering::SeqCst) < panics {
-                        panic!("injected");
-                    }
-                }
-            },
-            move || async move { e.store(true, Ordering::SeqCst) },
-        )
-        .await;
-        (
-            runs.load(Ordering::SeqCst),
-            escalated.load(Ordering::SeqCst),
-        )
-    }
-
-    #[tokio::test]
-    async fn a_panicking_task_is_restarted_then_escalated() {
-        assert_eq!(run(3, 2).await, (3, false));
-        assert_eq!(run(2, u32::MAX).await, (3, true));
-    }
 }
