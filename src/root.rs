@@ -31,5 +31,5 @@ pub mod service;
 pub mod state;
 
 pub use admission::{AdmissionBook, AdmissionError, JoinToken, codes};
-pub use join::{JoinError, Joined, join};
+pub use join::{JoinError, Joined, join, renew};
 pub use service::{Root, RootConfig, RootCounters, RootError, RootHandle, open_ca};

@@ -505,6 +505,11 @@ pub fn server_config(
         .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     cfg.max_early_data_size = 0;
+    // No session resumption: every handshake verifies the certificate the
+    // peer holds now (a resumed session would carry the identity of the
+    // first handshake past that certificate's expiry).
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     Ok(cfg)
 }
 
@@ -521,16 +526,28 @@ pub fn client_config(
         .with_client_auth_cert(identity.cert_chain.clone(), identity.key.clone_key())?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     cfg.enable_early_data = false;
+    cfg.resumption = rustls::client::Resumption::disabled();
     Ok(cfg)
 }
 
 /// A rustls server configuration for the join ALPN: TLS 1.3, server
-/// certificate `identity`, **no client authentication** (the join token
-/// authenticates the client), ALPN [`JOIN_ALPN`] only.
-pub fn join_server_config(identity: &NodeIdentity) -> Result<rustls::ServerConfig, TrustError> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+/// certificate `identity`, ALPN [`JOIN_ALPN`] only, and an **optional**
+/// client certificate: a joiner presents none (its join token
+/// authenticates it); a node renewing its certificate presents its current
+/// one, which must chain to `roots` and be within its validity (checked in
+/// the handshake, like on the node endpoint).
+pub fn join_server_config(
+    identity: &NodeIdentity,
+    roots: &TrustRoots,
+) -> Result<rustls::ServerConfig, TrustError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.store()?, provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TrustError::Verifier(e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())?;
     cfg.alpn_protocols = vec![JOIN_ALPN.to_vec()];
     cfg.max_early_data_size = 0;
@@ -542,16 +559,28 @@ pub fn join_server_config(identity: &NodeIdentity) -> Result<rustls::ServerConfi
 /// a CA certificate whose SHA-256 is `ca_fingerprint` and the leaf verifies
 /// against that CA (full WebPKI verification, server name included).
 pub fn join_client_config(ca_fingerprint: [u8; 32]) -> Result<rustls::ClientConfig, TrustError> {
+    join_client_config_as(ca_fingerprint, None)
+}
+
+/// [`join_client_config`], presenting `identity` as the client certificate
+/// when given (a renewal).
+pub fn join_client_config_as(
+    ca_fingerprint: [u8; 32],
+    identity: Option<&NodeIdentity>,
+) -> Result<rustls::ClientConfig, TrustError> {
     let provider = provider();
     let verifier = Arc::new(PinnedCaVerifier {
         fingerprint: ca_fingerprint,
         provider: provider.clone(),
     });
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let mut cfg = match identity {
+        Some(id) => builder.with_client_auth_cert(id.cert_chain.clone(), id.key.clone_key())?,
+        None => builder.with_no_client_auth(),
+    };
     cfg.alpn_protocols = vec![JOIN_ALPN.to_vec()];
     cfg.enable_early_data = false;
     Ok(cfg)

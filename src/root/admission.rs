@@ -73,6 +73,9 @@ pub enum AdmissionError {
     /// The root failed internally (storage, issuance).
     #[error("root internal error: {0}")]
     Internal(String),
+    /// A renewal without a valid certificate of the node and role it names.
+    #[error("not renewable: {0}")]
+    NotRenewable(String),
 }
 
 impl AdmissionError {
@@ -87,6 +90,7 @@ impl AdmissionError {
             AdmissionError::RoleMismatch { .. } => codes::ROLE_MISMATCH,
             AdmissionError::BadRequest(_) => codes::BAD_REQUEST,
             AdmissionError::Internal(_) => codes::INTERNAL,
+            AdmissionError::NotRenewable(_) => codes::NOT_RENEWABLE,
         }
     }
 
@@ -112,6 +116,7 @@ impl AdmissionError {
                 Err(_) => AdmissionError::BadRequest(format!("{code:#x}: {reason}")),
             },
             codes::BAD_REQUEST => AdmissionError::BadRequest(reason.to_string()),
+            codes::NOT_RENEWABLE => AdmissionError::NotRenewable(reason.to_string()),
             _ => AdmissionError::Internal(format!("{code:#x}: {reason}")),
         }
     }

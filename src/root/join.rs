@@ -8,6 +8,11 @@
 //! public key, and read `JoinGranted` or `JoinRefused`. The private key
 //! never leaves the node.
 //!
+//! [`renew`] is the same exchange for a node that holds a valid
+//! certificate: it presents that certificate on the join connection, sends
+//! an empty token and a fresh public key, and gets a new certificate with a
+//! new lifetime (`docs/root.md` §2.3).
+//!
 //! Must not touch: the node's transports (the caller builds them from the
 //! returned identity).
 
@@ -61,8 +66,61 @@ pub async fn join(
     timeout: Duration,
 ) -> Result<Joined, JoinError> {
     let parsed: JoinToken = token.parse()?;
+    exchange(
+        join_addr,
+        root,
+        parsed.ca_fingerprint,
+        token.trim(),
+        None,
+        node,
+        role,
+        timeout,
+    )
+    .await
+}
+
+/// Renews `identity`'s certificate through the root's join endpoint at
+/// `join_addr` before it expires: the current certificate authenticates
+/// the request (an expired or revoked one is refused), the new certificate
+/// is for a freshly generated key. Bounded by `timeout`.
+pub async fn renew(
+    join_addr: SocketAddr,
+    root: &NodeId,
+    identity: &NodeIdentity,
+    timeout: Duration,
+) -> Result<Joined, JoinError> {
+    let ca = identity
+        .cert_chain
+        .get(1)
+        .ok_or_else(|| JoinError::Protocol("the identity holds no CA certificate".into()))?;
+    exchange(
+        join_addr,
+        root,
+        trust::fingerprint(ca),
+        "",
+        Some(identity),
+        &identity.node,
+        identity.role,
+        timeout,
+    )
+    .await
+}
+
+/// One join exchange: `token` (empty for a renewal, which presents
+/// `present`) for a certificate of a fresh key.
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    join_addr: SocketAddr,
+    root: &NodeId,
+    ca_fingerprint: [u8; 32],
+    token: &str,
+    present: Option<&NodeIdentity>,
+    node: &NodeId,
+    role: Role,
+    timeout: Duration,
+) -> Result<Joined, JoinError> {
     let key = rcgen::KeyPair::generate().map_err(|e| JoinError::Protocol(e.to_string()))?;
-    let tls = trust::join_client_config(parsed.ca_fingerprint)
+    let tls = trust::join_client_config_as(ca_fingerprint, present)
         .map_err(|e| JoinError::Protocol(e.to_string()))?;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| JoinError::Protocol(e.to_string()))?;
@@ -76,7 +134,7 @@ pub async fn join(
     ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
     let codec = CodecConfig::default();
     let request = Frame::JoinRequest(JoinRequest {
-        token: token.trim().to_string(),
+        token: token.to_string(),
         node: node.clone(),
         role,
         public_key: Bytes::from(rcgen::PublicKeyData::subject_public_key_info(&key)),
@@ -110,7 +168,7 @@ pub async fn join(
     match answer {
         Some(Frame::JoinGranted(g)) => {
             let ca = CertificateDer::from(g.ca.to_vec());
-            if trust::fingerprint(&ca) != parsed.ca_fingerprint {
+            if trust::fingerprint(&ca) != ca_fingerprint {
                 return Err(JoinError::Protocol("granted CA is not the token's".into()));
             }
             let cert = CertificateDer::from(g.cert.to_vec());

@@ -154,8 +154,10 @@ pub enum RootError {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RootCounters {
-    /// Join requests granted.
+    /// Join requests granted (renewals included).
     pub joins_granted: u64,
+    /// Of those, certificate renewals.
+    pub renewals: u64,
     /// Join requests refused.
     pub joins_refused: u64,
     /// Frames forwarded (relay and signal).
@@ -171,6 +173,7 @@ pub struct RootCounters {
 #[derive(Default)]
 struct Counters {
     joins_granted: AtomicU64,
+    renewals: AtomicU64,
     joins_refused: AtomicU64,
     relayed: AtomicU64,
     relay_refused: AtomicU64,
@@ -253,7 +256,7 @@ impl Root {
         let (tx, rx) = mpsc::channel(8192);
         let quic = QuicTransport::bind(quic_cfg, tx)?;
 
-        let join_tls = trust::join_server_config(&identity)?;
+        let join_tls = trust::join_server_config(&identity, &ca.roots())?;
         let join_quic =
             QuicServerConfig::try_from(join_tls).map_err(|e| QuicError::Crypto(e.to_string()))?;
         let join_ep = quinn::Endpoint::server(
@@ -449,6 +452,7 @@ impl RootHandle {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         RootCounters {
             joins_granted: g(&c.joins_granted),
+            renewals: g(&c.renewals),
             joins_refused: g(&c.joins_refused),
             relayed: g(&c.relayed),
             relay_refused: g(&c.relay_refused),
@@ -685,6 +689,33 @@ async fn join_loop(inner: Arc<Inner>, ep: quinn::Endpoint, mut stop: watch::Rece
     }
 }
 
+/// Whether a renewal may be granted: the join connection presented a
+/// certificate of the CA (chained and within its validity: the handshake
+/// checked both) naming the requested node and role, which is not revoked.
+fn renewable(
+    inner: &Inner,
+    req: &JoinRequest,
+    presented: Option<&rustls::pki_types::CertificateDer<'static>>,
+) -> Result<(), AdmissionError> {
+    let cert = presented.ok_or_else(|| {
+        AdmissionError::NotRenewable("no node certificate presented with an empty token".into())
+    })?;
+    let node = trust::node_from_certificate(cert)
+        .map_err(|e| AdmissionError::NotRenewable(e.to_string()))?;
+    let role = trust::role_from_certificate(cert)
+        .map_err(|e| AdmissionError::NotRenewable(e.to_string()))?;
+    if node != req.node || role != req.role {
+        return Err(AdmissionError::NotRenewable(format!(
+            "the certificate is {node} ({role}), the request {} ({})",
+            req.node, req.role
+        )));
+    }
+    if inner.state.is_revoked(&node) {
+        return Err(AdmissionError::Revoked(node));
+    }
+    Ok(())
+}
+
 /// Serves one join connection: one request, one answer.
 async fn handle_join(inner: Arc<Inner>, incoming: quinn::Incoming) {
     let limit = inner.config.join_timeout;
@@ -698,7 +729,16 @@ async fn handle_join(inner: Arc<Inner>, incoming: quinn::Incoming) {
     let mut decoder = FrameDecoder::new(inner.config.codec);
     let request = tokio::time::timeout(limit, read_frame(&mut recv, &mut buf, &mut decoder)).await;
     let answer = match request {
-        Ok(Ok(Some(Frame::JoinRequest(req)))) => admit(&inner, req).await,
+        Ok(Ok(Some(Frame::JoinRequest(req)))) => {
+            let presented = conn
+                .peer_identity()
+                .and_then(|p| {
+                    p.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                        .ok()
+                })
+                .and_then(|chain| chain.first().cloned());
+            admit(&inner, req, presented).await
+        }
         Ok(Ok(Some(other))) => Err(AdmissionError::BadRequest(format!(
             "expected a JoinRequest, got {:?}",
             other.kind()
@@ -744,15 +784,23 @@ async fn handle_join(inner: Arc<Inner>, incoming: quinn::Incoming) {
 }
 
 /// Checks a join request and issues the node's certificate.
-async fn admit(inner: &Inner, req: JoinRequest) -> Result<JoinGranted, AdmissionError> {
-    let token: JoinToken = req.token.parse()?;
-    if token.ca_fingerprint != inner.ca.fingerprint() {
-        return Err(AdmissionError::Unknown);
+async fn admit(
+    inner: &Inner,
+    req: JoinRequest,
+    presented: Option<rustls::pki_types::CertificateDer<'static>>,
+) -> Result<JoinGranted, AdmissionError> {
+    if req.token.is_empty() {
+        renewable(inner, &req, presented.as_ref())?;
+    } else {
+        let token: JoinToken = req.token.parse()?;
+        if token.ca_fingerprint != inner.ca.fingerprint() {
+            return Err(AdmissionError::Unknown);
+        }
+        inner
+            .state
+            .redeem(&token, &req.node, req.role, SystemTime::now())
+            .await?;
     }
-    inner
-        .state
-        .redeem(&token, &req.node, req.role, SystemTime::now())
-        .await?;
     let (cert, not_after) = inner
         .ca
         .issue_for_key(
@@ -763,7 +811,12 @@ async fn admit(inner: &Inner, req: JoinRequest) -> Result<JoinGranted, Admission
         )
         .map_err(|e| AdmissionError::BadRequest(e.to_string()))?;
     lock(&inner.known).insert(req.node.clone());
-    tracing::info!(node = %req.node, role = %req.role, "root: node admitted");
+    if req.token.is_empty() {
+        bump(&inner.counters.renewals);
+        tracing::info!(node = %req.node, role = %req.role, "root: certificate renewed");
+    } else {
+        tracing::info!(node = %req.node, role = %req.role, "root: node admitted");
+    }
     Ok(JoinGranted {
         cert: Bytes::from(cert.to_vec()),
         ca: Bytes::from(inner.ca.certificate().to_vec()),

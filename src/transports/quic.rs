@@ -64,7 +64,7 @@ use super::{
     ConnectError, DownCause, EventSink, Fact, PeerAddr, SendError, Transport, TransportEvent,
 };
 use crate::sync::lock;
-use crate::trust;
+use crate::trust::{self, NodeIdentity};
 use crate::vocab::{NodeId, PathId, PathKind, TrafficClass};
 use crate::wire::{Frame, Hello, ProbeAck, decode_frame, encode_to_bytes};
 
@@ -104,6 +104,9 @@ struct Inner {
     config: QuicConfig,
     events: EventSink,
     endpoint: quinn::Endpoint,
+    /// The client side's TLS configuration (this node's certificate):
+    /// replaced by [`QuicTransport::renew_identity`].
+    client: Mutex<quinn::ClientConfig>,
     runtime: tokio::runtime::Handle,
     peers: Mutex<HashMap<NodeId, PeerConn>>,
     dialled: Mutex<HashMap<NodeId, SocketAddr>>,
@@ -214,7 +217,7 @@ impl QuicTransport {
                 )?
             }
         };
-        endpoint.set_default_client_config(client);
+        endpoint.set_default_client_config(client.clone());
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             node: config.identity.node.clone(),
@@ -222,6 +225,7 @@ impl QuicTransport {
             config,
             events,
             endpoint,
+            client: Mutex::new(client),
             runtime: tokio::runtime::Handle::current(),
             peers: Mutex::new(HashMap::new()),
             dialled: Mutex::new(HashMap::new()),
@@ -234,6 +238,29 @@ impl QuicTransport {
         });
         tokio::spawn(accept_loop(inner.clone()));
         Ok(Arc::new(Self { inner }))
+    }
+
+    /// Presents `identity` (a renewed certificate of the same node and role,
+    /// e.g. from [`crate::root::renew`]) from now on: to every connection
+    /// accepted or dialled after the call. Connections already open keep
+    /// running (TLS authenticates once, at the handshake), so no stream is
+    /// dropped by a renewal.
+    pub fn renew_identity(&self, identity: &NodeIdentity) -> Result<(), QuicError> {
+        let mine = &self.inner.config.identity;
+        if identity.node != mine.node || identity.role != mine.role {
+            return Err(QuicError::Crypto(format!(
+                "a renewed identity must be {} ({}), not {} ({})",
+                mine.node, mine.role, identity.node, identity.role
+            )));
+        }
+        let mut config = self.inner.config.clone();
+        config.identity = identity.clone();
+        let server = quinn_server_config(&config)?;
+        let client = quinn_client_config(&config)?;
+        self.inner.endpoint.set_server_config(Some(server));
+        *lock(&self.inner.client) = client;
+        tracing::info!(node = %self.inner.node, "quic: renewed certificate in use for new connections");
+        Ok(())
     }
 
     /// The socket address the endpoint listens on.
@@ -297,9 +324,10 @@ impl Inner {
 
     /// Dials `node` at `addr` and installs the connection.
     async fn dial(self: &Arc<Self>, node: &NodeId, addr: SocketAddr) -> Result<(), ConnectError> {
+        let client = lock(&self.client).clone();
         let connecting = self
             .endpoint
-            .connect(addr, &trust::server_name(node))
+            .connect_with(client, addr, &trust::server_name(node))
             .map_err(|e| ConnectError::Unreachable(node.clone(), e.to_string()))?;
         let conn = match tokio::time::timeout(self.config.handshake_timeout, connecting).await {
             Err(_) => {

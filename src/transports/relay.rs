@@ -53,6 +53,7 @@ use super::{
     ConnectError, DownCause, EventSink, Fact, PeerAddr, SendError, Transport, TransportEvent,
 };
 use crate::sync::lock;
+use crate::trust::NodeIdentity;
 use crate::vocab::{NodeId, PathId, PathKind};
 use crate::wire::{
     CodecConfig, Frame, Lookup, LookupReply, ProbeAck, Register, Reject, Relay, Signal,
@@ -73,6 +74,13 @@ pub trait RootLink: Transport {
     /// Drops the connection to `peer` so that it is re-established (the
     /// link stopped answering before its idle timeout).
     fn redial(&self, peer: &NodeId, reason: &str);
+    /// Presents a renewed certificate from now on, where the link holds
+    /// this node's certificate itself (a sidecar's link does not: the
+    /// sidecar process holds it and reads the renewed file).
+    fn renew_identity(&self, identity: &NodeIdentity) -> Result<(), String> {
+        let _ = identity;
+        Ok(())
+    }
 }
 
 impl RootLink for QuicTransport {
@@ -82,6 +90,10 @@ impl RootLink for QuicTransport {
 
     fn redial(&self, peer: &NodeId, reason: &str) {
         QuicTransport::redial(self, peer, reason)
+    }
+
+    fn renew_identity(&self, identity: &NodeIdentity) -> Result<(), String> {
+        QuicTransport::renew_identity(self, identity).map_err(|e| e.to_string())
     }
 }
 
@@ -198,6 +210,12 @@ impl std::fmt::Debug for RelayTransport {
 }
 
 impl RelayTransport {
+    /// Presents a renewed certificate on the link to the root from now on
+    /// (see [`QuicTransport::renew_identity`]).
+    pub fn renew_identity(&self, identity: &NodeIdentity) -> Result<(), String> {
+        self.inner.link.renew_identity(identity)
+    }
+
     /// Binds the link's endpoint and starts the relay; the root is dialled
     /// on the first [`Transport::connect`] or rendezvous request. Must be
     /// called inside a tokio runtime.

@@ -140,6 +140,9 @@ pub mod root {
     pub const BAD_REQUEST: u16 = 0x21d;
     /// The root failed to issue or persist (internal error).
     pub const INTERNAL: u16 = 0x21e;
+    /// A renewal (a `JoinRequest` with an empty token) without a valid node
+    /// certificate of the named node and role on the join connection.
+    pub const NOT_RENEWABLE: u16 = 0x21f;
 }
 
 /// The WebRTC transport and its signalling (`docs/webrtc.md`): refusals of
@@ -315,6 +318,7 @@ table![
     "root": root::ROLE_MISMATCH,
     "root": root::BAD_REQUEST,
     "root": root::INTERNAL,
+    "root": root::NOT_RENEWABLE,
     "webrtc": webrtc::MALFORMED,
     "webrtc": webrtc::STALE_GENERATION,
     "webrtc": webrtc::UNKNOWN_SESSION,
