@@ -25,6 +25,7 @@
 pub mod handlers;
 pub mod identity;
 pub mod metered;
+pub mod renewal;
 pub mod runtime;
 pub mod sidecar;
 
@@ -288,6 +289,10 @@ impl App {
             RedbStore::open(cfg.state_dir.join("node.redb"))
                 .map_err(|e| start_err(format!("store: {e}")))?,
         );
+        // The identity every transport (re)start presents: replaced by a
+        // renewal (`renewal`), so a restarted transport never falls back to
+        // the certificate the process started with.
+        let current_identity = Arc::new(Mutex::new(creds.identity.clone()));
         let mut quic = QuicConfig::new(creds.identity.clone(), creds.roots.clone());
         quic.listen = cfg.listen_quic;
         quic.probe = cfg.transports.probe;
@@ -346,9 +351,11 @@ impl App {
         let relay_slot: Arc<Mutex<Option<Arc<RelayTransport>>>> = Arc::default();
         if cfg.transports.quic {
             let (config, faults, slot) = (quic.clone(), faults.clone(), quic_slot.clone());
+            let identity = current_identity.clone();
             let bound: Arc<Mutex<Option<std::net::SocketAddr>>> = Arc::default();
             builder = builder.transport(PathKind::Quic, move |sink| {
                 let mut config = config.clone();
+                config.identity = lock(&identity).clone();
                 if let Some(addr) = *lock(&bound) {
                     config.listen = addr;
                 }
@@ -398,9 +405,12 @@ impl App {
                     async move { result }
                 });
             } else {
+                let identity = current_identity.clone();
                 builder = builder.transport(PathKind::Relay, move |sink| {
                     let sink = metered::metered_sink(PathKind::Relay, sink);
-                    let result = RelayTransport::bind(relay.clone(), sink)
+                    let mut relay = relay.clone();
+                    relay.quic.identity = lock(&identity).clone();
+                    let result = RelayTransport::bind(relay, sink)
                         .map(|t| {
                             *lock(&slot) = Some(t.clone());
                             metered::Metered::wrap(t as Arc<dyn Transport>)
@@ -497,6 +507,20 @@ impl App {
                 }
             }
         }
+        let cert_expires = Arc::new(Mutex::new(creds.expires_at));
+        let renewal = tokio::spawn(
+            renewal::Renewer {
+                join: root.join,
+                root: root.id.clone(),
+                path: identity::identity_path(&cfg.state_dir),
+                identity: current_identity,
+                expires: cert_expires.clone(),
+                quic: quic_slot.clone(),
+                relay: relay_slot.clone(),
+                policy: renewal::RenewPolicy::default(),
+            }
+            .run(),
+        );
         Ok(NodeParts {
             node: Mutex::new(Some(node)),
             store,
@@ -506,7 +530,8 @@ impl App {
             faults,
             senders,
             served,
-            cert_expires: creds.expires_at,
+            cert_expires,
+            renewal: renewal.abort_handle(),
         })
     }
 }
@@ -582,6 +607,7 @@ impl Running {
         match &self.runtime.role {
             runtime::Role::Root(r) => r.shutdown().await,
             runtime::Role::Node(n) => {
+                n.renewal.abort();
                 let node = lock(&n.node).take();
                 if let Some(node) = node {
                     node.shutdown().await;

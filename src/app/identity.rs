@@ -39,11 +39,19 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn not_after(identity: &NodeIdentity) -> Result<SystemTime, String> {
+    Ok(validity(identity)?.1)
+}
+
+/// The certificate's `notBefore` and `notAfter`.
+pub(crate) fn validity(identity: &NodeIdentity) -> Result<(SystemTime, SystemTime), String> {
     let cert = identity.cert_chain.first().ok_or("no certificate")?;
     let (_, parsed) =
         x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| e.to_string())?;
-    let secs = parsed.validity().not_after.timestamp();
-    Ok(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
+    let at = |t: i64| UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    Ok((
+        at(parsed.validity().not_before.timestamp()),
+        at(parsed.validity().not_after.timestamp()),
+    ))
 }
 
 fn ca_of(identity: &NodeIdentity) -> Result<TrustRoots, String> {
@@ -84,7 +92,7 @@ fn load(path: &Path, id: &NodeId, role: Role, root: &RootTarget) -> Result<Crede
     })
 }
 
-fn store(path: &Path, identity: &NodeIdentity) -> Result<(), String> {
+pub(crate) fn store(path: &Path, identity: &NodeIdentity) -> Result<(), String> {
     use std::io::Write;
     let tmp = path.with_extension("bin.tmp");
     let mut opts = std::fs::OpenOptions::new();

@@ -183,8 +183,10 @@ pub struct NodeParts {
     pub senders: BTreeMap<StreamId, SenderEntry>,
     /// Configured served streams.
     pub served: BTreeMap<StreamId, ServedEntry>,
-    /// When the node's certificate expires.
-    pub cert_expires: SystemTime,
+    /// When the node's certificate expires (moved on by each renewal).
+    pub cert_expires: Arc<Mutex<SystemTime>>,
+    /// The certificate renewal task (aborted at shutdown).
+    pub renewal: tokio::task::AbortHandle,
 }
 
 /// A hub's sidecar, as the control API shows it.

@@ -604,7 +604,7 @@ pub async fn status(rt: &Runtime) -> Status {
         uptime_s: rt.started.elapsed().as_secs_f64(),
         draining: rt.is_draining(),
         cert_expires_ms: rt.node().map(|n| {
-            n.cert_expires
+            crate::sync::lock(&n.cert_expires)
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0)

@@ -1,0 +1,216 @@
+//! Certificate renewal of a running hub or member (`docs/root.md` §2.3).
+//!
+//! Owns when to renew — a pure schedule over the certificate's validity and
+//! an injected `now` — the retries of the renewal exchange, and handing a
+//! renewed identity on: to `identity.bin` in the state directory first (so
+//! a restart uses it), then to the shared identity the transport factories
+//! read at every (re)start, then to the live QUIC and relay transports.
+//! Must not touch: channels and their streams (open connections keep
+//! running through a renewal).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crate::root::{AdmissionError, JoinError, renew};
+use crate::sync::lock;
+use crate::transports::quic::QuicTransport;
+use crate::transports::relay::RelayTransport;
+use crate::trust::NodeIdentity;
+use crate::vocab::NodeId;
+
+/// When and how often to try.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RenewPolicy {
+    /// Renew once this fraction of the lifetime has passed (default 2/3).
+    pub at_fraction: f64,
+    /// First retry after a failed attempt (default 1 s), doubling...
+    pub retry_initial: Duration,
+    /// ...up to this (default 60 s), and never later than a tenth of the
+    /// time left.
+    pub retry_max: Duration,
+}
+
+impl Default for RenewPolicy {
+    fn default() -> Self {
+        Self {
+            at_fraction: 2.0 / 3.0,
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How long from `now` until a certificate valid from `not_before` to
+/// `not_after` is due for renewal (zero when due already).
+pub fn until_due(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    now: SystemTime,
+    policy: &RenewPolicy,
+) -> Duration {
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    let due = not_before + lifetime.mul_f64(policy.at_fraction.clamp(0.0, 1.0));
+    due.duration_since(now).unwrap_or_default()
+}
+
+/// The wait before retry `attempt` (1, 2, …) of a failed renewal, with
+/// `left` until the certificate expires.
+pub fn retry_after(attempt: u32, left: Duration, policy: &RenewPolicy) -> Duration {
+    let doubled = policy
+        .retry_initial
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    doubled
+        .min(policy.retry_max)
+        .min(left / 10)
+        .max(Duration::from_millis(100))
+}
+
+/// Whether a refusal is final: renewing again cannot succeed, the node
+/// must join again with a token.
+fn is_final(e: &JoinError) -> bool {
+    matches!(
+        e,
+        JoinError::Refused(AdmissionError::Revoked(_) | AdmissionError::NotRenewable(_))
+    )
+}
+
+/// What the renewer needs of the running node.
+pub(crate) struct Renewer {
+    /// The root's join endpoint and id.
+    pub join: SocketAddr,
+    /// The root's node id.
+    pub root: NodeId,
+    /// `identity.bin`.
+    pub path: PathBuf,
+    /// The identity the transport factories read.
+    pub identity: Arc<Mutex<NodeIdentity>>,
+    /// When the current certificate expires (shown in the status).
+    pub expires: Arc<Mutex<SystemTime>>,
+    /// The live transports.
+    pub quic: Arc<Mutex<Option<Arc<QuicTransport>>>>,
+    /// The live relay.
+    pub relay: Arc<Mutex<Option<Arc<RelayTransport>>>>,
+    /// When to renew.
+    pub policy: RenewPolicy,
+}
+
+impl Renewer {
+    /// Renews for as long as the node runs (abort the task to stop it).
+    pub async fn run(self) {
+        let mut attempt = 0u32;
+        loop {
+            let current = lock(&self.identity).clone();
+            let (not_before, not_after) = match super::identity::validity(&current) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(error = %e, "certificate renewal: cannot read the certificate's validity");
+                    return;
+                }
+            };
+            let now = SystemTime::now();
+            let wait = match attempt {
+                0 => until_due(not_before, not_after, now, &self.policy),
+                n => retry_after(
+                    n,
+                    not_after.duration_since(now).unwrap_or_default(),
+                    &self.policy,
+                ),
+            };
+            tokio::time::sleep(wait).await;
+            match renew(self.join, &self.root, &current, Duration::from_secs(10)).await {
+                Ok(joined) => {
+                    attempt = 0;
+                    if let Err(e) = self.install(&joined.identity, joined.expires_at) {
+                        tracing::error!(error = %e, "certificate renewal: renewed, not installed");
+                    }
+                }
+                Err(e) if is_final(&e) => {
+                    tracing::error!(error = %e, "certificate renewal refused; the node must join again with a token before its certificate expires");
+                    return;
+                }
+                Err(e) => {
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(error = %e, attempt, "certificate renewal failed; retrying");
+                }
+            }
+        }
+    }
+
+    fn install(&self, identity: &NodeIdentity, expires: SystemTime) -> Result<(), String> {
+        super::identity::store(&self.path, identity)?;
+        *lock(&self.identity) = identity.clone();
+        *lock(&self.expires) = expires;
+        let quic = lock(&self.quic).clone();
+        if let Some(q) = quic {
+            q.renew_identity(identity).map_err(|e| e.to_string())?;
+        }
+        let relay = lock(&self.relay).clone();
+        if let Some(r) = relay {
+            r.renew_identity(identity)?;
+        }
+        tracing::info!(node = %identity.node, expires = ?expires, "certificate renewed");
+        metrics::counter!("interlocking_certificate_renewals_total").increment(1);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: Duration = Duration::from_secs(1_800_000_000);
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + T0 + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn renewal_is_due_after_two_thirds_of_the_lifetime() {
+        let p = RenewPolicy::default();
+        // A 24 h certificate issued at 0: due at 16 h.
+        let (nb, na) = (at(0), at(24 * 3600));
+        assert_eq!(until_due(nb, na, at(0), &p), Duration::from_secs(16 * 3600));
+        assert_eq!(
+            until_due(nb, na, at(3600), &p),
+            Duration::from_secs(15 * 3600)
+        );
+        assert_eq!(until_due(nb, na, at(16 * 3600), &p), Duration::ZERO);
+        assert_eq!(until_due(nb, na, at(30 * 3600), &p), Duration::ZERO);
+        // A clock before not_before waits the whole way.
+        assert_eq!(
+            until_due(at(100), at(400), at(0), &p),
+            Duration::from_secs(300)
+        );
+    }
+
+    #[test]
+    fn retries_back_off_and_stay_well_inside_the_time_left() {
+        let p = RenewPolicy::default();
+        let day = Duration::from_secs(24 * 3600);
+        let waits: Vec<u64> = (1..=8).map(|n| retry_after(n, day, &p).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 32, 60, 60]);
+        // With 30 s left, never more than 3 s between attempts.
+        assert_eq!(
+            retry_after(8, Duration::from_secs(30), &p),
+            Duration::from_secs(3)
+        );
+        // Never a busy loop.
+        assert_eq!(
+            retry_after(1, Duration::ZERO, &p),
+            Duration::from_millis(100)
+        );
+    }
+
+    #[test]
+    fn revocation_and_not_renewable_are_final() {
+        assert!(is_final(&JoinError::Refused(AdmissionError::Revoked(
+            NodeId::new("m")
+        ))));
+        assert!(is_final(&JoinError::Refused(AdmissionError::NotRenewable(
+            "x".into()
+        ))));
+        assert!(!is_final(&JoinError::Unreachable("down".into())));
+    }
+}
