@@ -507,6 +507,11 @@ impl App {
                 }
             }
         }
+        let revocations = tokio::spawn(renewal::watch_revocations(
+            root.id.clone(),
+            quic_slot.clone(),
+            relay_slot.clone(),
+        ));
         let cert_expires = Arc::new(Mutex::new(creds.expires_at));
         let renewal = tokio::spawn(
             renewal::Renewer {
@@ -532,6 +537,7 @@ impl App {
             served,
             cert_expires,
             renewal: renewal.abort_handle(),
+            revocations: revocations.abort_handle(),
         })
     }
 }
@@ -608,6 +614,7 @@ impl Running {
             runtime::Role::Root(r) => r.shutdown().await,
             runtime::Role::Node(n) => {
                 n.renewal.abort();
+                n.revocations.abort();
                 let node = lock(&n.node).take();
                 if let Some(node) = node {
                     node.shutdown().await;

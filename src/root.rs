@@ -32,4 +32,4 @@ pub mod state;
 
 pub use admission::{AdmissionBook, AdmissionError, JoinToken, codes};
 pub use join::{JoinError, Joined, join, renew};
-pub use service::{Root, RootConfig, RootCounters, RootError, RootHandle, open_ca};
+pub use service::{REVOKED_SIGNAL, Root, RootConfig, RootCounters, RootError, RootHandle, open_ca};

@@ -175,3 +175,54 @@ async fn expired_revoked_and_missing_certificates_are_not_renewed() {
     ep.close(0u8.into(), b"done");
     root.shutdown().await;
 }
+
+/// Revocation reaches direct connections: the root announces its list to
+/// every online node (`docs/root.md` §2.4), and a hub applying it closes a
+/// revoked member's direct connection and refuses its re-dial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_at_the_root_closes_and_refuses_a_direct_connection() {
+    let root = root().await;
+    let hub = common::rootkit::joined(&root, "hub", Role::Hub).await;
+    let m1 = common::rootkit::joined(&root, "m1", Role::Member).await;
+    let (hub_quic, mut hub_rx) = direct(hub.identity.clone(), hub.roots.clone());
+    let (hub_relay, _hub_relay_rx) = common::rootkit::relay(&root, hub.identity, hub.roots);
+    let watcher = tokio::spawn(interlocking::app::renewal::watch_revocations(
+        root.node().clone(),
+        Arc::new(std::sync::Mutex::new(Some(hub_quic.clone()))),
+        Arc::new(std::sync::Mutex::new(Some(hub_relay.clone()))),
+    ));
+    hub_relay.register(vec![], vec![]).await.unwrap();
+    common::rootkit::wait_online(&root, "hub", true).await;
+
+    let (m1_quic, mut m1_rx) = direct(m1.identity, m1.roots);
+    m1_quic
+        .connect(&hub_quic.peer_addr())
+        .await
+        .expect("connects");
+    wait_up(&mut hub_rx, &NodeId::new("m1")).await;
+    wait_up(&mut m1_rx, &NodeId::new("hub")).await;
+
+    root.revoke(&NodeId::new("m1")).await.unwrap();
+    // The hub closes m1's connection once the list arrives...
+    until(&mut hub_rx, LIMIT, |e| {
+        e.path.peer == NodeId::new("m1") && matches!(e.fact, Fact::Down(_))
+    })
+    .await;
+    // ...and refuses it from then on: m1 re-dials (its connection was
+    // dropped, not closed by it) and each attempt is refused, none up.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while hub_quic.counters().refused_revoked < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no re-dial refused");
+        if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(50), hub_rx.recv()).await {
+            assert!(
+                !(ev.path.peer == NodeId::new("m1") && matches!(ev.fact, Fact::Up)),
+                "a revoked member came up again"
+            );
+        }
+    }
+    watcher.abort();
+    m1_quic.shutdown().await;
+    hub_quic.shutdown().await;
+    hub_relay.shutdown().await;
+    root.shutdown().await;
+}

@@ -1,10 +1,13 @@
-//! Certificate renewal of a running hub or member (`docs/root.md` §2.3).
+//! Certificates over time for a running hub or member: renewal
+//! (`docs/root.md` §2.3) and the root's revocation list (§2.4).
 //!
 //! Owns when to renew — a pure schedule over the certificate's validity and
 //! an injected `now` — the retries of the renewal exchange, and handing a
 //! renewed identity on: to `identity.bin` in the state directory first (so
 //! a restart uses it), then to the shared identity the transport factories
-//! read at every (re)start, then to the live QUIC and relay transports.
+//! read at every (re)start, then to the live QUIC and relay transports;
+//! and handing the revocation list the root announces over the relay link
+//! to the QUIC transport, so direct connections refuse revoked peers.
 //! Must not touch: channels and their streams (open connections keep
 //! running through a renewal).
 
@@ -13,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::root::{AdmissionError, JoinError, renew};
+use crate::root::{AdmissionError, JoinError, REVOKED_SIGNAL, renew};
 use crate::sync::lock;
 use crate::transports::quic::QuicTransport;
 use crate::transports::relay::RelayTransport;
@@ -153,6 +156,61 @@ impl Renewer {
         tracing::info!(node = %identity.node, expires = ?expires, "certificate renewed");
         metrics::counter!("interlocking_certificate_renewals_total").increment(1);
         Ok(())
+    }
+}
+
+/// Applies the revocation lists the root announces (a `Signal` of kind
+/// [`REVOKED_SIGNAL`] whose `from` is the root: the root stamps `from`, so
+/// no other node can send one) to the live QUIC transport, for as long as
+/// the node runs. Follows a restarted relay transport.
+pub async fn watch_revocations(
+    root: NodeId,
+    quic: Arc<Mutex<Option<Arc<QuicTransport>>>>,
+    relay: Arc<Mutex<Option<Arc<RelayTransport>>>>,
+) {
+    loop {
+        let current = lock(&relay).clone();
+        let Some(current) = current else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let mut rx = current.signals();
+        let watched = Arc::downgrade(&current);
+        drop(current);
+        loop {
+            let sig = match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Ok(sig)) => sig,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => break,
+                Err(_) => {
+                    // A restarted relay transport replaced this one.
+                    let now = lock(&relay).clone();
+                    match (now, watched.upgrade()) {
+                        (Some(a), Some(b)) if Arc::ptr_eq(&a, &b) => continue,
+                        _ => break,
+                    }
+                }
+            };
+            if sig.kind != REVOKED_SIGNAL || sig.from != root {
+                continue;
+            }
+            let list: Vec<NodeId> = match rmp_serde::from_slice(&sig.payload) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable revocation list from the root");
+                    continue;
+                }
+            };
+            let q = lock(&quic).clone();
+            if let Some(q) = q {
+                let closed = q.refuse_revoked(&list).await;
+                tracing::info!(
+                    revoked = list.len(),
+                    closed,
+                    "revocation list from the root applied"
+                );
+            }
+        }
     }
 }
 

@@ -187,6 +187,8 @@ pub struct NodeParts {
     pub cert_expires: Arc<Mutex<SystemTime>>,
     /// The certificate renewal task (aborted at shutdown).
     pub renewal: tokio::task::AbortHandle,
+    /// The task applying the root's revocation lists (aborted at shutdown).
+    pub revocations: tokio::task::AbortHandle,
 }
 
 /// A hub's sidecar, as the control API shows it.

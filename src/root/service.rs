@@ -426,6 +426,7 @@ impl RootHandle {
                 .close(node, u32::from(codes::REVOKED), "revoked")
                 .await;
         }
+        announce_revocations(&self.inner);
         Ok(())
     }
 
@@ -521,7 +522,8 @@ async fn serve(
                     continue;
                 }
                 lock(&inner.known).insert(peer.clone());
-                lock(&inner.online).insert(peer);
+                lock(&inner.online).insert(peer.clone());
+                send_revocations(&inner, &peer);
             }
             Fact::Down(_) => {
                 lock(&inner.online).remove(&peer);
@@ -538,6 +540,46 @@ async fn serve(
             Fact::Frame(frame) => on_frame(&inner, peer, frame).await,
             _ => {}
         }
+    }
+}
+
+/// The `Signal` kind by which the root tells a node its revocation list
+/// (`docs/root.md` §2.4).
+pub const REVOKED_SIGNAL: &str = "root/revoked";
+
+/// The most bytes of revoked node ids one announcement carries (it stays
+/// under the signalling payload limit); newer revocations beyond it are
+/// still enforced by the root itself.
+const MAX_REVOKED_ANNOUNCEMENT: usize = 60 * 1024;
+
+/// Sends the current revocation list to `peer`, so its direct connections
+/// refuse revoked nodes too.
+fn send_revocations(inner: &Inner, peer: &NodeId) {
+    let mut list = inner.state.revoked();
+    let mut bytes = 0;
+    list.retain(|n| {
+        bytes += n.as_str().len() + 5;
+        bytes <= MAX_REVOKED_ANNOUNCEMENT
+    });
+    let Ok(payload) = rmp_serde::to_vec(&list) else {
+        return;
+    };
+    let _ = inner.quic.send(
+        peer,
+        Frame::Signal(Signal {
+            to: peer.clone(),
+            from: inner.config.node.clone(),
+            kind: REVOKED_SIGNAL.into(),
+            payload: Bytes::from(payload),
+        }),
+    );
+}
+
+/// Sends the revocation list to every online node.
+fn announce_revocations(inner: &Inner) {
+    let online: Vec<NodeId> = lock(&inner.online).iter().cloned().collect();
+    for peer in online {
+        send_revocations(inner, &peer);
     }
 }
 

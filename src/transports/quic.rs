@@ -66,6 +66,7 @@ use super::{
 use crate::sync::lock;
 use crate::trust::{self, NodeIdentity};
 use crate::vocab::{NodeId, PathId, PathKind, TrafficClass};
+use crate::wire::codes::root::REVOKED;
 use crate::wire::{Frame, Hello, ProbeAck, decode_frame, encode_to_bytes};
 
 /// Close and stop codes of the QUIC transport (`docs/wire.md` §7), defined
@@ -108,6 +109,9 @@ struct Inner {
     /// replaced by [`QuicTransport::renew_identity`].
     client: Mutex<quinn::ClientConfig>,
     runtime: tokio::runtime::Handle,
+    /// Peers the root has revoked: refused at the handshake, closed when
+    /// the list arrives ([`QuicTransport::refuse_revoked`]).
+    revoked: Mutex<HashSet<NodeId>>,
     peers: Mutex<HashMap<NodeId, PeerConn>>,
     dialled: Mutex<HashMap<NodeId, SocketAddr>>,
     reconnecting: Mutex<HashSet<NodeId>>,
@@ -227,6 +231,7 @@ impl QuicTransport {
             endpoint,
             client: Mutex::new(client),
             runtime: tokio::runtime::Handle::current(),
+            revoked: Mutex::new(HashSet::new()),
             peers: Mutex::new(HashMap::new()),
             dialled: Mutex::new(HashMap::new()),
             reconnecting: Mutex::new(HashSet::new()),
@@ -261,6 +266,32 @@ impl QuicTransport {
         *lock(&self.inner.client) = client;
         tracing::info!(node = %self.inner.node, "quic: renewed certificate in use for new connections");
         Ok(())
+    }
+
+    /// Takes `revoked` as the root's current revocation list: connections
+    /// from or to any of them are refused from now on (closed with
+    /// [`REVOKED`] right after the handshake), and open ones are closed.
+    /// Returns how many open connections were closed. The root's own
+    /// transport enforces its list itself; a node learns it from the root
+    /// (`docs/root.md` §2.4).
+    pub async fn refuse_revoked(&self, revoked: &[NodeId]) -> usize {
+        let open: Vec<NodeId> = {
+            let mut set = lock(&self.inner.revoked);
+            set.clear();
+            set.extend(revoked.iter().cloned());
+            let peers = lock(&self.inner.peers);
+            revoked
+                .iter()
+                .filter(|n| peers.contains_key(*n))
+                .cloned()
+                .collect()
+        };
+        for peer in &open {
+            bump(&self.inner.counters.refused_revoked);
+            tracing::warn!(node = %self.inner.node, peer = %peer, "quic: closing the connection of a revoked peer");
+            Transport::close(self, peer, u32::from(REVOKED), "revoked").await;
+        }
+        open.len()
     }
 
     /// The socket address the endpoint listens on.
@@ -345,6 +376,11 @@ impl Inner {
             Ok(Ok(conn)) => conn,
         };
         match peer_node(&conn) {
+            Ok(peer) if lock(&self.revoked).contains(&peer) => {
+                bump(&self.counters.refused_revoked);
+                conn.close(VarInt::from(REVOKED), b"revoked");
+                return Err(ConnectError::Refused(node.clone(), "revoked".into()));
+            }
             Ok(peer) if &peer == node => {}
             Ok(peer) => {
                 conn.close(VarInt::from(codes::HELLO_MISMATCH), b"unexpected node");
@@ -648,6 +684,12 @@ async fn handshake(inner: Arc<Inner>, incoming: quinn::Incoming, slot: slots::Sl
             return;
         }
     };
+    if lock(&inner.revoked).contains(&peer) {
+        bump(&inner.counters.refused_revoked);
+        tracing::warn!(node = %inner.node, peer = %peer, code = REVOKED, "quic: revoked peer refused");
+        conn.close(VarInt::from(REVOKED), b"revoked");
+        return;
+    }
     bump(&inner.counters.accepted);
     // The slot is held until the connection ends, whoever closes it.
     let closed = conn.clone();

@@ -19,6 +19,9 @@ pub struct QuicCounters {
     pub handshake_failed: u64,
     /// Connections closed because the certificate names no node.
     pub refused_no_identity: u64,
+    /// Connections refused or closed because the peer is revoked (the
+    /// root's list, [`super::QuicTransport::refuse_revoked`]).
+    pub refused_revoked: u64,
     /// Connections closed for a `Hello` naming another node or role.
     pub refused_hello_mismatch: u64,
     /// Connections closed because no `Hello` arrived in time.
@@ -57,6 +60,7 @@ pub(super) struct Counters {
     pub(super) refused_certificate: AtomicU64,
     pub(super) handshake_failed: AtomicU64,
     pub(super) refused_no_identity: AtomicU64,
+    pub(super) refused_revoked: AtomicU64,
     pub(super) refused_hello_mismatch: AtomicU64,
     pub(super) refused_hello_missing: AtomicU64,
     pub(super) refused_truncated: AtomicU64,
@@ -85,6 +89,7 @@ impl Counters {
             refused_certificate: g(&self.refused_certificate),
             handshake_failed: g(&self.handshake_failed),
             refused_no_identity: g(&self.refused_no_identity),
+            refused_revoked: g(&self.refused_revoked),
             refused_hello_mismatch: g(&self.refused_hello_mismatch),
             refused_hello_missing: g(&self.refused_hello_missing),
             refused_truncated: g(&self.refused_truncated),
