@@ -2,7 +2,8 @@
 //! the same run on the same loopback.
 //!
 //! Run: `cargo run --release --example bench -- [--json] [--rounds N]
-//! [--secs S] [--only throughput|latency|durable|failover|scale]`
+//! [--secs S] [--only throughput|latency|durable|failover|scale]
+//! [--acks-each] [--skip-raw]`
 //!
 //! 1. **Throughput**: class-C commands through the full stack (sender actor
 //!    → the routing authority's chosen path → QUIC transport → server actor
@@ -93,6 +94,8 @@ struct Args {
     only: Option<String>,
     /// Profiling aid: skip the raw baselines (ratios become meaningless).
     skip_raw: bool,
+    /// Also measure the stack acking every answer (`ack_every(1)`).
+    acks_each: bool,
 }
 
 fn args() -> Args {
@@ -112,6 +115,7 @@ fn args() -> Args {
         secs: value("--secs").and_then(|v| v.parse().ok()).unwrap_or(2.0),
         only: value("--only"),
         skip_raw: argv.iter().any(|a| a == "--skip-raw"),
+        acks_each: argv.iter().any(|a| a == "--acks-each"),
     }
 }
 
@@ -168,10 +172,35 @@ async fn run(args: Args) -> Result<(), BoxError> {
         let sender = stack
             .stream("throughput", Arc::new(MemStore::new()), hub_store)
             .await?;
+        // `--acks-each`: the same stack with an ack for every answer (the
+        // behaviour before batched acks), alternating in the same rounds.
+        let each = if args.acks_each {
+            let store = stack.redb("hub")?;
+            Some(
+                stack
+                    .stream_with(
+                        "acks-each",
+                        Arc::new(MemStore::new()),
+                        store,
+                        ServeConfig::default().ack_every(1),
+                    )
+                    .await?,
+            )
+        } else {
+            None
+        };
         for (size, tag) in [(256usize, "256"), (16 * 1024, "16k")] {
             let (mut fw, mut rw, mut ow) = (Vec::new(), Vec::new(), Vec::new());
+            let mut ew = Vec::new();
             for r in 0..args.rounds {
                 fw.push(stack_throughput(&sender, size, args.secs).await);
+                if let Some(each) = &each {
+                    ew.push(stack_throughput(each, size, args.secs).await);
+                    say(format!(
+                        "throughput {tag} round {r}: stack, ack every answer {:.0}/s",
+                        ew[r]
+                    ));
+                }
                 let (req, one) = if args.skip_raw {
                     (1.0, 1.0)
                 } else {
@@ -190,6 +219,18 @@ async fn run(args: Args) -> Result<(), BoxError> {
             let (fw, rw, ow) = (Figure::of(fw), Figure::of(rw), Figure::of(ow));
             let ratio = fw.median / rw.median;
             let ceiling = fw.median / ow.median;
+            if !ew.is_empty() {
+                let ew = Figure::of(ew);
+                out.insert(format!("acks_each_{tag}_msgs_s"), json!(round(ew.median)));
+                out.insert(format!("acks_each_{tag}_spread"), ew.json());
+                table.push((
+                    format!("batched vs each ack {tag}"),
+                    format!("{:.0} [{}]", fw.median, fw.spread()),
+                    format!("{:.0} [{}] ack each", ew.median, ew.spread()),
+                    format!("{:.2}", fw.median / ew.median),
+                    "—".into(),
+                ));
+            }
             out.insert(format!("raw_one_way_{tag}_msgs_s"), json!(round(ow.median)));
             out.insert(format!("raw_one_way_{tag}_spread"), ow.json());
             out.insert(

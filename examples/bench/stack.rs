@@ -71,6 +71,18 @@ impl Stack {
         member_store: Arc<dyn Store>,
         hub_store: Arc<dyn Store>,
     ) -> Result<Sender, BoxError> {
+        self.stream_with(name, member_store, hub_store, ServeConfig::default())
+            .await
+    }
+
+    /// [`Stack::stream`] with the server's config `serve`.
+    pub(crate) async fn stream_with(
+        &self,
+        name: &str,
+        member_store: Arc<dyn Store>,
+        hub_store: Arc<dyn Store>,
+        serve: ServeConfig,
+    ) -> Result<Sender, BoxError> {
         let n = self.streams.fetch_add(1, Ordering::Relaxed);
         let stream = StreamId::new(format!("command:m1/hub/{name}-{n}"));
         CommandChannel::serve(
@@ -79,7 +91,7 @@ impl Stack {
             NodeId::new("m1"),
             Sink,
             hub_store,
-            ServeConfig::default(),
+            serve,
         )
         .await?;
         let sender: Sender = CommandChannel::spawn_sender(
