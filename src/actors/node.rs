@@ -578,18 +578,17 @@ impl Shared {
         };
         if matches!(frame, Frame::Ack(_)) {
             // A data-plane ack from the peer proves the path alive, whatever
-            // becomes of the frame; one report per interval is proof enough.
-            let now = tokio::time::Instant::now();
-            let due = self
-                .last_ack
-                .get(path)
-                .is_none_or(|t| now.duration_since(*t) >= ACK_REPORT_INTERVAL);
-            if due {
-                self.last_ack.insert(path.clone(), now);
-                self.cast(RoutingMsg::Observe(path.clone(), Observation::DataAcked));
-            }
+            // becomes of the frame.
+            self.data_acked(path);
         }
         let session = self.sessions.get(stream).map(|e| e.value().clone());
+        if let (Frame::Data(_), Some(s)) = (&frame, &session)
+            && s.binding().side == Side::Sender
+        {
+            // An answer to this node's own stream acknowledges what it
+            // answers (a reply carries no separate ack): the same proof.
+            self.data_acked(path);
+        }
         let Some(session) = session else {
             let stream = stream.clone();
             self.refuse(
@@ -605,6 +604,21 @@ impl Shared {
         if let Err((r, frame)) = session.admit(path, frame) {
             tracing::debug!(%path, %stream, code = r.code, reason = r.reason, "frame refused by the stream session");
             self.refuse(path, &stream, &frame, r.code, r.reason);
+        }
+    }
+
+    /// Reports `DataAcked` for `path` to the routing authority, at most
+    /// once per [`ACK_REPORT_INTERVAL`]: one report per interval is proof
+    /// enough.
+    fn data_acked(&self, path: &PathId) {
+        let now = tokio::time::Instant::now();
+        let due = self
+            .last_ack
+            .get(path)
+            .is_none_or(|t| now.duration_since(*t) >= ACK_REPORT_INTERVAL);
+        if due {
+            self.last_ack.insert(path.clone(), now);
+            self.cast(RoutingMsg::Observe(path.clone(), Observation::DataAcked));
         }
     }
 

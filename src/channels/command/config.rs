@@ -109,7 +109,16 @@ pub struct ServeConfig {
     /// refuses more with a retryable busy reject (default 1024). Acks
     /// advertise the room left as credit.
     pub inbox_capacity: usize,
+    /// A reply acknowledges the command it answers; a separate wire `Ack`
+    /// (carrying the inbox credit) goes with it only for the first answer,
+    /// when the credit moved by an eighth of the inbox or more since the
+    /// last one advertised, or after this many answers without one
+    /// (default 32, at least 1; 1 acks every answer).
+    pub ack_every: u32,
 }
+
+/// Default of [`ServeConfig::ack_every`].
+pub const DEFAULT_ACK_EVERY: u32 = 32;
 
 impl Default for ServeConfig {
     fn default() -> Self {
@@ -119,6 +128,7 @@ impl Default for ServeConfig {
             clock: system_clock(),
             prune_every: Duration::from_secs(30),
             inbox_capacity: DEFAULT_INBOX_CAPACITY,
+            ack_every: DEFAULT_ACK_EVERY,
         }
     }
 }
@@ -127,6 +137,12 @@ impl ServeConfig {
     /// Sets the dedupe retention.
     pub fn dedupe(mut self, dedupe: DedupeConfig) -> Self {
         self.dedupe = dedupe;
+        self
+    }
+
+    /// Sets [`ServeConfig::ack_every`] (at least 1).
+    pub fn ack_every(mut self, answers: u32) -> Self {
+        self.ack_every = answers.max(1);
         self
     }
 

@@ -4,8 +4,10 @@
 //! (memory and store) within the current sender incarnation's keyspace,
 //! refuses expired commands and commands of a stale authority epoch,
 //! applies the [`CommandHandler`] at most once per message, stores the
-//! reply, and answers with a wire [`Ack`] (carrying its inbox credit) plus
-//! a reply envelope. A retransmit it can no longer answer (behind its
+//! reply, and answers with a reply envelope, which acknowledges the
+//! command; a wire [`Ack`] carrying its inbox credit goes with an answer
+//! only when that credit moved or [`ServeConfig::ack_every`] answers went
+//! without one. A retransmit it can no longer answer (behind its
 //! cursor, record pruned) gets an explicit [`codes::ANSWER_GONE`] reject;
 //! a sender incarnation older than the current one gets
 //! [`codes::STALE_INCARNATION`]. The node's stream session has already
@@ -267,6 +269,10 @@ pub struct ServerState {
     /// applies them.
     pending: Vec<PendingApply>,
     flush_queued: bool,
+    /// The credit of the last wire [`Ack`] sent (`None`: none yet).
+    advertised: Option<u32>,
+    /// Answers sent since that ack.
+    unacked: u64,
     /// When dedupe records were last pruned to the retention.
     last_prune: tokio::time::Instant,
 }
@@ -275,15 +281,38 @@ pub struct ServerState {
 pub struct CommandServerActor;
 
 impl ServerState {
-    fn answer(&self, path: &PathId, d: &Data, reply: &[u8]) {
-        let ack = Frame::Ack(Ack {
-            stream: d.stream.clone(),
-            incarnation: d.incarnation,
-            seq: d.seq,
-            message_id: d.message_id,
-            credit: self.args.session.credit(),
-        });
-        let _ = self.args.link.send(path, ack);
+    /// Whether the answer about to be sent also carries a wire [`Ack`]:
+    /// the first one, when the credit moved by an eighth of the inbox or
+    /// more since the last one advertised, or after
+    /// [`ServeConfig::ack_every`] answers without one. A reply alone
+    /// acknowledges the command it answers.
+    fn ack_due(&self, credit: u32) -> bool {
+        let step = (self.args.session.capacity() / 8).max(1) as u64;
+        match self.advertised {
+            None => true,
+            Some(last) => {
+                self.unacked + 1 >= u64::from(self.args.config.ack_every.max(1))
+                    || u64::from(credit.abs_diff(last)) >= step
+            }
+        }
+    }
+
+    fn answer(&mut self, path: &PathId, d: &Data, reply: &[u8]) {
+        let credit = self.args.session.credit();
+        if self.ack_due(credit) {
+            let ack = Frame::Ack(Ack {
+                stream: d.stream.clone(),
+                incarnation: d.incarnation,
+                seq: d.seq,
+                message_id: d.message_id,
+                credit,
+            });
+            let _ = self.args.link.send(path, ack);
+            self.advertised = Some(credit);
+            self.unacked = 0;
+        } else {
+            self.unacked += 1;
+        }
         let frame = Frame::Data(Data {
             stream: d.stream.clone(),
             incarnation: d.incarnation,
@@ -714,6 +743,8 @@ impl Actor for CommandServerActor {
             answers: Vec::new(),
             pending: Vec::new(),
             flush_queued: false,
+            advertised: None,
+            unacked: 0,
             last_prune: tokio::time::Instant::now(),
         })
     }
