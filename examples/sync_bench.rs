@@ -1,8 +1,9 @@
 //! Sync channel figures against raw baselines, on loopback QUIC (mutual
 //! TLS) with real redb files, in one run:
 //!
-//! 1. **fan-out**: updates/s from one publisher (the hub's owner, 64
-//!    concurrent `publish` calls, group-committed) to 3 subscribers, until
+//! 1. **fan-out**: updates/s from one publisher (the hub's owner,
+//!    `SYNC_BENCH_INFLIGHT` = 64 concurrent `publish` calls,
+//!    group-committed) to 3 subscribers, until
 //!    every subscriber has applied (and durably stored) every update, ÷ raw
 //!    quinn sending the same encoded `Data` frames to 3 peers;
 //! 2. **catch-up** of a subscriber that missed 100 000 updates of 100 B:
@@ -51,7 +52,11 @@ fn count(var: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 const SIZE: usize = 100;
-const PUBLISHERS: u64 = 64;
+/// Concurrent `publish` calls (each waits for its update to be durable
+/// before the next): `SYNC_BENCH_INFLIGHT`, default 64.
+fn publishers() -> u64 {
+    count("SYNC_BENCH_INFLIGHT", 64).max(1)
+}
 
 fn runs() -> usize {
     std::env::var("SYNC_BENCH_RUNS")
@@ -137,6 +142,17 @@ async fn member(
     name: &str,
     hub: &Node,
 ) -> Result<(Node, SyncSubscriber<AppendLog>), BoxError> {
+    let store = Arc::new(RedbStore::open(dir.join(format!("{name}.redb")))?);
+    member_on(ca, store, name, hub).await
+}
+
+/// [`member`] on an open store (kept across restarts of the node).
+async fn member_on(
+    ca: &CertificateAuthority,
+    store: Arc<RedbStore>,
+    name: &str,
+    hub: &Node,
+) -> Result<(Node, SyncSubscriber<AppendLog>), BoxError> {
     let addr = hub
         .listen_addr(PathKind::Quic)
         .ok_or("hub does not listen")?;
@@ -145,7 +161,6 @@ async fn member(
         .dial(PathKind::Quic, PeerAddr::at("hub", addr))
         .spawn()
         .await?;
-    let store = Arc::new(RedbStore::open(dir.join(format!("{name}.redb")))?);
     let sub = SyncChannel::subscribe(
         &node,
         "hub",
@@ -159,16 +174,17 @@ async fn member(
     Ok((node, sub))
 }
 
-/// Publishes `n` updates from `PUBLISHERS` concurrent callers.
+/// Publishes `n` updates from [`publishers`] concurrent callers.
 async fn publish(owner: &SyncOwner<AppendLog>, base: u64, n: u64) -> Result<(), BoxError> {
     let mut tasks = Vec::new();
-    for p in 0..PUBLISHERS {
+    let publishers = publishers();
+    for p in 0..publishers {
         let owner = owner.clone();
         tasks.push(tokio::spawn(async move {
             let mut i = p;
             while i < n {
                 owner.publish(payload(base + i)).await?;
-                i += PUBLISHERS;
+                i += publishers;
             }
             Ok::<(), interlocking::channels::sync::SyncError>(())
         }));
@@ -310,7 +326,8 @@ async fn fanout(ca: &CertificateAuthority) -> Result<(), BoxError> {
         ratio.push(rate / raw_rate);
     }
     println!(
-        "fan-out to 3 subscribers, {fanout_updates} updates of {SIZE} B: sync {} updates/s; raw quinn {} updates/s; ratio {}",
+        "fan-out to 3 subscribers, {fanout_updates} updates of {SIZE} B, {} in flight: sync {} updates/s; raw quinn {} updates/s; ratio {}",
+        publishers(),
         summary(ours),
         summary(raw),
         summary_p(ratio, 3)
@@ -397,7 +414,10 @@ async fn resume(ca: &CertificateAuthority) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let (hub, owner) = hub(ca, dir.path(), 10_000).await?;
     owner.admit("r1", Access::ReadOnly);
-    let (node, sub) = member(ca, dir.path(), "r1", &hub).await?;
+    // The redb file stays open across the node's restarts (a node that
+    // stops lets go of its actors asynchronously).
+    let store = Arc::new(RedbStore::open(dir.path().join("r1.redb"))?);
+    let (node, sub) = member_on(ca, store.clone(), "r1", &hub).await?;
     publish(&owner, 0, 10).await?;
     wait_for(&[&sub], 10, Duration::from_secs(30)).await?;
     drop(sub);
@@ -411,7 +431,7 @@ async fn resume(ca: &CertificateAuthority) -> Result<(), BoxError> {
             // Missed while away.
             publish(&owner, base, 10).await?;
             let t0 = Instant::now();
-            let (node, sub) = member(ca, dir.path(), "r1", &hub).await?;
+            let (node, sub) = member_on(ca, store.clone(), "r1", &hub).await?;
             wait_for(&[&sub], base + 1, Duration::from_secs(30)).await?;
             times.push(t0.elapsed().as_secs_f64() * 1000.0);
             // Let it catch up fully before it goes away again.
