@@ -1,8 +1,9 @@
 //! Sync channel figures against raw baselines, on loopback QUIC (mutual
 //! TLS) with real redb files, in one run:
 //!
-//! 1. **fan-out**: updates/s from one publisher (the hub's owner, 64
-//!    concurrent `publish` calls, group-committed) to 3 subscribers, until
+//! 1. **fan-out**: updates/s from one publisher (the hub's owner,
+//!    `SYNC_BENCH_INFLIGHT` = 64 concurrent `publish` calls,
+//!    group-committed) to 3 subscribers, until
 //!    every subscriber has applied (and durably stored) every update, ÷ raw
 //!    quinn sending the same encoded `Data` frames to 3 peers;
 //! 2. **catch-up** of a subscriber that missed 100 000 updates of 100 B:
@@ -11,8 +12,13 @@
 //!    bytes on the wire are not measured yet; the baseline's frame bytes
 //!    are printed), against a raw redb read of the same 100 000 records plus a raw
 //!    quinn send of the same frames to one peer.
+//! 3. **resume**: a subscriber node (its redb file kept) stops, the owner
+//!    publishes 10 updates it misses, the node starts again; time from its
+//!    start to the first new update applied, p50/p99 over
+//!    `SYNC_BENCH_RESUMES` (default 30) resumes per run, against raw quinn
+//!    opening a new connection and reading one frame from the server.
 //!
-//! Every figure is the median [min–max] of `SYNC_BENCH_RUNS` (default 5)
+//! Every figure is the median [min–max] of `SYNC_BENCH_RUNS` (default 7)
 //! runs. Run with `cargo run --release --example sync_bench`.
 
 use std::sync::Arc;
@@ -46,13 +52,17 @@ fn count(var: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 const SIZE: usize = 100;
-const PUBLISHERS: u64 = 64;
+/// Concurrent `publish` calls (each waits for its update to be durable
+/// before the next): `SYNC_BENCH_INFLIGHT`, default 64.
+fn publishers() -> u64 {
+    count("SYNC_BENCH_INFLIGHT", 64).max(1)
+}
 
 fn runs() -> usize {
     std::env::var("SYNC_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5)
+        .unwrap_or(7)
 }
 
 fn summary(v: Vec<f64>) -> String {
@@ -132,6 +142,17 @@ async fn member(
     name: &str,
     hub: &Node,
 ) -> Result<(Node, SyncSubscriber<AppendLog>), BoxError> {
+    let store = Arc::new(RedbStore::open(dir.join(format!("{name}.redb")))?);
+    member_on(ca, store, name, hub).await
+}
+
+/// [`member`] on an open store (kept across restarts of the node).
+async fn member_on(
+    ca: &CertificateAuthority,
+    store: Arc<RedbStore>,
+    name: &str,
+    hub: &Node,
+) -> Result<(Node, SyncSubscriber<AppendLog>), BoxError> {
     let addr = hub
         .listen_addr(PathKind::Quic)
         .ok_or("hub does not listen")?;
@@ -140,7 +161,6 @@ async fn member(
         .dial(PathKind::Quic, PeerAddr::at("hub", addr))
         .spawn()
         .await?;
-    let store = Arc::new(RedbStore::open(dir.join(format!("{name}.redb")))?);
     let sub = SyncChannel::subscribe(
         &node,
         "hub",
@@ -154,16 +174,17 @@ async fn member(
     Ok((node, sub))
 }
 
-/// Publishes `n` updates from `PUBLISHERS` concurrent callers.
+/// Publishes `n` updates from [`publishers`] concurrent callers.
 async fn publish(owner: &SyncOwner<AppendLog>, base: u64, n: u64) -> Result<(), BoxError> {
     let mut tasks = Vec::new();
-    for p in 0..PUBLISHERS {
+    let publishers = publishers();
+    for p in 0..publishers {
         let owner = owner.clone();
         tasks.push(tokio::spawn(async move {
             let mut i = p;
             while i < n {
                 owner.publish(payload(base + i)).await?;
-                i += PUBLISHERS;
+                i += publishers;
             }
             Ok::<(), interlocking::channels::sync::SyncError>(())
         }));
@@ -305,7 +326,8 @@ async fn fanout(ca: &CertificateAuthority) -> Result<(), BoxError> {
         ratio.push(rate / raw_rate);
     }
     println!(
-        "fan-out to 3 subscribers, {fanout_updates} updates of {SIZE} B: sync {} updates/s; raw quinn {} updates/s; ratio {}",
+        "fan-out to 3 subscribers, {fanout_updates} updates of {SIZE} B, {} in flight: sync {} updates/s; raw quinn {} updates/s; ratio {}",
+        publishers(),
         summary(ours),
         summary(raw),
         summary_p(ratio, 3)
@@ -379,6 +401,103 @@ async fn catchup(ca: &CertificateAuthority) -> Result<(), BoxError> {
     Ok(())
 }
 
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+/// Time from the start of a subscriber node that was away to the first
+/// update applied that it had missed.
+async fn resume(ca: &CertificateAuthority) -> Result<(), BoxError> {
+    let resumes = count("SYNC_BENCH_RESUMES", 30);
+    let dir = tempfile::tempdir()?;
+    let (hub, owner) = hub(ca, dir.path(), 10_000).await?;
+    owner.admit("r1", Access::ReadOnly);
+    // The redb file stays open across the node's restarts (a node that
+    // stops lets go of its actors asynchronously).
+    let store = Arc::new(RedbStore::open(dir.path().join("r1.redb"))?);
+    let (node, sub) = member_on(ca, store.clone(), "r1", &hub).await?;
+    publish(&owner, 0, 10).await?;
+    wait_for(&[&sub], 10, Duration::from_secs(30)).await?;
+    drop(sub);
+    node.shutdown().await;
+    let peers = raw_peers(ca, 1).await?;
+    let mut base = 10;
+    let (mut p50, mut p99, mut raw50, mut raw99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs() {
+        let mut times = Vec::new();
+        for _ in 0..resumes {
+            // Missed while away.
+            publish(&owner, base, 10).await?;
+            let t0 = Instant::now();
+            let (node, sub) = member_on(ca, store.clone(), "r1", &hub).await?;
+            wait_for(&[&sub], base + 1, Duration::from_secs(30)).await?;
+            times.push(t0.elapsed().as_secs_f64() * 1000.0);
+            // Let it catch up fully before it goes away again.
+            wait_for(&[&sub], base + 10, Duration::from_secs(30)).await?;
+            drop(sub);
+            node.shutdown().await;
+            base += 10;
+        }
+        p50.push(percentile(&mut times, 0.5));
+        p99.push(percentile(&mut times, 0.99));
+        let mut raw_times = Vec::new();
+        for _ in 0..resumes {
+            raw_times.push(raw_reconnect(ca, &peers).await?.as_secs_f64() * 1000.0);
+        }
+        raw50.push(percentile(&mut raw_times, 0.5));
+        raw99.push(percentile(&mut raw_times, 0.99));
+    }
+    println!(
+        "resume ({resumes} per run; polled every 2 ms): start of the subscriber node → first missed update applied: p50 {} ms, p99 {} ms; raw quinn connect + first frame read: p50 {} ms, p99 {} ms",
+        summary_p(p50, 2),
+        summary_p(p99, 2),
+        summary_p(raw50, 2),
+        summary_p(raw99, 2)
+    );
+    drop(peers.server);
+    hub.shutdown().await;
+    Ok(())
+}
+
+/// Raw quinn: a new client endpoint connects (mutual TLS) and reads one
+/// update frame the server sends on a uni stream.
+async fn raw_reconnect(ca: &CertificateAuthority, peers: &RawPeers) -> Result<Duration, BoxError> {
+    let t0 = Instant::now();
+    let sid = NodeId::new("raw-hub");
+    let cid = ca.issue_node(&NodeId::new("raw-r"), Role::Member)?;
+    let client_tls = trust::client_config(&cid, &ca.roots())?;
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(client_tls)?,
+    )));
+    let connecting = client.connect(peers.server.local_addr()?, &trust::server_name(&sid))?;
+    let incoming = peers.server.accept().await.ok_or("no incoming")?;
+    let (conn, server_conn) = tokio::join!(connecting, incoming);
+    let (conn, server_conn) = (conn?, server_conn?);
+    let frame = update_frame(1, 1, payload(1));
+    let writer = tokio::spawn(async move {
+        let mut send = server_conn.open_uni().await?;
+        let (cfg, mut buf) = (CodecConfig::default(), BytesMut::new());
+        write_frame_buf(&mut send, &frame, &mut buf, &cfg).await?;
+        send.finish()?;
+        send.stopped().await.ok();
+        Ok::<_, BoxError>(())
+    });
+    let mut recv = conn.accept_uni().await?;
+    let mut decoder = FrameDecoder::new(CodecConfig::default());
+    let mut buf = BytesMut::new();
+    read_frame(&mut recv, &mut buf, &mut decoder)
+        .await?
+        .ok_or("no frame")?;
+    let t = t0.elapsed();
+    conn.close(0u32.into(), b"done");
+    writer.await??;
+    client.wait_idle().await;
+    Ok(t)
+}
+
 fn main() -> Result<(), BoxError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -387,8 +506,16 @@ fn main() -> Result<(), BoxError> {
     rt.block_on(async {
         let ca = CertificateAuthority::generate("sync-bench-ca")?;
         println!("runs per figure: {} (median [min–max])", runs());
-        fanout(&ca).await?;
-        catchup(&ca).await?;
+        let only = std::env::var("SYNC_BENCH_ONLY").unwrap_or_default();
+        if only.is_empty() || only == "fanout" {
+            fanout(&ca).await?;
+        }
+        if only.is_empty() || only == "resume" {
+            resume(&ca).await?;
+        }
+        if only.is_empty() || only == "catchup" {
+            catchup(&ca).await?;
+        }
         Ok(())
     })
 }

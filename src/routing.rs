@@ -66,7 +66,9 @@ pub mod policy;
 mod stream;
 
 pub use self::core::{Need, RegisterError, RoutingCore, Target};
-pub use self::decision::{Assessment, Candidate, Cause, Decision, Explanation, Route, Rule};
+pub use self::decision::{
+    Assessment, Candidate, Cause, Decision, Explanation, RefusedPeer, Route, Rule,
+};
 pub use self::health::{HealthConfig, Observation, PathHealth};
 pub use self::policy::{FlapDamping, Handover, Policy, PolicyError, RoutingConfig};
 

@@ -677,6 +677,25 @@ async fn bad_input_gets_typed_refusals_and_nothing_accepted_is_lost() {
         async || not_bound() == 1,
     )
     .await;
+    // The refused claim is visible in the stream's explanation.
+    let e = m1
+        .explain(&stream)
+        .await
+        .unwrap()
+        .expect("m1 explains its stream");
+    assert_eq!(e.refused.len(), 1, "{e}");
+    assert_eq!(e.refused[0].peer.as_str(), "evil");
+    assert_eq!(e.refused[0].bound_to.as_str(), "hub");
+    assert_eq!(
+        e.refused[0].code,
+        interlocking::wire::codes::stream::NOT_BOUND
+    );
+    assert_eq!(e.refused[0].frames, 1);
+    let text = e.to_string();
+    assert!(
+        text.contains("refused 1 frame(s) from evil (0x0310): the stream is bound to hub"),
+        "{text}"
+    );
     assert!(ev1.iter().any(|e| matches!(e, SubscriberEvent::PublishRefused { update_id, code } if *update_id == bad && *code == RefuseCode::UndecodableUpdate.code())), "{ev1:?}");
     let mut ev2 = Vec::new();
     until("read-only refusal", Duration::from_secs(10), async || {

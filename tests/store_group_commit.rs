@@ -109,3 +109,85 @@ async fn one_fsync_covers_the_batches_of_several_streams() {
     member.shutdown().await;
     hub.shutdown().await;
 }
+
+/// The sync channel's owner and subscriber commits of many documents join
+/// the same group commit as the command streams, and each lands whole.
+#[test]
+fn sync_commits_of_many_documents_share_fsyncs_and_each_lands_whole() {
+    use interlocking::store::SyncStore;
+    use interlocking::store::sync_store::{SyncLogEntry, SyncOwnerCommit, SyncSubscriberCommit};
+    const DOCS: u64 = 8;
+    const PER_DOC: u64 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.redb");
+    let store = Arc::new(RedbStore::open(&path).unwrap());
+    let (commits_before, ops_before) = (store.durable_commits(), store.grouped_ops());
+    let mut threads = Vec::new();
+    for d in 0..DOCS {
+        let owner_store = store.clone();
+        threads.push(std::thread::spawn(move || {
+            let store = owner_store;
+            let doc = format!("doc{d}");
+            for seq in 1..=PER_DOC {
+                let commit = SyncOwnerCommit {
+                    epoch: 7,
+                    append: vec![SyncLogEntry {
+                        seq,
+                        publisher: "hub".into(),
+                        update_id: seq,
+                        accepted_at_ms: 1,
+                        bytes: vec![d as u8; 100],
+                    }],
+                    publishers: vec![("hub".into(), seq)],
+                    ..Default::default()
+                };
+                store.sync_owner_commit(&doc, &commit).unwrap();
+            }
+        }));
+        let sub_store = store.clone();
+        threads.push(std::thread::spawn(move || {
+            let store = sub_store;
+            let stream = StreamId::new(format!("sync:hub/m1/doc{d}"));
+            for seq in 1..=PER_DOC {
+                let commit = SyncSubscriberCommit {
+                    cursor: Some((7, seq)),
+                    append_applied: vec![vec![d as u8; 100]],
+                    ..Default::default()
+                };
+                store.sync_subscriber_commit(&stream, &commit).unwrap();
+            }
+        }));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let commits = store.durable_commits() - commits_before;
+    let ops = store.grouped_ops() - ops_before;
+    eprintln!("{ops} sync commits in {commits} fsyncs");
+    assert_eq!(
+        ops,
+        2 * DOCS * PER_DOC,
+        "every sync commit went through the group"
+    );
+    assert!(
+        commits * 10 < ops * 9,
+        "sync commits of {DOCS} documents shared fsyncs: {ops} ops in {commits} commits"
+    );
+    drop(store);
+    // Reopened from the file: every document's log and cursor is whole.
+    let store = RedbStore::open(&path).unwrap();
+    for d in 0..DOCS {
+        let rec = store.sync_owner_load(&format!("doc{d}")).unwrap().unwrap();
+        assert_eq!(rec.epoch, 7);
+        assert_eq!(
+            rec.log.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=PER_DOC).collect::<Vec<_>>()
+        );
+        assert!(rec.log.iter().all(|e| e.bytes == vec![d as u8; 100]));
+        assert_eq!(rec.publishers, vec![("hub".to_string(), PER_DOC)]);
+        let stream = StreamId::new(format!("sync:hub/m1/doc{d}"));
+        let sub = store.sync_subscriber_load(&stream).unwrap().unwrap();
+        assert_eq!((sub.epoch, sub.seq), (7, PER_DOC));
+        assert_eq!(sub.applied.len() as u64, PER_DOC);
+    }
+}

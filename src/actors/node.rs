@@ -844,12 +844,17 @@ impl Node {
         Ok(answer?)
     }
 
-    /// Explains the current route of `stream`.
+    /// Explains the current route of `stream`, with the peers whose frames
+    /// its session refused as not bound ([`Explanation::refused`]).
     pub async fn explain(&self, stream: &StreamId) -> Result<Option<Explanation>, NodeError> {
         let routing = self.shared.routing().ok_or(NodeError::RoutingUnavailable)?;
-        let stream = stream.clone();
-        ractor::call_t!(routing, RoutingMsg::Explain, 5_000, stream)
-            .map_err(|_| NodeError::RoutingUnavailable)
+        let id = stream.clone();
+        let mut e = ractor::call_t!(routing, RoutingMsg::Explain, 5_000, id)
+            .map_err(|_| NodeError::RoutingUnavailable)?;
+        if let (Some(e), Some(session)) = (e.as_mut(), self.session(stream)) {
+            e.refused = session.refused_peers();
+        }
+        Ok(e)
     }
 
     /// Advertises the capabilities `node` serves, for capability targets.

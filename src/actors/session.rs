@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use crate::sync::LockRecover;
 use crate::vocab::{ChannelKind, NodeId, PathId};
 use crate::wire::Frame;
 
@@ -100,6 +101,26 @@ pub struct SessionCounters {
     pub bad: AtomicU64,
 }
 
+/// How many peers' foreign frames a session remembers (the oldest is
+/// forgotten first).
+pub const MAX_FOREIGN_PEERS: usize = 8;
+
+/// Frames a session refused because they came from a peer other than the
+/// one the stream is bound to (for a sync subscriber: a second node
+/// claiming to own the document), for `explain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForeignFrames {
+    /// The peer that sent them.
+    pub peer: NodeId,
+    /// How many were refused.
+    pub frames: u64,
+    /// The reject code each was answered with ([`codes::NOT_BOUND`]).
+    pub code: u16,
+    /// The order of its latest refusal among this session's refusals
+    /// (larger is later).
+    pub last: u64,
+}
+
 /// Why [`Session::admit`] refused a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refusal {
@@ -119,6 +140,9 @@ pub struct Session {
     capacity: usize,
     queued: Arc<AtomicUsize>,
     counters: SessionCounters,
+    /// Peers whose frames were refused as not bound (at most
+    /// [`MAX_FOREIGN_PEERS`]).
+    foreign: std::sync::Mutex<Vec<ForeignFrames>>,
     /// Told when a path to the bound peer comes up (see [`Session::on_path_up`]).
     path_up: std::sync::OnceLock<PathUpHook>,
 }
@@ -153,6 +177,7 @@ impl Session {
             capacity: capacity.max(1),
             queued: Arc::default(),
             counters: SessionCounters::default(),
+            foreign: std::sync::Mutex::new(Vec::new()),
             path_up: std::sync::OnceLock::new(),
         }
     }
@@ -223,9 +248,51 @@ impl Session {
         }
     }
 
+    /// The peers whose frames were refused as not bound, latest first.
+    pub fn foreign(&self) -> Vec<ForeignFrames> {
+        let mut v = self.foreign.lock_recover().clone();
+        v.sort_by_key(|f| std::cmp::Reverse(f.last));
+        v
+    }
+
+    /// [`Session::foreign`] as the routing explanation's
+    /// [`crate::routing::RefusedPeer`]s.
+    pub fn refused_peers(&self) -> Vec<crate::routing::RefusedPeer> {
+        self.foreign()
+            .into_iter()
+            .map(|f| crate::routing::RefusedPeer {
+                peer: f.peer,
+                frames: f.frames,
+                code: f.code,
+                bound_to: self.binding.peer.clone(),
+            })
+            .collect()
+    }
+
+    fn note_foreign(&self, peer: &NodeId, order: u64) {
+        let mut list = self.foreign.lock_recover();
+        if let Some(f) = list.iter_mut().find(|f| &f.peer == peer) {
+            f.frames += 1;
+            f.last = order;
+            return;
+        }
+        if list.len() >= MAX_FOREIGN_PEERS
+            && let Some(oldest) = (0..list.len()).min_by_key(|&i| list[i].last)
+        {
+            list.swap_remove(oldest);
+        }
+        list.push(ForeignFrames {
+            peer: peer.clone(),
+            frames: 1,
+            code: codes::NOT_BOUND,
+            last: order,
+        });
+    }
+
     fn check(&self, path: &PathId, frame: &Frame) -> Result<Permit, Refusal> {
         if path.peer != self.binding.peer {
-            self.counters.not_bound.fetch_add(1, Ordering::Relaxed);
+            let n = self.counters.not_bound.fetch_add(1, Ordering::Relaxed) + 1;
+            self.note_foreign(&path.peer, n);
             return Err(Refusal {
                 code: codes::NOT_BOUND,
                 reason: "stream is bound to another peer",
@@ -276,5 +343,51 @@ impl Session {
             Permit::none()
         };
         Ok(permit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vocab::PathKind;
+    use crate::wire::Reject;
+
+    fn frame() -> Frame {
+        Frame::Reject(Reject {
+            stream: None,
+            message_id: None,
+            code: 0,
+            reason: String::new(),
+        })
+    }
+
+    #[test]
+    fn foreign_frames_are_counted_per_peer_and_the_oldest_peer_is_forgotten() {
+        let binding = Binding {
+            peer: NodeId::new("hub"),
+            kind: ChannelKind::Sync,
+            side: Side::Sender,
+        };
+        let s = Session::new(binding, Arc::new(|_: &PathId, _, _| {}), 4, 1);
+        let from = |p: &str| PathId::new(p, PathKind::Quic);
+        assert!(s.admit(&from("hub"), frame()).is_ok());
+        for _ in 0..3 {
+            let (r, _) = s.admit(&from("evil"), frame()).unwrap_err();
+            assert_eq!(r.code, codes::NOT_BOUND);
+        }
+        let f = s.foreign();
+        assert_eq!(f.len(), 1);
+        assert_eq!((f[0].peer.as_str(), f[0].frames), ("evil", 3));
+        // More peers than the bound: the one refused longest ago goes.
+        for i in 0..MAX_FOREIGN_PEERS {
+            let _ = s.admit(&from(&format!("p{i}")), frame());
+        }
+        let f = s.foreign();
+        assert_eq!(f.len(), MAX_FOREIGN_PEERS);
+        assert!(f.iter().all(|x| x.peer.as_str() != "evil"), "{f:?}");
+        assert_eq!(f[0].peer.as_str(), format!("p{}", MAX_FOREIGN_PEERS - 1));
+        let r = s.refused_peers();
+        assert_eq!(r[0].bound_to.as_str(), "hub");
+        assert_eq!(s.counters().not_bound.load(Ordering::Relaxed), 11);
     }
 }

@@ -205,8 +205,25 @@ pub struct StreamView {
     pub candidates: Vec<CandidateView>,
     /// The decision log, oldest first (`why`).
     pub decisions: Vec<LoggedDecision>,
+    /// Peers whose frames on the stream were refused because it is bound
+    /// to another peer (a second node claiming a sync document), latest
+    /// first.
+    pub refused: Vec<RefusedView>,
     /// The explanation as text.
     pub text: String,
+}
+
+/// A refused peer in a stream view.
+#[derive(Clone, Debug, Serialize)]
+pub struct RefusedView {
+    /// The peer whose frames were refused.
+    pub peer: String,
+    /// How many.
+    pub frames: u64,
+    /// The reject code sent back.
+    pub code: u16,
+    /// The peer the stream is bound to.
+    pub bound_to: String,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -238,6 +255,16 @@ fn stream_view(e: &Explanation) -> StreamView {
             })
             .collect(),
         decisions: e.decisions.iter().map(LoggedDecision::from).collect(),
+        refused: e
+            .refused
+            .iter()
+            .map(|r| RefusedView {
+                peer: r.peer.to_string(),
+                frames: r.frames,
+                code: r.code,
+                bound_to: r.bound_to.to_string(),
+            })
+            .collect(),
         text: e.to_string(),
     }
 }
@@ -249,13 +276,19 @@ async fn explain(rt: &Runtime, stream: &StreamId) -> Result<Option<Explanation>,
     let routing = n
         .routing()
         .ok_or("the routing authority is not running (restarting?)")?;
-    ractor::call_t!(
+    let mut e = ractor::call_t!(
         routing,
         crate::routing::authority::RoutingMsg::Explain,
         5_000,
         stream.clone()
     )
-    .map_err(|e| format!("routing authority did not answer: {e}"))
+    .map_err(|e| format!("routing authority did not answer: {e}"))?;
+    if let Some(e) = e.as_mut()
+        && let Some(session) = lock(&n.node).as_ref().and_then(|node| node.session(stream))
+    {
+        e.refused = session.refused_peers();
+    }
+    Ok(e)
 }
 
 /// The view of one stream, `None` if the routing authority does not know it.

@@ -416,6 +416,7 @@ impl RoutingCore {
                 .map(|s| now.saturating_duration_since(s)),
             candidates: cands.iter().map(|c| c.public(now, hc)).collect(),
             decisions: st.rt.history.iter().cloned().collect(),
+            refused: Vec::new(),
         })
     }
 

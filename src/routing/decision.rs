@@ -364,6 +364,25 @@ pub struct Explanation {
     pub candidates: Vec<Candidate>,
     /// The stream's last decisions, oldest first.
     pub decisions: Vec<Decision>,
+    /// Peers whose frames on this stream were refused because the stream
+    /// is bound to another peer (a second node claiming to own a sync
+    /// document, say), latest first. The routing core leaves it empty; the
+    /// node fills it from the stream's session.
+    pub refused: Vec<RefusedPeer>,
+}
+
+/// A peer whose frames on a stream were refused (see
+/// [`Explanation::refused`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedPeer {
+    /// The peer.
+    pub peer: NodeId,
+    /// How many frames were refused.
+    pub frames: u64,
+    /// The reject code they were answered with.
+    pub code: u16,
+    /// The peer the stream is bound to.
+    pub bound_to: NodeId,
 }
 
 impl fmt::Display for Explanation {
@@ -388,6 +407,13 @@ impl fmt::Display for Explanation {
                 f,
                 "  -{}: {d}",
                 secs(self.at.saturating_duration_since(d.at))
+            )?;
+        }
+        for r in &self.refused {
+            writeln!(
+                f,
+                "  refused {} frame(s) from {} (0x{:04x}): the stream is bound to {}",
+                r.frames, r.peer, r.code, r.bound_to
             )?;
         }
         Ok(())

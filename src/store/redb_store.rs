@@ -11,7 +11,8 @@
 //! Appends and dedupe records that arrive while a durable commit runs —
 //! from any stream, any thread — wait for it and then share the next one
 //! ([`super::group::GroupCommitter`]): one fsync covers the batches of every
-//! stream of the node.
+//! stream of the node. The sync channel's owner and subscriber commits
+//! (`redb_store/sync.rs`) join the same group commit.
 //!
 //! | [`Store::set_cursor`] | `Immediate` | a cursor is a promise to the peer |
 //! | [`Store::ack_outbox`] | `None` by default ([`RedbOptions::durable_acks`]) | an ack lost in a crash only causes a resend, which the receiver deduplicates; it becomes durable with the next `Immediate` commit |
@@ -450,6 +451,15 @@ enum DurableOp {
     Append(OutboxBatch),
     Record(Vec<DedupeRecord>, Vec<(StreamId, u64)>),
     Atomic(AtomicApply),
+    Sync(SyncOp),
+}
+
+/// A sync channel commit joining the node's group commit: the owners and
+/// subscribers of every document share one transaction and fsync with the
+/// command streams.
+enum SyncOp {
+    Owner(String, crate::store::sync_store::SyncOwnerCommit),
+    Subscriber(StreamId, crate::store::sync_store::SyncSubscriberCommit),
 }
 
 /// The result of one [`DurableOp`].
@@ -457,6 +467,7 @@ enum DurableOut {
     Appended(Result<Vec<AppendOutcome>, StoreError>),
     Recorded(Result<(), StoreError>),
     Atomic(Result<AtomicBatch, StoreError>),
+    Synced(Result<(), StoreError>),
 }
 
 impl RedbStore {
@@ -476,6 +487,7 @@ impl RedbStore {
                 DurableOp::Append(_) => 0,
                 DurableOp::Record(..) => 1,
                 DurableOp::Atomic(_) => 2,
+                DurableOp::Sync(_) => 3,
             })
             .collect();
         let run = move || -> Result<Vec<DurableOut>, StoreError> {
@@ -492,6 +504,14 @@ impl RedbStore {
                         let batch = apply(&mut RedbTxn(&txn))?;
                         record_in(&txn, &batch.records, &batch.cursors)?;
                         DurableOut::Atomic(Ok(batch))
+                    }
+                    DurableOp::Sync(SyncOp::Owner(doc, commit)) => {
+                        sync::owner_commit_in(&txn, &doc, &commit)?;
+                        DurableOut::Synced(Ok(()))
+                    }
+                    DurableOp::Sync(SyncOp::Subscriber(stream, commit)) => {
+                        sync::subscriber_commit_in(&txn, &stream, &commit)?;
+                        DurableOut::Synced(Ok(()))
                     }
                 });
             }
@@ -511,7 +531,8 @@ impl RedbStore {
                         match kind {
                             0 => DurableOut::Appended(Err(e)),
                             1 => DurableOut::Recorded(Err(e)),
-                            _ => DurableOut::Atomic(Err(e)),
+                            2 => DurableOut::Atomic(Err(e)),
+                            _ => DurableOut::Synced(Err(e)),
                         }
                     })
                     .collect()
@@ -519,7 +540,15 @@ impl RedbStore {
         }
     }
 
-    /// How many durable operations (appends, dedupe records) the group
+    /// Runs a sync channel commit in the next group commit.
+    fn durable_sync(&self, op: SyncOp) -> Result<(), StoreError> {
+        match self.durable(DurableOp::Sync(op)) {
+            DurableOut::Synced(r) => r,
+            _ => Err(StoreError::Corrupt("group commit mixed up".into())),
+        }
+    }
+
+    /// How many durable operations (appends, dedupe records, sync commits) the group
     /// commits have carried; with [`RedbStore::durable_commits`] it shows how
     /// many operations shared each fsync.
     pub fn grouped_ops(&self) -> u64 {

@@ -55,6 +55,11 @@ fn wall_ms() -> u64 {
 /// class A (durable outbox), a log update class B (the owner's bounded
 /// replay window), everything else class C (sent again when needed).
 fn data(stream: &StreamId, incarnation: u64, msg: &SyncMsg) -> Frame {
+    data_frame(stream, incarnation, msg, Bytes::from(msg.encode()))
+}
+
+/// [`data`] with the message already encoded as `payload`.
+fn data_frame(stream: &StreamId, incarnation: u64, msg: &SyncMsg, payload: Bytes) -> Frame {
     let delivery = match msg {
         SyncMsg::Publish { .. } => DeliveryClass::A,
         SyncMsg::Update { .. } | SyncMsg::Snapshot { .. } => DeliveryClass::B,
@@ -67,7 +72,7 @@ fn data(stream: &StreamId, incarnation: u64, msg: &SyncMsg) -> Frame {
         message_id: 0,
         class: TrafficClass::Sync as u8,
         delivery: delivery.code(),
-        payload: Bytes::from(msg.encode()),
+        payload,
     })
 }
 
@@ -215,8 +220,29 @@ impl<D: Document> OwnerState<D> {
             .await??;
         }
         *self.args.shared.head.lock_recover() = self.core.head();
+        // A log update goes to every attached subscriber: encode it once
+        // (the cursor names it) and build each stream name once per flush.
+        let mut encoded: HashMap<Cursor, Bytes> = HashMap::new();
+        let mut streams: HashMap<&str, StreamId> = HashMap::new();
         for (peer, msg) in &out.send {
-            self.send(peer, msg);
+            let Some((path, incarnation)) = self.paths.get(peer.as_str()) else {
+                continue; // not attached on any path: it resyncs when it comes
+            };
+            let payload = match msg {
+                SyncMsg::Update { cursor, .. } => encoded
+                    .entry(*cursor)
+                    .or_insert_with(|| Bytes::from(msg.encode()))
+                    .clone(),
+                _ => Bytes::from(msg.encode()),
+            };
+            let stream = streams.entry(peer.as_str()).or_insert_with(|| {
+                super::wire::stream_name(self.args.link.id().as_str(), peer, &self.args.doc_id)
+            });
+            // A lost send is recovered by the subscriber's resync.
+            let _ = self
+                .args
+                .link
+                .send(path, data_frame(stream, *incarnation, msg, payload));
         }
         for a in out.applied {
             let _ = self.args.shared.applied.send(a);

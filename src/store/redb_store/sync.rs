@@ -3,9 +3,9 @@
 //! two-phase commit. Tables are created on first write; a read before any
 //! write finds none and reports nothing stored.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError, WriteTransaction};
 
-use super::RedbStore;
+use super::{RedbStore, SyncOp};
 use crate::store::StoreError;
 use crate::store::sync_store::{
     SyncLogEntry, SyncOwnerCommit, SyncOwnerRecord, SyncSnapshotRecord, SyncStore,
@@ -153,56 +153,7 @@ impl SyncStore for RedbStore {
     }
 
     fn sync_owner_commit(&self, doc: &str, commit: &SyncOwnerCommit) -> Result<(), StoreError> {
-        let txn = self.begin(true)?;
-        {
-            let mut epochs = txn.open_table(OWNER_EPOCH)?;
-            let mut log = txn.open_table(OWNER_LOG)?;
-            let mut pubs = txn.open_table(OWNER_PUB)?;
-            let mut snaps = txn.open_table(OWNER_SNAP)?;
-            if commit.reset {
-                let seqs: Vec<u64> = log
-                    .range((doc, 0)..=(doc, u64::MAX))?
-                    .map(|i| i.map(|(k, _)| k.value().1))
-                    .collect::<Result<_, _>>()?;
-                for s in seqs {
-                    log.remove((doc, s))?;
-                }
-                let mut names = Vec::new();
-                for item in pubs.range((doc, "")..)? {
-                    let (k, _) = item?;
-                    let (d, p) = k.value();
-                    if d != doc {
-                        break;
-                    }
-                    names.push(p.to_string());
-                }
-                for p in names {
-                    pubs.remove((doc, p.as_str()))?;
-                }
-                snaps.remove(doc)?;
-            }
-            epochs.insert(doc, commit.epoch)?;
-            for e in &commit.append {
-                log.insert((doc, e.seq), encode_entry(e).as_slice())?;
-            }
-            for (p, high) in &commit.publishers {
-                let old = pubs.get((doc, p.as_str()))?.map_or(0, |v| v.value());
-                pubs.insert((doc, p.as_str()), old.max(*high))?;
-            }
-            if let Some(s) = &commit.snapshot {
-                snaps.insert(doc, encode_snapshot(s).as_slice())?;
-            }
-            if let Some(t) = commit.trim_through {
-                let seqs: Vec<u64> = log
-                    .range((doc, 0)..=(doc, t))?
-                    .map(|i| i.map(|(k, _)| k.value().1))
-                    .collect::<Result<_, _>>()?;
-                for s in seqs {
-                    log.remove((doc, s))?;
-                }
-            }
-        }
-        self.commit(txn, true)
+        self.durable_sync(SyncOp::Owner(doc.to_string(), commit.clone()))
     }
 
     fn sync_subscriber_load(
@@ -245,56 +196,129 @@ impl SyncStore for RedbStore {
         stream: &StreamId,
         c: &SyncSubscriberCommit,
     ) -> Result<(), StoreError> {
-        let key = stream.as_str();
-        let txn = self.begin(true)?;
-        {
-            let mut cursors = txn.open_table(SUB_CURSOR)?;
-            let mut snaps = txn.open_table(SUB_SNAP)?;
-            let mut applied = txn.open_table(SUB_APPLIED)?;
-            let mut outbox = txn.open_table(SUB_OUTBOX)?;
-            let (mut epoch, mut seq, mut next) = cursors.get(key)?.map_or((0, 0, 1), |v| v.value());
-            if let Some((e, s)) = c.cursor {
-                (epoch, seq) = (e, s);
+        self.durable_sync(SyncOp::Subscriber(stream.clone(), c.clone()))
+    }
+}
+
+/// Writes one owner commit of `doc` into `txn` (reset first, then append,
+/// publisher marks, snapshot, trim); the caller commits.
+pub(super) fn owner_commit_in(
+    txn: &WriteTransaction,
+    doc: &str,
+    commit: &SyncOwnerCommit,
+) -> Result<(), StoreError> {
+    {
+        let mut epochs = txn.open_table(OWNER_EPOCH)?;
+        let mut log = txn.open_table(OWNER_LOG)?;
+        let mut pubs = txn.open_table(OWNER_PUB)?;
+        let mut snaps = txn.open_table(OWNER_SNAP)?;
+        if commit.reset {
+            let seqs: Vec<u64> = log
+                .range((doc, 0)..=(doc, u64::MAX))?
+                .map(|i| i.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            for s in seqs {
+                log.remove((doc, s))?;
             }
-            if let Some(n) = c.next_update_id {
-                next = n;
-            }
-            cursors.insert(key, (epoch, seq, next))?;
-            let mut last = applied
-                .range((key, 0)..=(key, u64::MAX))?
-                .next_back()
-                .transpose()?
-                .map_or(0, |(k, _)| k.value().1);
-            if let Some(s) = &c.replace_snapshot {
-                snaps.insert(key, s.as_slice())?;
-                let idx: Vec<u64> = applied
-                    .range((key, 0)..=(key, u64::MAX))?
-                    .map(|i| i.map(|(k, _)| k.value().1))
-                    .collect::<Result<_, _>>()?;
-                for i in idx {
-                    applied.remove((key, i))?;
+            let mut names = Vec::new();
+            for item in pubs.range((doc, "")..)? {
+                let (k, _) = item?;
+                let (d, p) = k.value();
+                if d != doc {
+                    break;
                 }
+                names.push(p.to_string());
             }
-            for u in &c.append_applied {
-                last += 1;
-                applied.insert((key, last), u.as_slice())?;
+            for p in names {
+                pubs.remove((doc, p.as_str()))?;
             }
-            for (id, bytes) in &c.outbox_add {
-                outbox.insert((key, *id), bytes.as_slice())?;
-            }
-            if let Some(t) = c.outbox_remove_through {
-                let ids: Vec<u64> = outbox
-                    .range((key, 0)..=(key, t))?
-                    .map(|i| i.map(|(k, _)| k.value().1))
-                    .collect::<Result<_, _>>()?;
-                for id in ids {
-                    outbox.remove((key, id))?;
-                }
-            }
-            for id in &c.outbox_remove {
-                outbox.remove((key, *id))?;
+            snaps.remove(doc)?;
+        }
+        epochs.insert(doc, commit.epoch)?;
+        for e in &commit.append {
+            log.insert((doc, e.seq), encode_entry(e).as_slice())?;
+        }
+        // One mark per publisher and commit (a batch carries one per
+        // update).
+        let mut highs: std::collections::BTreeMap<&str, u64> = Default::default();
+        for (p, high) in &commit.publishers {
+            let h = highs.entry(p.as_str()).or_default();
+            *h = (*h).max(*high);
+        }
+        for (p, high) in highs {
+            let old = pubs.get((doc, p))?.map_or(0, |v| v.value());
+            pubs.insert((doc, p), old.max(high))?;
+        }
+        if let Some(s) = &commit.snapshot {
+            snaps.insert(doc, encode_snapshot(s).as_slice())?;
+        }
+        if let Some(t) = commit.trim_through {
+            let seqs: Vec<u64> = log
+                .range((doc, 0)..=(doc, t))?
+                .map(|i| i.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            for s in seqs {
+                log.remove((doc, s))?;
             }
         }
-        self.commit(txn, true)
     }
+    Ok(())
+}
+
+/// Writes one subscriber commit of `stream` into `txn`; the caller commits.
+pub(super) fn subscriber_commit_in(
+    txn: &WriteTransaction,
+    stream: &StreamId,
+    c: &SyncSubscriberCommit,
+) -> Result<(), StoreError> {
+    let key = stream.as_str();
+    {
+        let mut cursors = txn.open_table(SUB_CURSOR)?;
+        let mut snaps = txn.open_table(SUB_SNAP)?;
+        let mut applied = txn.open_table(SUB_APPLIED)?;
+        let mut outbox = txn.open_table(SUB_OUTBOX)?;
+        let (mut epoch, mut seq, mut next) = cursors.get(key)?.map_or((0, 0, 1), |v| v.value());
+        if let Some((e, s)) = c.cursor {
+            (epoch, seq) = (e, s);
+        }
+        if let Some(n) = c.next_update_id {
+            next = n;
+        }
+        cursors.insert(key, (epoch, seq, next))?;
+        let mut last = applied
+            .range((key, 0)..=(key, u64::MAX))?
+            .next_back()
+            .transpose()?
+            .map_or(0, |(k, _)| k.value().1);
+        if let Some(s) = &c.replace_snapshot {
+            snaps.insert(key, s.as_slice())?;
+            let idx: Vec<u64> = applied
+                .range((key, 0)..=(key, u64::MAX))?
+                .map(|i| i.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            for i in idx {
+                applied.remove((key, i))?;
+            }
+        }
+        for u in &c.append_applied {
+            last += 1;
+            applied.insert((key, last), u.as_slice())?;
+        }
+        for (id, bytes) in &c.outbox_add {
+            outbox.insert((key, *id), bytes.as_slice())?;
+        }
+        if let Some(t) = c.outbox_remove_through {
+            let ids: Vec<u64> = outbox
+                .range((key, 0)..=(key, t))?
+                .map(|i| i.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            for id in ids {
+                outbox.remove((key, id))?;
+            }
+        }
+        for id in &c.outbox_remove {
+            outbox.remove((key, *id))?;
+        }
+    }
+    Ok(())
 }
