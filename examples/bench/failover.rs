@@ -19,7 +19,7 @@ pub(crate) struct Failover {
     pub(crate) decision_ms: Vec<f64>,
 }
 
-/// Part 4: the hub–root–member topology (`interlocking::topology`) with
+/// Part 4: the hub–root–member topology (`tests/demo/topology.rs`) with
 /// one member per blackholing, each sending a class-A command every 100 ms
 /// under the **default** routing policy and the library's default probe
 /// and QUIC settings. Members are blackholed in turn
@@ -31,7 +31,7 @@ pub(crate) async fn failover(
     _ca: &CertificateAuthority,
     blackholings: usize,
 ) -> Result<Option<Failover>, BoxError> {
-    let mut opts = interlocking::topology::Options::new(11);
+    let mut opts = crate::topology::Options::new(11);
     opts.members = blackholings;
     opts.chaos_cycles = blackholings as u32;
     opts.interval = Duration::from_millis(100);
@@ -40,7 +40,7 @@ pub(crate) async fn failover(
     opts.dark_ms = (1_500, 2_000);
     opts.round_robin = true;
     opts.wait_for_return = false;
-    let report = interlocking::topology::hub_root_member(opts, |_| {})
+    let report = crate::topology::hub_root_member(opts, |_| {})
         .await
         .map_err(|e| -> BoxError { e.to_string().into() })?;
     eprintln!(

@@ -66,6 +66,8 @@ mod raw_quinn;
 mod raw_redb;
 mod scale;
 mod stack;
+#[path = "../../tests/demo/topology.rs"]
+mod topology;
 
 use failover::*;
 use figures::*;
