@@ -438,6 +438,9 @@ impl Inner {
         let frames = sender.depth.frames.load(Ordering::Relaxed);
         let queued = sender.depth.bytes.load(Ordering::Relaxed);
         if frames + 1 > budget.frames || queued + bytes.len() > budget.bytes {
+            bump(&self.counters.refused_queue_full);
+            metrics::counter!("interlocking_limit_refusals_total", "limit" => "queue_budget")
+                .increment(1);
             return Err(SendError::Full {
                 peer: peer.clone(),
                 kind: PathKind::Quic,

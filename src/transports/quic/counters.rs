@@ -47,6 +47,9 @@ pub struct QuicCounters {
     /// Connections refused before their handshake: the endpoint already
     /// had `QuicLimits::connections_total`.
     pub refused_connections_total: u64,
+    /// Frames refused to a local sender because the peer's queue of that
+    /// class was at its [`super::QueueBudget`] (a slow reader).
+    pub refused_queue_full: u64,
 }
 
 /// The live counters (see [`QuicCounters`] for their meaning).
@@ -70,6 +73,7 @@ pub(super) struct Counters {
     pub(super) reconnect_attempts: AtomicU64,
     pub(super) refused_connections_per_address: AtomicU64,
     pub(super) refused_connections_total: AtomicU64,
+    pub(super) refused_queue_full: AtomicU64,
 }
 
 pub(super) fn bump(c: &AtomicU64) {
@@ -98,6 +102,7 @@ impl Counters {
             reconnect_attempts: g(&self.reconnect_attempts),
             refused_connections_per_address: g(&self.refused_connections_per_address),
             refused_connections_total: g(&self.refused_connections_total),
+            refused_queue_full: g(&self.refused_queue_full),
         }
     }
 }
