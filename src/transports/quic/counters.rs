@@ -76,6 +76,34 @@ pub(super) struct Counters {
     pub(super) refused_queue_full: AtomicU64,
 }
 
+impl QuicCounters {
+    /// Every refusal counter with its `reason` label, as `/metrics` reports
+    /// them (`interlocking_quic_refusals_total{reason=...}`).
+    pub fn refusals(&self) -> [(&'static str, u64); 16] {
+        [
+            ("alpn", self.refused_alpn),
+            ("certificate", self.refused_certificate),
+            ("handshake_failed", self.handshake_failed),
+            ("no_identity", self.refused_no_identity),
+            ("hello_mismatch", self.refused_hello_mismatch),
+            ("hello_missing", self.refused_hello_missing),
+            ("truncated", self.refused_truncated),
+            ("malformed", self.refused_malformed),
+            ("too_large", self.refused_too_large),
+            ("version", self.refused_version),
+            ("not_admitted", self.refused_not_admitted),
+            ("unexpected_stream", self.refused_unexpected_stream),
+            ("bad_datagram", self.bad_datagrams),
+            (
+                "connections_per_address",
+                self.refused_connections_per_address,
+            ),
+            ("connections_total", self.refused_connections_total),
+            ("queue_full", self.refused_queue_full),
+        ]
+    }
+}
+
 pub(super) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
