@@ -362,3 +362,34 @@ async fn a_slow_reader_is_held_to_the_queue_budget_and_other_peers_are_served() 
     assert_eq!(recv_data(&mut good_rx, &v.id, "calm", 1).await, vec![calm]);
     good_t.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_started_faster_than_the_rate_are_refused_and_counted() {
+    const RATE: u32 = 2;
+    let ca = CertificateAuthority::generate("ca").unwrap();
+    let mut v = victim(
+        &ca,
+        QuicLimits {
+            connections_per_second_per_address: RATE,
+            ..QuicLimits::default()
+        },
+    );
+    // A burst of the rate is served (each connection closed again)...
+    for i in 0..RATE {
+        assert_eq!(attempt(&ca, &v, &format!("burst-{i}"), FLOODER).await, None);
+    }
+    // ...the next ones from that address are refused before their
+    // handshake (the bucket refills at RATE a second: a few at most get
+    // through while these run).
+    let mut refused = 0;
+    for i in 0..10 {
+        if attempt(&ca, &v, &format!("over-{i}"), FLOODER).await == Some(CONNECTION_REFUSED) {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 5, "{refused} of 10 refused over the rate");
+    assert_eq!(v.t.counters().refused_connection_rate, refused);
+    // Another address is served meanwhile.
+    let other = good(&ca, &mut v, "member", OTHER).await;
+    answered(&other.conn, 1).await;
+}

@@ -26,6 +26,9 @@ pub struct RawLimits {
     pub connections_per_address: Option<Spanned<u64>>,
     /// Connections in total (default 4096).
     pub connections_total: Option<Spanned<u64>>,
+    /// New connections one address may start per second (default 32; 0:
+    /// unlimited).
+    pub connections_per_second_per_address: Option<Spanned<u64>>,
     /// Unidirectional streams a peer may have open at once (default 64).
     pub streams_uni: Option<Spanned<u64>>,
     /// Bidirectional streams a peer may open at once (default 4).
@@ -183,6 +186,13 @@ pub fn resolve(path: &Path, text: &str, raw: &RawLimits) -> Result<Limits, Confi
             format!("{per_address} is above connections_total ({total})"),
         );
     }
+    let rate = ctx.int(
+        &raw.connections_per_second_per_address,
+        "connections_per_second_per_address",
+        0,
+        1_000_000,
+        u64::from(d.quic.connections_per_second_per_address),
+    )?;
     // A peer opens one unidirectional stream per traffic class (5).
     let streams_uni = ctx.int(
         &raw.streams_uni,
@@ -271,6 +281,7 @@ pub fn resolve(path: &Path, text: &str, raw: &RawLimits) -> Result<Limits, Confi
         quic: QuicLimits {
             connections_per_address: per_address as usize,
             connections_total: total as usize,
+            connections_per_second_per_address: rate as u32,
             streams_uni: streams_uni as u32,
             streams_bidi: streams_bidi as u32,
             stream_window: stream_window as u32,

@@ -564,6 +564,7 @@ async fn accept_loop(inner: Arc<Inner>) {
                 let counter = match limit {
                     SlotRefusal::PerAddress => &inner.counters.refused_connections_per_address,
                     SlotRefusal::Total => &inner.counters.refused_connections_total,
+                    SlotRefusal::Rate => &inner.counters.refused_connection_rate,
                 };
                 bump(counter);
                 metrics::counter!("interlocking_limit_refusals_total", "limit" => limit.as_str())

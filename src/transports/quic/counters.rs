@@ -50,6 +50,9 @@ pub struct QuicCounters {
     /// Frames refused to a local sender because the peer's queue of that
     /// class was at its [`super::QueueBudget`] (a slow reader).
     pub refused_queue_full: u64,
+    /// Connections refused before their handshake: the remote address
+    /// started more than `QuicLimits::connections_per_second_per_address`.
+    pub refused_connection_rate: u64,
 }
 
 /// The live counters (see [`QuicCounters`] for their meaning).
@@ -74,12 +77,13 @@ pub(super) struct Counters {
     pub(super) refused_connections_per_address: AtomicU64,
     pub(super) refused_connections_total: AtomicU64,
     pub(super) refused_queue_full: AtomicU64,
+    pub(super) refused_connection_rate: AtomicU64,
 }
 
 impl QuicCounters {
     /// Every refusal counter with its `reason` label, as `/metrics` reports
     /// them (`interlocking_quic_refusals_total{reason=...}`).
-    pub fn refusals(&self) -> [(&'static str, u64); 16] {
+    pub fn refusals(&self) -> [(&'static str, u64); 17] {
         [
             ("alpn", self.refused_alpn),
             ("certificate", self.refused_certificate),
@@ -100,6 +104,7 @@ impl QuicCounters {
             ),
             ("connections_total", self.refused_connections_total),
             ("queue_full", self.refused_queue_full),
+            ("connection_rate", self.refused_connection_rate),
         ]
     }
 }
@@ -131,6 +136,7 @@ impl Counters {
             refused_connections_per_address: g(&self.refused_connections_per_address),
             refused_connections_total: g(&self.refused_connections_total),
             refused_queue_full: g(&self.refused_queue_full),
+            refused_connection_rate: g(&self.refused_connection_rate),
         }
     }
 }
