@@ -102,6 +102,7 @@ trait Registered: Send + Sync {
         stream: StreamId,
         peer: NodeId,
         ctx: &'a HandlerContext,
+        config: ServeConfig,
     ) -> ServeFuture<'a>;
 }
 
@@ -121,11 +122,12 @@ where
         stream: StreamId,
         peer: NodeId,
         ctx: &'a HandlerContext,
+        config: ServeConfig,
     ) -> ServeFuture<'a> {
         Box::pin(async move {
             let handler = (self.0)(ctx)?;
             let store: Arc<dyn crate::store::Store> = ctx.store.clone();
-            CommandChannel::serve_atomic(node, stream, peer, handler, store, ServeConfig::default())
+            CommandChannel::serve_atomic(node, stream, peer, handler, store, config)
                 .await
                 .map_err(|e: SpawnError| e.to_string())
         })
@@ -143,11 +145,12 @@ where
         stream: StreamId,
         peer: NodeId,
         ctx: &'a HandlerContext,
+        config: ServeConfig,
     ) -> ServeFuture<'a> {
         Box::pin(async move {
             let handler = (self.0)(ctx)?;
             let store: Arc<dyn crate::store::Store> = ctx.store.clone();
-            CommandChannel::serve(node, stream, peer, handler, store, ServeConfig::default())
+            CommandChannel::serve(node, stream, peer, handler, store, config)
                 .await
                 .map_err(|e: SpawnError| e.to_string())
         })
@@ -303,6 +306,7 @@ impl App {
             jitter: 0.5,
             max_attempts: None,
         };
+        cfg.limits.apply(&mut quic);
         let faults = cfg.transports.faults.map(|f| {
             let h = FaultHandle::new(f.seed);
             h.set_loss(f.loss);
@@ -466,6 +470,9 @@ impl App {
             node: cfg.id.clone(),
             store: store.clone(),
         };
+        let serve_config = ServeConfig::default()
+            .inbox_capacity(cfg.limits.inbox_capacity)
+            .dedupe(cfg.limits.dedupe);
         let mut senders = BTreeMap::new();
         let mut served = BTreeMap::new();
         for c in &cfg.channels {
@@ -476,7 +483,13 @@ impl App {
                         .get(handler)
                         .ok_or_else(|| start_err(format!("unknown handler {handler:?}")))?;
                     let handle = h
-                        .serve(&node, c.stream.clone(), peer.clone(), &ctx)
+                        .serve(
+                            &node,
+                            c.stream.clone(),
+                            peer.clone(),
+                            &ctx,
+                            serve_config.clone(),
+                        )
                         .await
                         .map_err(|e| start_err(format!("serving {}: {e}", c.stream)))?;
                     served.insert(
@@ -549,6 +562,10 @@ async fn start_root(cfg: &Config) -> Result<runtime::Role, AppError> {
         join_listen: cfg.listen_join,
         state_dir: Some(cfg.state_dir.clone()),
         probe: cfg.transports.probe,
+        codec: cfg.limits.codec,
+        limits: cfg.limits.quic,
+        hello_timeout: cfg.limits.hello_timeout,
+        handshake_timeout: cfg.limits.handshake_timeout,
         ..RootConfig::default()
     })
     .await

@@ -12,6 +12,7 @@
 //!
 //! Must not touch: sockets, the store, any running part of a node.
 
+pub mod limits;
 pub mod resolve;
 pub mod schema;
 
@@ -204,6 +205,8 @@ pub struct Config {
     pub diagnostics: Diagnostics,
     /// Hub only: the sidecar owning its remote session, if any.
     pub sidecar: Option<SidecarSettings>,
+    /// `[limits]`: connection, stream, frame, queue, inbox and dedupe bounds.
+    pub limits: limits::Limits,
 }
 
 impl Config {

@@ -4,17 +4,22 @@
 //! `QuicLimits::connections_per_address` with QUIC `CONNECTION_REFUSED`
 //! and counted, a peer from another address is served during the flood,
 //! and the address is served again once its connections end; the total
-//! limit likewise. Every wait is bounded.
+//! limit likewise. A stream flood is held to `QuicLimits::streams_uni` (the
+//! peer gets no credit for more) and `streams_bidi` (each refused with
+//! `UNEXPECTED_STREAM` and counted); a slow reader that never drains is
+//! held to the `QueueBudget` (typed `SendError::Full`, counted) while a
+//! well-behaved peer is served. Every wait is bounded.
 
 mod common;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use common::contract::{data, recv_data};
 use common::contract::{until, wait_up};
-use common::rawquic::{LIMIT, answered, code_of, connecting, hello};
-use interlocking::transports::quic::{QuicConfig, QuicLimits, QuicTransport};
-use interlocking::transports::{Fact, TransportEvent};
+use common::rawquic::{LIMIT, answered, code_of, connecting, connecting_tuned, encoded, hello};
+use interlocking::transports::quic::{QueueBudget, QuicConfig, QuicLimits, QuicTransport};
+use interlocking::transports::{Fact, PeerAddr, SendError, Transport, TransportEvent};
 use interlocking::trust::CertificateAuthority;
 use interlocking::vocab::{NodeId, Role};
 use tokio::sync::mpsc;
@@ -32,9 +37,14 @@ struct Victim {
 }
 
 fn victim(ca: &CertificateAuthority, limits: QuicLimits) -> Victim {
+    victim_with(ca, |cfg| cfg.limits = limits)
+}
+
+/// A victim hub whose configuration `tune` adjusts.
+fn victim_with(ca: &CertificateAuthority, tune: impl FnOnce(&mut QuicConfig)) -> Victim {
     let id = NodeId::new("victim");
     let mut cfg = QuicConfig::new(ca.issue_node(&id, Role::Hub).unwrap(), ca.roots());
-    cfg.limits = limits;
+    tune(&mut cfg);
     let (tx, rx) = mpsc::channel(65536);
     Victim {
         t: QuicTransport::bind(cfg, tx).unwrap(),
@@ -178,4 +188,208 @@ async fn connections_over_the_total_limit_are_refused_and_counted() {
         (1, 0)
     );
     answered(&a.conn, 7).await;
+}
+
+/// `UNEXPECTED_STREAM` (`docs/wire.md` §7): a bidirectional stream on the
+/// node endpoint.
+const UNEXPECTED_STREAM: u32 = 0x0207;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_flood_is_held_to_the_stream_limits_and_other_peers_are_served() {
+    const UNI: u32 = 16;
+    const BIDI_TRIES: u64 = 12;
+    const CHURN: u64 = 300;
+    let ca = CertificateAuthority::generate("ca").unwrap();
+    let mut v = victim(
+        &ca,
+        QuicLimits {
+            streams_uni: UNI,
+            streams_bidi: 2,
+            ..QuicLimits::default()
+        },
+    );
+    // `good` holds the flooder's Hello stream open: one of its UNI.
+    let flooder = good(&ca, &mut v, "flooder", FLOODER).await;
+    let other = good(&ca, &mut v, "member", OTHER).await;
+    // Every other stream the limit allows, each left inside a frame.
+    let partial = &encoded(&data("flood", 2, 0, 64))[..3];
+    let mut held = Vec::new();
+    for _ in 1..UNI {
+        let mut s = tokio::time::timeout(LIMIT, flooder.conn.open_uni())
+            .await
+            .expect("credit for a stream within the limit")
+            .unwrap();
+        s.write_all(partial).await.unwrap();
+        held.push(s);
+    }
+    // One more: the victim advertised no credit for it (quinn refuses to
+    // open it; a peer sending on it anyway gets STREAM_LIMIT_ERROR).
+    assert!(
+        tokio::time::timeout(std::time::Duration::ZERO, flooder.conn.open_uni())
+            .await
+            .is_err(),
+        "no stream beyond streams_uni"
+    );
+    // Bidirectional streams: each refused, one after the other.
+    for i in 0..BIDI_TRIES {
+        let (mut send, _recv) = tokio::time::timeout(LIMIT, flooder.conn.open_bi())
+            .await
+            .expect("bidi credit comes back after each refusal")
+            .unwrap();
+        send.write_all(b"x").await.unwrap();
+        let stopped = tokio::time::timeout(LIMIT, send.stopped())
+            .await
+            .expect("refused in time");
+        assert_eq!(
+            stopped.unwrap(),
+            Some(quinn::VarInt::from_u32(UNEXPECTED_STREAM)),
+            "bidi stream {i}"
+        );
+    }
+    assert_eq!(v.t.counters().refused_unexpected_stream, BIDI_TRIES);
+    // During the flood, the other peer is served.
+    answered(&other.conn, 1).await;
+    // The flooder gives its streams up; the victim hands the credit back
+    // and serves a churn of many short streams, each one frame.
+    for mut s in held {
+        s.reset(0u8.into()).unwrap();
+    }
+    for seq in 0..CHURN {
+        let mut s = tokio::time::timeout(LIMIT, flooder.conn.open_uni())
+            .await
+            .expect("credit returned as streams end")
+            .unwrap();
+        s.write_all(&encoded(&data("churn", 2, seq, 16)))
+            .await
+            .unwrap();
+        s.finish().unwrap();
+    }
+    let mut got = recv_data(&mut v.rx, &NodeId::new("flooder"), "churn", CHURN as usize).await;
+    got.sort_unstable();
+    assert_eq!(got, (0..CHURN).collect::<Vec<_>>());
+    answered(&flooder.conn, 2).await;
+    answered(&other.conn, 3).await;
+    let c = v.t.counters();
+    assert_eq!((c.refused_malformed, c.refused_truncated), (0, 0));
+    assert!(other.conn.close_reason().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_held_to_the_queue_budget_and_other_peers_are_served() {
+    /// The slow reader's receive window (stream and connection).
+    const WINDOW: u32 = 64 * 1024;
+    const LEN: usize = 4096;
+    const BUDGET: QueueBudget = QueueBudget {
+        frames: 32,
+        bytes: 1 << 20,
+    };
+    const ATTEMPTS: u64 = 3000;
+    let ca = CertificateAuthority::generate("ca").unwrap();
+    let mut v = victim_with(&ca, |cfg| cfg.queue = BUDGET);
+    // The slow reader: authenticated, says Hello, never reads a stream.
+    let slow_id = NodeId::new("slow");
+    let ident = ca.issue_node(&slow_id, Role::Member).unwrap();
+    let (_slow_ep, c) = connecting_tuned(
+        &ident,
+        &ca,
+        IpAddr::from(FLOODER),
+        v.t.local_addr(),
+        &v.id,
+        |t| {
+            t.stream_receive_window(WINDOW.into());
+            t.receive_window(WINDOW.into());
+        },
+    );
+    let slow = tokio::time::timeout(LIMIT, c).await.unwrap().unwrap();
+    let mut control = slow.open_uni().await.unwrap();
+    control
+        .write_all(&hello("slow", Role::Member))
+        .await
+        .unwrap();
+    wait_up(&mut v.rx, &slow_id).await;
+    // The well-behaved peer: a QUIC transport of its own.
+    let good_id = NodeId::new("member");
+    let mut cfg = QuicConfig::new(ca.issue_node(&good_id, Role::Member).unwrap(), ca.roots());
+    cfg.listen = (OTHER, 0).into();
+    let (tx, mut good_rx) = mpsc::channel(65536);
+    let good_t = QuicTransport::bind(cfg, tx).unwrap();
+    good_t
+        .connect(&PeerAddr::at(v.id.clone(), v.t.local_addr()))
+        .await
+        .unwrap();
+    wait_up(&mut v.rx, &good_id).await;
+    // The victim sends to the slow reader as fast as it can.
+    let (mut accepted, mut full, mut calm) = (0u64, 0u64, 0u64);
+    for seq in 0..ATTEMPTS {
+        match v.t.send(&slow_id, data("flood", 2, seq, LEN)) {
+            Ok(()) => accepted += 1,
+            Err(SendError::Full { peer, .. }) => {
+                assert_eq!(peer, slow_id);
+                full += 1;
+            }
+            Err(e) => panic!("frame {seq}: {e:?}"),
+        }
+        if seq % 30 == 0 {
+            // Each frame to the good peer arrives while the flood goes on.
+            v.t.send(&good_id, data("calm", 2, calm, 64))
+                .expect("the good peer's queue has room");
+            assert_eq!(recv_data(&mut good_rx, &v.id, "calm", 1).await, vec![calm]);
+            calm += 1;
+        }
+        tokio::task::yield_now().await;
+    }
+    // What the victim took on is its queue plus what the reader's window
+    // let quinn write: never more, however long the flood.
+    let bound = BUDGET.frames as u64 + u64::from(WINDOW) / LEN as u64 + 1;
+    assert!(
+        accepted <= bound,
+        "accepted {accepted} frames for a reader that never reads (bound {bound})"
+    );
+    assert_eq!(accepted + full, ATTEMPTS);
+    assert_eq!(v.t.counters().refused_queue_full, full);
+    // The slow reader goes; the victim lets go of its queue, and the good
+    // peer is still served.
+    slow.close(0u8.into(), b"bye");
+    until(&mut v.rx, LIMIT, |e| {
+        e.path.peer == slow_id && matches!(e.fact, Fact::Down(_))
+    })
+    .await;
+    assert!(matches!(
+        v.t.send(&slow_id, data("flood", 2, 0, LEN)),
+        Err(SendError::NoPath { .. })
+    ));
+    v.t.send(&good_id, data("calm", 2, calm, 64)).unwrap();
+    assert_eq!(recv_data(&mut good_rx, &v.id, "calm", 1).await, vec![calm]);
+    good_t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_started_faster_than_the_rate_are_refused_and_counted() {
+    const RATE: u32 = 2;
+    let ca = CertificateAuthority::generate("ca").unwrap();
+    let mut v = victim(
+        &ca,
+        QuicLimits {
+            connections_per_second_per_address: RATE,
+            ..QuicLimits::default()
+        },
+    );
+    // A burst of the rate is served (each connection closed again)...
+    for i in 0..RATE {
+        assert_eq!(attempt(&ca, &v, &format!("burst-{i}"), FLOODER).await, None);
+    }
+    // ...the next ones from that address are refused before their
+    // handshake (the bucket refills at RATE a second: a few at most get
+    // through while these run).
+    let mut refused = 0;
+    for i in 0..10 {
+        if attempt(&ca, &v, &format!("over-{i}"), FLOODER).await == Some(CONNECTION_REFUSED) {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 5, "{refused} of 10 refused over the rate");
+    assert_eq!(v.t.counters().refused_connection_rate, refused);
+    // Another address is served meanwhile.
+    let other = good(&ca, &mut v, "member", OTHER).await;
+    answered(&other.conn, 1).await;
 }

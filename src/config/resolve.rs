@@ -464,5 +464,6 @@ pub fn resolve(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Config
             dashboard: d.dashboard,
         },
         sidecar,
+        limits: super::limits::resolve(path, text, &raw.limits)?,
     })
 }

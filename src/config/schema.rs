@@ -36,6 +36,9 @@ pub struct RawConfig {
     pub diagnostics: RawDiagnostics,
     /// `[sidecar]`: a hub's remote session owned by a sidecar process.
     pub sidecar: Option<RawSidecar>,
+    /// `[limits]`: what one outside peer can make the node hold.
+    #[serde(default)]
+    pub limits: super::limits::RawLimits,
 }
 
 /// `[sidecar]` (hub only).

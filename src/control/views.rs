@@ -647,6 +647,13 @@ pub async fn status(rt: &Runtime) -> Status {
     }
 }
 
+/// Reports a QUIC endpoint's refusals (`interlocking_quic_refusals_total`).
+fn quic_refusals(c: &crate::transports::quic::QuicCounters) {
+    for (reason, n) in c.refusals() {
+        metrics::counter!("interlocking_quic_refusals_total", "reason" => reason).absolute(n);
+    }
+}
+
 /// Sets the gauges `/metrics` reports from counters the parts keep.
 pub fn update_gauges(rt: &Runtime) {
     match &rt.role {
@@ -660,6 +667,8 @@ pub fn update_gauges(rt: &Runtime) {
             metrics::counter!("interlocking_root_relay_refused_total").absolute(c.relay_refused);
             metrics::counter!("interlocking_root_deduped_total").absolute(c.deduped);
             metrics::gauge!("interlocking_root_online_nodes").set(root.online().len() as f64);
+            metrics::counter!("interlocking_root_restamped_total").absolute(c.restamped);
+            quic_refusals(&root.quic_counters());
         }
         Role::Node(n) => {
             for (stream, s) in &n.senders {
@@ -681,6 +690,14 @@ pub fn update_gauges(rt: &Runtime) {
             }
             metrics::gauge!("interlocking_root_connected")
                 .set(f64::from(u8::from(n.root_connected().unwrap_or(false))));
+            let quic = crate::sync::lock(&n.quic).clone();
+            if let Some(q) = quic {
+                quic_refusals(&q.counters());
+            }
+            for (stream, s) in &n.served {
+                metrics::gauge!("interlocking_dedupe_records", "stream" => stream.to_string())
+                    .set(s.handle.dedupe_records() as f64);
+            }
         }
     }
     metrics::gauge!("interlocking_ready").set(f64::from(u8::from(readiness(rt).ready)));

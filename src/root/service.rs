@@ -48,7 +48,7 @@ use crate::actors::supervisor::{RestartMode, Supervisor, SupervisorArgs, Supervi
 use crate::actors::task::task_spec;
 use crate::sync::lock;
 use crate::transports::probe::ProbeConfig;
-use crate::transports::quic::{QueueBudget, QuicConfig, QuicError, QuicTransport};
+use crate::transports::quic::{QueueBudget, QuicConfig, QuicError, QuicLimits, QuicTransport};
 use crate::transports::{Fact, PeerAddr, SendError, Transport, TransportEvent};
 use crate::trust::{self, CertificateAuthority, TrustError, TrustRoots};
 use crate::vocab::{DeliveryClass, NodeId, Role};
@@ -100,6 +100,13 @@ pub struct RootConfig {
     /// handshake, opening the bidirectional stream, the `JoinRequest`
     /// arriving, and the joiner closing after the answer (default 10 s).
     pub join_timeout: Duration,
+    /// Connection, stream and flow-control limits of the node endpoint
+    /// (`docs/limits.md`).
+    pub limits: QuicLimits,
+    /// How long a node's `Hello` may take after its handshake (default 10 s).
+    pub hello_timeout: Duration,
+    /// How long a node endpoint handshake may take (default 1 s).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for RootConfig {
@@ -125,6 +132,9 @@ impl Default for RootConfig {
             codec: CodecConfig::default(),
             restart: RestartPolicy::default(),
             join_timeout: Duration::from_secs(10),
+            limits: QuicLimits::default(),
+            hello_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -168,6 +178,10 @@ pub struct RootCounters {
     pub deduped: u64,
     /// Connections closed because the node is revoked.
     pub revoked_closed: u64,
+    /// Relay and signal frames whose `from` named another node than the
+    /// authenticated sender: restamped with the sender, never delivered as
+    /// the named node.
+    pub restamped: u64,
 }
 
 #[derive(Default)]
@@ -179,6 +193,7 @@ struct Counters {
     relay_refused: AtomicU64,
     deduped: AtomicU64,
     revoked_closed: AtomicU64,
+    restamped: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -248,6 +263,9 @@ impl Root {
         quic_cfg.keep_alive = config.keep_alive;
         quic_cfg.codec = config.codec;
         quic_cfg.queue = config.route_budget;
+        quic_cfg.limits = config.limits;
+        quic_cfg.hello_timeout = config.hello_timeout;
+        quic_cfg.handshake_timeout = config.handshake_timeout;
         quic_cfg.reconnect.max_attempts = Some(0);
         // The root's certificate is reissued at every start; its CA key is
         // what persists (in `state_dir`), so the reset key comes from it and
@@ -459,7 +477,14 @@ impl RootHandle {
             relay_refused: g(&c.relay_refused),
             deduped: g(&c.deduped),
             revoked_closed: g(&c.revoked_closed),
+            restamped: g(&c.restamped),
         }
+    }
+
+    /// The counters of the root's node endpoint (connection limits,
+    /// refused streams and frames).
+    pub fn quic_counters(&self) -> crate::transports::quic::QuicCounters {
+        self.inner.quic.counters()
     }
 
     /// Closes both endpoints and every connection and stops the tasks.
@@ -634,7 +659,10 @@ async fn on_frame(inner: &Arc<Inner>, peer: NodeId, frame: Frame) {
         return;
     }
     match frame {
-        Frame::Relay(Relay { to, frame, .. }) => {
+        Frame::Relay(Relay { to, from, frame }) => {
+            if from != peer {
+                bump(&inner.counters.restamped);
+            }
             if let Some((code, reason)) = destination_refusal(inner, &to) {
                 return refuse(inner, &peer, to, code, reason);
             }
@@ -663,8 +691,14 @@ async fn on_frame(inner: &Arc<Inner>, peer: NodeId, frame: Frame) {
             forward(inner, &peer, to, out);
         }
         Frame::Signal(Signal {
-            to, kind, payload, ..
+            to,
+            from,
+            kind,
+            payload,
         }) => {
+            if from != peer {
+                bump(&inner.counters.restamped);
+            }
             if let Some((code, reason)) = destination_refusal(inner, &to) {
                 return refuse(inner, &peer, to, code, reason);
             }

@@ -502,6 +502,9 @@ impl Inner {
         let frames = sender.depth.frames.load(Ordering::Relaxed);
         let queued = sender.depth.bytes.load(Ordering::Relaxed);
         if frames + 1 > budget.frames || queued + bytes.len() > budget.bytes {
+            bump(&self.counters.refused_queue_full);
+            metrics::counter!("interlocking_limit_refusals_total", "limit" => "queue_budget")
+                .increment(1);
             return Err(SendError::Full {
                 peer: peer.clone(),
                 kind: PathKind::Quic,
@@ -625,6 +628,7 @@ async fn accept_loop(inner: Arc<Inner>) {
                 let counter = match limit {
                     SlotRefusal::PerAddress => &inner.counters.refused_connections_per_address,
                     SlotRefusal::Total => &inner.counters.refused_connections_total,
+                    SlotRefusal::Rate => &inner.counters.refused_connection_rate,
                 };
                 bump(counter);
                 metrics::counter!("interlocking_limit_refusals_total", "limit" => limit.as_str())

@@ -41,10 +41,27 @@ pub fn connecting(
     addr: SocketAddr,
     server: &NodeId,
 ) -> (quinn::Endpoint, quinn::Connecting) {
+    connecting_tuned(ident, ca, local, addr, server, |_| {})
+}
+
+/// [`connecting`] with the client's QUIC transport settings adjusted by
+/// `tune` (e.g. a small receive window for a slow reader).
+pub fn connecting_tuned(
+    ident: &NodeIdentity,
+    ca: &CertificateAuthority,
+    local: IpAddr,
+    addr: SocketAddr,
+    server: &NodeId,
+    tune: impl FnOnce(&mut quinn::TransportConfig),
+) -> (quinn::Endpoint, quinn::Connecting) {
     let tls = trust::client_config(ident, &ca.roots()).unwrap();
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut ep = quinn::Endpoint::client(SocketAddr::new(local, 0)).unwrap();
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let mut transport = quinn::TransportConfig::default();
+    tune(&mut transport);
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    client.transport_config(Arc::new(transport));
+    ep.set_default_client_config(client);
     let c = ep.connect(addr, &trust::server_name(server)).unwrap();
     (ep, c)
 }

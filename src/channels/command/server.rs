@@ -71,6 +71,7 @@ pub struct ServeHandle {
     undecodable: AtomicU64,
     answer_gone: AtomicU64,
     stale: AtomicU64,
+    dedupe_records: AtomicU64,
     /// Held for the whole of a dedupe write, even past a kill of the actor
     /// that started it; a restarted actor takes it before reading the store.
     store_gate: Arc<tokio::sync::Mutex<()>>,
@@ -106,6 +107,12 @@ impl ServeHandle {
     /// Frames of an older sender incarnation refused.
     pub fn stale(&self) -> u64 {
         self.stale.load(Ordering::Relaxed)
+    }
+
+    /// Dedupe records (distinct message ids and their replies) the server
+    /// holds in memory now; never above `DedupeConfig::max_per_stream`.
+    pub fn dedupe_records(&self) -> u64 {
+        self.dedupe_records.load(Ordering::Relaxed)
     }
 }
 
@@ -773,6 +780,11 @@ impl Actor for CommandServerActor {
                 state.flush().await?;
             }
         }
+        state
+            .args
+            .handle
+            .dedupe_records
+            .store(state.dedupe.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 }

@@ -87,6 +87,10 @@ pub struct QuicLimits {
     pub connections_per_address: usize,
     /// Connections (in handshake or established) in total. Default 4096.
     pub connections_total: usize,
+    /// New connections one IP address may start per second (a token
+    /// bucket of this many, refilled at this rate; 0: unlimited). Bounds
+    /// the handshake work one address can cause. Default 32.
+    pub connections_per_second_per_address: u32,
     /// Unidirectional streams a peer may have open at once (QUIC
     /// `initial_max_streams_uni`). Default 64.
     pub streams_uni: u32,
@@ -106,6 +110,7 @@ impl Default for QuicLimits {
         Self {
             connections_per_address: 64,
             connections_total: 4096,
+            connections_per_second_per_address: 32,
             streams_uni: 64,
             streams_bidi: 4,
             stream_window: 1_250_000,

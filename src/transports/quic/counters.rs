@@ -50,6 +50,12 @@ pub struct QuicCounters {
     /// Connections refused before their handshake: the endpoint already
     /// had `QuicLimits::connections_total`.
     pub refused_connections_total: u64,
+    /// Frames refused to a local sender because the peer's queue of that
+    /// class was at its [`super::QueueBudget`] (a slow reader).
+    pub refused_queue_full: u64,
+    /// Connections refused before their handshake: the remote address
+    /// started more than `QuicLimits::connections_per_second_per_address`.
+    pub refused_connection_rate: u64,
 }
 
 /// The live counters (see [`QuicCounters`] for their meaning).
@@ -74,6 +80,37 @@ pub(super) struct Counters {
     pub(super) reconnect_attempts: AtomicU64,
     pub(super) refused_connections_per_address: AtomicU64,
     pub(super) refused_connections_total: AtomicU64,
+    pub(super) refused_queue_full: AtomicU64,
+    pub(super) refused_connection_rate: AtomicU64,
+}
+
+impl QuicCounters {
+    /// Every refusal counter with its `reason` label, as `/metrics` reports
+    /// them (`interlocking_quic_refusals_total{reason=...}`).
+    pub fn refusals(&self) -> [(&'static str, u64); 17] {
+        [
+            ("alpn", self.refused_alpn),
+            ("certificate", self.refused_certificate),
+            ("handshake_failed", self.handshake_failed),
+            ("no_identity", self.refused_no_identity),
+            ("hello_mismatch", self.refused_hello_mismatch),
+            ("hello_missing", self.refused_hello_missing),
+            ("truncated", self.refused_truncated),
+            ("malformed", self.refused_malformed),
+            ("too_large", self.refused_too_large),
+            ("version", self.refused_version),
+            ("not_admitted", self.refused_not_admitted),
+            ("unexpected_stream", self.refused_unexpected_stream),
+            ("bad_datagram", self.bad_datagrams),
+            (
+                "connections_per_address",
+                self.refused_connections_per_address,
+            ),
+            ("connections_total", self.refused_connections_total),
+            ("queue_full", self.refused_queue_full),
+            ("connection_rate", self.refused_connection_rate),
+        ]
+    }
 }
 
 pub(super) fn bump(c: &AtomicU64) {
@@ -103,6 +140,8 @@ impl Counters {
             reconnect_attempts: g(&self.reconnect_attempts),
             refused_connections_per_address: g(&self.refused_connections_per_address),
             refused_connections_total: g(&self.refused_connections_total),
+            refused_queue_full: g(&self.refused_queue_full),
+            refused_connection_rate: g(&self.refused_connection_rate),
         }
     }
 }
