@@ -15,6 +15,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::Registry;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
@@ -210,8 +213,19 @@ pub async fn build(
         peer: peer.clone(),
         session,
     });
+    // Codecs and RTCP (NACK, receiver reports) for media tracks
+    // (`media.rs`); a data-only session offers no media section, so this
+    // changes nothing on its wire.
+    let mut engine = MediaEngine::default();
+    engine
+        .register_default_codecs()
+        .map_err(|e| format!("codecs: {e}"))?;
+    let registry = register_default_interceptors(Registry::new(), &mut engine)
+        .map_err(|e| format!("interceptors: {e}"))?;
     let mut builder = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(engine)
+        .with_interceptor_registry(registry)
         .with_setting_engine(setting)
         .with_handler(handler)
         .with_udp_addrs(vec![std::net::SocketAddr::new(config.bind, 0)]);
