@@ -17,14 +17,15 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::routing::post;
 use bytes::Bytes;
+use interlocking::actors::node::Node;
 use interlocking::actors::node::NodeBuilder;
 use interlocking::channels::CommandHandler;
 use interlocking::channels::media::{Admission, FileSource, MediaConfig, MediaHub, Tier};
 use interlocking::store::{RedbStore, Store};
 use interlocking::transports::probe::ProbeConfig;
-use interlocking::transports::webrtc::WebrtcConfig;
+use interlocking::transports::webrtc::{WebrtcConfig, WebrtcFaults};
 use interlocking::vocab::{NodeId, Role};
-use interlocking::web::{self, WebConfig};
+use interlocking::web::{self, WebConfig, WebServer};
 use interlocking::wire::codes::media as codes;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -166,8 +167,17 @@ fn chromium(url: &str) -> Chromium {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_receives_admitted_media_and_is_refused_unknown_or_unadmitted_sources() {
+struct Hub {
+    node: Node,
+    web: WebServer,
+    media: Arc<MediaHub>,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+/// A hub serving the page, with sources `camera` (everyone) and `secret`
+/// (only `browser-999`), and one browser token.
+async fn hub(faults: Option<WebrtcFaults>) -> Hub {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -179,13 +189,14 @@ async fn chromium_receives_admitted_media_and_is_refused_unknown_or_unadmitted_s
         interval: Duration::from_millis(200),
         timeout: Duration::from_millis(800),
     };
+    cfg.faults = faults;
     let builder = NodeBuilder::new("hub", Role::Hub).webrtc(cfg);
     let handle = builder.webrtc_handle();
     let node = builder.spawn().await.unwrap();
-    let hub_media = MediaHub::new(&node, handle.clone(), MediaConfig::default());
+    let media = MediaHub::new(&node, handle.clone(), MediaConfig::default());
     let factory = FileSource::factory(ivf, ogg, Some(reduced)).unwrap();
-    hub_media.register("camera", factory.clone(), Admission::Everyone);
-    hub_media.register(
+    media.register("camera", factory.clone(), Admission::Everyone);
+    media.register(
         "secret",
         factory,
         Admission::Only(BTreeSet::from([NodeId::new("browser-999")])),
@@ -194,7 +205,7 @@ async fn chromium_receives_admitted_media_and_is_refused_unknown_or_unadmitted_s
         node.id().clone(),
         handle,
         WebConfig::default(),
-        hub_media.clone(),
+        media.clone(),
     )
     .await
     .unwrap();
@@ -204,15 +215,28 @@ async fn chromium_receives_admitted_media_and_is_refused_unknown_or_unadmitted_s
         .issue(&node, Echo, store, Duration::from_secs(30))
         .await
         .unwrap();
+    Hub {
+        node,
+        web,
+        media,
+        token,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_receives_admitted_media_and_is_refused_unknown_or_unadmitted_sources() {
+    let h = hub(None).await;
     let (report, mut rx) = report_endpoint().await;
     let url = format!(
-        "http://{}/media.html?token={token}&sources=nope,secret,camera&report={report}&for=30000",
-        web.addr()
+        "http://{}/media.html?token={}&sources=nope,secret,camera&report={report}&for=30000",
+        h.web.addr(),
+        h.token
     );
     let _browser = chromium(&url);
     let r = tokio::time::timeout(LIMIT, rx.recv())
         .await
-        .unwrap_or_else(|_| panic!("no report within {LIMIT:?}; media {:?}", hub_media.status()))
+        .unwrap_or_else(|_| panic!("no report within {LIMIT:?}; media {:?}", h.media.status()))
         .unwrap();
     assert_eq!(r["ok"], true, "{r}");
     let refused: Vec<(String, u64)> = r["refused"]
@@ -233,8 +257,8 @@ async fn chromium_receives_admitted_media_and_is_refused_unknown_or_unadmitted_s
             ("secret".to_string(), u64::from(codes::NOT_ADMITTED)),
         ]
     );
-    assert_eq!(hub_media.refused().get(&codes::UNKNOWN_SOURCE), Some(&1));
-    assert_eq!(hub_media.refused().get(&codes::NOT_ADMITTED), Some(&1));
+    assert_eq!(h.media.refused().get(&codes::UNKNOWN_SOURCE), Some(&1));
+    assert_eq!(h.media.refused().get(&codes::NOT_ADMITTED), Some(&1));
     let stats = &r["stats"];
     assert!(stats["framesDecoded"].as_u64().unwrap() > 0, "{r}");
     assert!(stats["audioPackets"].as_u64().unwrap() > 0, "{r}");
@@ -243,18 +267,95 @@ async fn chromium_receives_admitted_media_and_is_refused_unknown_or_unadmitted_s
     assert_eq!(status["path"], "webrtc-media");
     assert_eq!(status["terminates"], "hub");
     assert_eq!(status["decided"], "hub");
-    let s = hub_media
+    let s = h
+        .media
         .explain(&NodeId::new("browser-1"), "camera")
         .expect("stream");
     assert_eq!(s.tier, Tier::Full);
     assert!(s.written.0 > 0 && s.written.1 > 0, "{s:?}");
     assert!(s.first_video_after.is_some());
-    let ready = hub_media.readiness();
+    let ready = h.media.readiness();
     assert_eq!((ready.running, ready.failed), (1, 0));
     eprintln!(
         "first decoded frame {:.0} ms after page start; {s}",
         r["first_frame_ms"].as_f64().unwrap_or(-1.0)
     );
-    web.shutdown();
-    node.shutdown().await;
+    h.web.shutdown();
+    h.node.shutdown().await;
+}
+
+/// Waits until `done` holds for the hub's status of the camera stream,
+/// looking every 100 ms, at most `limit` (a bounded number of looks).
+async fn until(
+    h: &Hub,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&interlocking::channels::media::MediaStatus) -> bool,
+) {
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    for _ in 0..(limit.as_millis() / 100) {
+        every.tick().await;
+        if let Some(s) = h.media.explain(&NodeId::new("browser-1"), "camera")
+            && done(&s)
+        {
+            return;
+        }
+    }
+    panic!("{what}: not within {limit:?}; {:?}", h.media.status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_below_the_hubs_sockets_lowers_the_tier_and_healing_raises_it_one_change_per_hold() {
+    let seed: u64 = std::env::var("MEDIA_LOSS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("loss seed {seed} (MEDIA_LOSS_SEED={seed} repeats it)");
+    let faults = WebrtcFaults::new();
+    let h = hub(Some(faults.clone())).await;
+    let (report, _rx) = report_endpoint().await;
+    let url = format!(
+        "http://{}/media.html?token={}&sources=camera&report={report}&watch=1&every=250",
+        h.web.addr(),
+        h.token
+    );
+    let _browser = chromium(&url);
+    let hold = MediaConfig::default().tiers.hold;
+    until(&h, LIMIT, "frames written at full tier", |s| {
+        s.tier == Tier::Full && s.written.0 > 30
+    })
+    .await;
+    faults.set_loss(0.3, seed);
+    until(&h, LIMIT, "tier down to audio-only under 30 % loss", |s| {
+        s.tier >= Tier::AudioOnly
+    })
+    .await;
+    faults.set_loss(0.0, seed);
+    until(&h, LIMIT, "tier back to full after healing", |s| {
+        s.tier == Tier::Full
+    })
+    .await;
+    let s = h
+        .media
+        .explain(&NodeId::new("browser-1"), "camera")
+        .unwrap();
+    eprintln!("{s}");
+    assert!(
+        s.decisions.iter().any(|d| d.contains("path degraded")),
+        "{s}"
+    );
+    assert!(
+        s.decisions.iter().any(|d| d.contains("path recovered")),
+        "{s}"
+    );
+    assert!(s.changes >= 4, "{s}");
+    // At most one change per hold period: the ladder's own records.
+    let at = h.media.decision_times(&NodeId::new("browser-1"), "camera");
+    for w in at.windows(2) {
+        assert!(w[1] - w[0] >= hold, "changes {:?} apart: {s}", w[1] - w[0]);
+    }
+    // Media trouble never made the node's core not ready.
+    assert!(h.node.is_running());
+    h.web.shutdown();
+    h.node.shutdown().await;
 }

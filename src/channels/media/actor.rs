@@ -228,6 +228,7 @@ async fn facts(st: &mut MediaState) {
     let secs = now.saturating_duration_since(at).as_secs_f64().max(0.001);
     let bitrate = (f.bytes_sent.saturating_sub(bytes) as f64 * 8.0 / secs) as u64;
     st.last_bytes = (f.bytes_sent, now);
+    tracing::debug!(loss = f.loss, rtt = ?f.rtt, reports = f.reports, nacks = f.nacks, bitrate, "media: path facts");
     let sample = PathSample {
         loss: f.loss,
         rtt: f.rtt,

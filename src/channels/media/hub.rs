@@ -328,6 +328,21 @@ impl MediaHub {
         self.status().into_iter().find(|s| s.stream == name)
     }
 
+    /// When each recorded tier change of `source` to `consumer` happened,
+    /// oldest first.
+    pub fn decision_times(&self, consumer: &NodeId, source: &str) -> Vec<std::time::Instant> {
+        lock(&self.streams)
+            .get(&(source.to_string(), consumer.clone()))
+            .map(|s| {
+                lock(&s.shared.state)
+                    .decisions
+                    .iter()
+                    .map(|d| d.at)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The media readiness branch (never part of core readiness).
     pub fn readiness(&self) -> MediaReadiness {
         let all = self.status();

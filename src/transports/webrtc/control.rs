@@ -71,6 +71,8 @@ pub(crate) enum Ctl {
 pub(crate) struct Peer {
     pub st: NegotiationState,
     pub pc: Arc<dyn PeerConnection>,
+    /// What the peer's RTCP reported (media sessions).
+    pub tally: Arc<super::media::RtcpTally>,
     pub io: Arc<SessionIo>,
     pub channels: Vec<Arc<dyn DataChannel>>,
     pub acks: Option<mpsc::Receiver<ProbeAck>>,
@@ -344,6 +346,7 @@ impl Loop {
         let p = Peer {
             st,
             pc: b.pc,
+            tally: b.tally,
             io: b.io,
             channels: b.channels,
             acks: Some(b.acks),

@@ -9,17 +9,23 @@
 //! connection) has none until they are added again, and every write to
 //! the old ones fails with [`MediaError::Closed`].
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rtc::interceptor::{Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
+use rtc::sansio::Protocol;
 use rtc::statistics::StatsSelector;
 use rtc::statistics::report::RTCStatsReportEntry;
 use webrtc::media_stream::track_local::TrackLocal;
@@ -59,15 +65,106 @@ pub enum MediaError {
 /// and the local outbound counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct MediaFacts {
-    /// Fraction of packets lost since the previous receiver report
-    /// (0.0–1.0; the largest over the tracks).
+    /// Fraction of packets lost: the largest of the receiver reports
+    /// since the previous look (0.0–1.0).
     pub loss: f64,
     /// Round-trip time from the last receiver report, if any.
     pub rtt: Option<Duration>,
     /// Payload bytes sent so far on every track.
     pub bytes_sent: u64,
-    /// Receiver reports seen so far (on every track).
+    /// Reception reports seen so far (on every track).
     pub reports: u64,
+    /// NACKs received so far.
+    pub nacks: u64,
+}
+
+/// What the consumer's RTCP said since the last look: filled by
+/// [`ReportTap`] on the connection's inbound RTCP, read by
+/// [`MediaOut::facts`].
+#[derive(Debug, Default)]
+pub(crate) struct RtcpTally {
+    /// The largest `fraction lost` (1/256 units) of any reception report
+    /// since the last [`MediaOut::facts`].
+    max_fraction: AtomicU32,
+    /// Reception reports seen in all.
+    reports: AtomicU64,
+    /// NACK packets seen in all.
+    nacks: AtomicU64,
+}
+
+/// An interceptor at the end of the inbound chain that reads every RTCP
+/// receiver/sender report's reception blocks and NACKs into a
+/// [`RtcpTally`] and passes every packet on unchanged. (webrtc-rs 0.21's
+/// `remote-inbound-rtp` statistics stayed empty against Chromium, so the
+/// reports are read here.)
+pub(crate) struct ReportTap {
+    tally: Arc<RtcpTally>,
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl ReportTap {
+    pub(crate) fn new(tally: Arc<RtcpTally>) -> Self {
+        Self {
+            tally,
+            read: VecDeque::new(),
+            write: VecDeque::new(),
+        }
+    }
+
+    fn blocks(&self, reports: &[rtc::rtcp::reception_report::ReceptionReport]) {
+        for r in reports {
+            self.tally
+                .max_fraction
+                .fetch_max(u32::from(r.fraction_lost), Ordering::AcqRel);
+            self.tally.reports.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for ReportTap {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            for p in packets {
+                let any = p.as_any();
+                if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                    self.blocks(&rr.reports);
+                } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
+                    self.blocks(&sr.reports);
+                } else if any.is::<TransportLayerNack>() {
+                    self.tally.nacks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for ReportTap {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
 /// One track and its sender.
@@ -82,6 +179,7 @@ struct Track {
 /// The media tracks added to one peer's session.
 pub struct MediaOut {
     pc: Arc<dyn PeerConnection>,
+    tally: Arc<RtcpTally>,
     session: u64,
     video: Track,
     audio: Track,
@@ -128,7 +226,7 @@ async fn add(
         MediaKind::Audio => (RtpCodecKind::Audio, "audio"),
     };
     let track = TrackLocalStaticSample::new(
-        std::time::Instant::now(),
+        Instant::now(),
         MediaStreamTrack::new(
             stream.to_owned(),
             format!("{stream}/{name}"),
@@ -163,6 +261,7 @@ impl MediaOut {
     /// session `session`); the peer negotiates them with its next offer.
     pub(crate) async fn add(
         pc: Arc<dyn PeerConnection>,
+        tally: Arc<RtcpTally>,
         session: u64,
         stream: &str,
     ) -> Result<Self, MediaError> {
@@ -176,6 +275,7 @@ impl MediaOut {
         };
         Ok(Self {
             pc,
+            tally,
             session,
             video,
             audio,
@@ -238,7 +338,7 @@ impl MediaOut {
             .write_sample(&Sample {
                 data,
                 duration,
-                ..Sample::new(std::time::Instant::now())
+                ..Sample::new(Instant::now())
             })
             .await
             .map_err(|e| MediaError::Closed(e.to_string()))?;
@@ -251,22 +351,21 @@ impl MediaOut {
         self.written.load(Ordering::Relaxed)
     }
 
-    /// The path facts now (receiver reports and outbound counters).
+    /// The path facts now: the largest loss any receiver report gave since
+    /// the previous call, and the outbound counters.
     pub async fn facts(&self) -> MediaFacts {
-        let report = self
-            .pc
-            .get_stats(std::time::Instant::now(), StatsSelector::None)
-            .await;
-        let mut f = MediaFacts::default();
+        let report = self.pc.get_stats(Instant::now(), StatsSelector::None).await;
+        let mut f = MediaFacts {
+            loss: f64::from(self.tally.max_fraction.swap(0, Ordering::AcqRel)) / 256.0,
+            reports: self.tally.reports.load(Ordering::Relaxed),
+            nacks: self.tally.nacks.load(Ordering::Relaxed),
+            ..MediaFacts::default()
+        };
         for e in report.iter() {
             match e {
-                RTCStatsReportEntry::RemoteInboundRtp(r) => {
-                    f.loss = f.loss.max(r.fraction_lost.clamp(0.0, 1.0));
-                    f.reports += r.round_trip_time_measurements;
-                    if r.round_trip_time > 0.0 {
-                        let rtt = Duration::from_secs_f64(r.round_trip_time);
-                        f.rtt = Some(f.rtt.map_or(rtt, |o| o.max(rtt)));
-                    }
+                RTCStatsReportEntry::RemoteInboundRtp(r) if r.round_trip_time > 0.0 => {
+                    let rtt = Duration::from_secs_f64(r.round_trip_time);
+                    f.rtt = Some(f.rtt.map_or(rtt, |o| o.max(rtt)));
                 }
                 RTCStatsReportEntry::OutboundRtp(o) => {
                     f.bytes_sent += o.sent_rtp_stream_stats.bytes_sent;

@@ -267,11 +267,11 @@ impl WebrtcTransport {
     pub async fn add_media(&self, peer: &NodeId, stream: &str) -> Result<MediaOut, MediaError> {
         let found = lock(&self.inner.peers)
             .get(peer)
-            .map(|p| (p.pc.clone(), p.st.session));
-        let Some((pc, session)) = found else {
+            .map(|p| (p.pc.clone(), p.tally.clone(), p.st.session));
+        let Some((pc, tally, session)) = found else {
             return Err(MediaError::NoSession(peer.to_string()));
         };
-        MediaOut::add(pc, session, stream).await
+        MediaOut::add(pc, tally, session, stream).await
     }
 
     /// The current session id with `peer`, if any (media tracks belong to
