@@ -39,6 +39,8 @@ pub struct StreamState {
     pub first_video: Option<Instant>,
     /// The last path facts read.
     pub last: PathSample,
+    /// Payload bytes sent on both tracks, at the last facts.
+    pub bytes_sent: u64,
     /// Why the stream stopped, if it did.
     pub ended: Option<String>,
     /// Starts of the actor (1 + restarts).
@@ -60,6 +62,7 @@ impl Shared {
                 written: (0, 0),
                 first_video: None,
                 last: PathSample::default(),
+                bytes_sent: 0,
                 ended: None,
                 starts: 0,
             }),
@@ -237,6 +240,7 @@ async fn facts(st: &mut MediaState) {
     st.core.observe(now.into_std(), sample);
     let mut s = lock(&st.shared.state);
     s.last = sample;
+    s.bytes_sent = f.bytes_sent;
     while let Some(d) = st.core.poll_decision() {
         tracing::info!(decision = %d, "media: tier change");
         st.source.set_tier(d.to);

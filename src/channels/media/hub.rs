@@ -343,6 +343,15 @@ impl MediaHub {
             .unwrap_or_default()
     }
 
+    /// Payload bytes sent so far by the running streams (as of their last
+    /// facts, every [`MediaConfig::facts_every`]).
+    pub fn bytes_sent(&self) -> u64 {
+        lock(&self.streams)
+            .values()
+            .map(|s| lock(&s.shared.state).bytes_sent)
+            .sum()
+    }
+
     /// The media readiness branch (never part of core readiness).
     pub fn readiness(&self) -> MediaReadiness {
         let all = self.status();
