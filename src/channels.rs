@@ -14,6 +14,7 @@
 pub mod command;
 pub mod dedupe;
 pub mod kit;
+pub mod media;
 pub mod order;
 pub mod outbox;
 pub mod sync;

@@ -25,16 +25,19 @@ use tokio::time::Instant;
 
 use crate::actors::node::Node;
 use crate::channels::command::{CommandChannel, CommandHandler, ServeConfig};
+use crate::channels::media::MediaHub;
 use crate::store::Store;
 use crate::sync::lock;
 use crate::transports::webrtc::signalling::MAX_SIGNAL_LEN;
 use crate::transports::webrtc::{BrowserOffer, SignalError, WebrtcHandle, codes};
 use crate::turn::IceServer;
 use crate::vocab::{ChannelKind, NodeId, StreamId};
+use crate::wire::codes::media as media_codes;
 
 const PAGE: &str = include_str!("../web/index.html");
 const CLIENT_JS: &str = include_str!("../web/interlocking.js");
 const MSGPACK_JS: &str = include_str!("../web/msgpack.js");
+const MEDIA_PAGE: &str = include_str!("../web/media.html");
 
 /// Configuration of the page server.
 #[derive(Clone, Debug)]
@@ -211,6 +214,7 @@ struct App {
     gate: Arc<BrowserGate>,
     webrtc: WebrtcHandle,
     turn: Option<Arc<TurnGrant>>,
+    media: Option<Arc<MediaHub>>,
 }
 
 #[derive(Deserialize)]
@@ -238,6 +242,41 @@ struct OfferBody {
 #[derive(Serialize)]
 struct Answer {
     sdp: String,
+}
+
+#[derive(Deserialize)]
+struct MediaBody {
+    node: String,
+    secret: String,
+    source: String,
+    session: u64,
+    generation: u64,
+    sdp: String,
+}
+
+#[derive(Serialize)]
+struct MediaAnswer {
+    sdp: String,
+    stream: String,
+}
+
+#[derive(Deserialize)]
+struct StatusBody {
+    node: String,
+    secret: String,
+}
+
+#[derive(Serialize)]
+struct StatusRow {
+    stream: String,
+    source: String,
+    tier: String,
+    path: String,
+    terminates: String,
+    decided: String,
+    changes: u64,
+    decisions: Vec<String>,
+    ended: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -317,6 +356,75 @@ async fn offer_route(State(app): State<App>, Json(b): Json<OfferBody>) -> Respon
     }
 }
 
+/// `POST /media`: an admitted browser asks for a source by name, with the
+/// offer that adds its receiving transceivers; the hub's media admission
+/// decides, adds the tracks, and the answer carries them.
+async fn media_route(State(app): State<App>, Json(b): Json<MediaBody>) -> Response {
+    let node = NodeId::new(&b.node);
+    if !app.gate.check(&node, &b.secret) {
+        let e = SignalError::new(codes::TOKEN_REFUSED, "not an admitted browser session");
+        return refused(StatusCode::FORBIDDEN, e);
+    }
+    if b.sdp.len() > MAX_SIGNAL_LEN {
+        let e = SignalError::new(codes::TOO_LARGE, "offer too large");
+        return refused(StatusCode::PAYLOAD_TOO_LARGE, e);
+    }
+    let (Some(media), Some(t)) = (app.media.as_ref(), app.webrtc.get()) else {
+        let e = SignalError::new(media_codes::NO_SESSION, "this hub serves no media");
+        return refused(StatusCode::SERVICE_UNAVAILABLE, e);
+    };
+    if let Err(e) = media.request(&node, &b.source).await {
+        let status = match e.code {
+            media_codes::UNKNOWN_SOURCE => StatusCode::NOT_FOUND,
+            media_codes::NOT_ADMITTED => StatusCode::FORBIDDEN,
+            _ => StatusCode::CONFLICT,
+        };
+        return refused(status, SignalError::new(e.code, e.reason));
+    }
+    let offer = BrowserOffer {
+        node: node.clone(),
+        session: b.session,
+        generation: b.generation,
+        sdp: b.sdp,
+    };
+    match t.answer_browser(offer).await {
+        Ok(sdp) => Json(MediaAnswer {
+            sdp,
+            stream: crate::channels::media::hub::stream_name(&b.source, &node),
+        })
+        .into_response(),
+        Err(e) => refused(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+/// `POST /media/status`: the browser's own streams, with tier, path, who
+/// terminates and who decided.
+async fn media_status_route(State(app): State<App>, Json(b): Json<StatusBody>) -> Response {
+    let node = NodeId::new(&b.node);
+    if !app.gate.check(&node, &b.secret) {
+        let e = SignalError::new(codes::TOKEN_REFUSED, "not an admitted browser session");
+        return refused(StatusCode::FORBIDDEN, e);
+    }
+    let rows: Vec<StatusRow> = app
+        .media
+        .iter()
+        .flat_map(|m| m.status())
+        .filter(|s| s.consumer == node)
+        .map(|s| StatusRow {
+            stream: s.stream,
+            source: s.source,
+            tier: s.tier.to_string(),
+            path: s.path.to_string(),
+            terminates: s.terminates.to_string(),
+            decided: s.decided.to_string(),
+            changes: s.changes,
+            decisions: s.decisions,
+            ended: s.ended,
+        })
+        .collect();
+    Json(rows).into_response()
+}
+
 /// Starts the page server for the hub `hub` whose WebRTC transport is
 /// `webrtc` (from [`crate::actors::node::NodeBuilder::webrtc_handle`]).
 pub async fn serve(
@@ -324,18 +432,41 @@ pub async fn serve(
     webrtc: WebrtcHandle,
     config: WebConfig,
 ) -> Result<WebServer, WebError> {
+    serve_inner(hub, webrtc, config, None).await
+}
+
+/// [`serve`], with `POST /media` answered by `media` (`docs/media.md`).
+pub async fn serve_with_media(
+    hub: NodeId,
+    webrtc: WebrtcHandle,
+    config: WebConfig,
+    media: Arc<MediaHub>,
+) -> Result<WebServer, WebError> {
+    serve_inner(hub, webrtc, config, Some(media)).await
+}
+
+async fn serve_inner(
+    hub: NodeId,
+    webrtc: WebrtcHandle,
+    config: WebConfig,
+    media: Option<Arc<MediaHub>>,
+) -> Result<WebServer, WebError> {
     let gate = Arc::new(BrowserGate::new(hub, config.max_tokens));
     let app = App {
         gate: gate.clone(),
         webrtc,
         turn: config.turn.clone().map(Arc::new),
+        media,
     };
     let router = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
+        .route("/media.html", get(|| async { Html(MEDIA_PAGE) }))
         .route("/interlocking.js", get(|| async { script(CLIENT_JS) }))
         .route("/msgpack.js", get(|| async { script(MSGPACK_JS) }))
         .route("/join", post(join_route))
         .route("/offer", post(offer_route))
+        .route("/media", post(media_route))
+        .route("/media/status", post(media_status_route))
         .with_state(app);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;

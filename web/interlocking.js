@@ -150,8 +150,8 @@ export class Client {
     this.resendAll();
   }
 
-  /** Offer (with every candidate), post it, apply the answer. */
-  async negotiate() {
+  /** Sets a new local offer and waits for every candidate. */
+  async localOffer() {
     const pc = this.pc;
     this.generation += 1;
     const offer = await pc.createOffer();
@@ -163,6 +163,66 @@ export class Client {
         });
       });
     }
+  }
+
+  /**
+   * Asks the hub for the media source `source` (docs/media.md): adds a
+   * receive-only video and audio transceiver, offers them to `/media`,
+   * and applies the answer carrying the hub's tracks. Resolves with
+   * `{ stream, video, audio }` (the two MediaStreamTracks); a refusal
+   * rejects with the hub's `code` (0x0330..) and undoes the offer.
+   */
+  async media(source) {
+    const pc = this.pc;
+    const video = pc.addTransceiver("video", { direction: "recvonly" });
+    const audio = pc.addTransceiver("audio", { direction: "recvonly" });
+    await this.localOffer();
+    let a;
+    try {
+      a = await post(this.base + "/media", {
+        node: this.node,
+        secret: this.secret,
+        source,
+        session: this.session,
+        generation: this.generation,
+        sdp: pc.localDescription.sdp,
+      });
+    } catch (e) {
+      await pc.setLocalDescription({ type: "rollback" });
+      video.stop();
+      audio.stop();
+      throw e;
+    }
+    await pc.setRemoteDescription({ type: "answer", sdp: a.sdp });
+    return { stream: a.stream, video: video.receiver.track, audio: audio.receiver.track };
+  }
+
+  /** This page's media streams as the hub reports them (tier, path, …). */
+  async mediaStatus() {
+    return post(this.base + "/media/status", { node: this.node, secret: this.secret });
+  }
+
+  /** Inbound RTP figures: `{ framesDecoded, videoPackets, audioPackets, packetsLost }`. */
+  async mediaStats() {
+    const out = { framesDecoded: 0, videoPackets: 0, audioPackets: 0, packetsLost: 0 };
+    const stats = await this.pc.getStats();
+    for (const s of stats.values()) {
+      if (s.type !== "inbound-rtp") continue;
+      out.packetsLost += s.packetsLost || 0;
+      if (s.kind === "video") {
+        out.framesDecoded += s.framesDecoded || 0;
+        out.videoPackets += s.packetsReceived || 0;
+      } else if (s.kind === "audio") {
+        out.audioPackets += s.packetsReceived || 0;
+      }
+    }
+    return out;
+  }
+
+  /** Offer (with every candidate), post it, apply the answer. */
+  async negotiate() {
+    const pc = this.pc;
+    await this.localOffer();
     const a = await post(this.base + "/offer", {
       node: this.node,
       secret: this.secret,

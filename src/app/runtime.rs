@@ -276,6 +276,9 @@ pub struct Runtime {
     pub started: Instant,
     draining: AtomicBool,
     stop: watch::Sender<Option<String>>,
+    /// The node's media, once application code sets it (its readiness
+    /// branch; never gating).
+    media: std::sync::OnceLock<Arc<crate::channels::media::MediaHub>>,
 }
 
 impl Runtime {
@@ -289,7 +292,19 @@ impl Runtime {
             started,
             draining: AtomicBool::new(false),
             stop,
+            media: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Attaches the node's media (`docs/media.md`) so the readiness tree
+    /// shows its branch; false if media was attached before.
+    pub fn set_media(&self, media: Arc<crate::channels::media::MediaHub>) -> bool {
+        self.media.set(media).is_ok()
+    }
+
+    /// The node's media, if attached.
+    pub fn media(&self) -> Option<&Arc<crate::channels::media::MediaHub>> {
+        self.media.get()
     }
 
     /// The node parts, if this is a hub or member.

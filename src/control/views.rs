@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::app::runtime::{LoggedDecision, Role, Runtime, unix_ms};
+use crate::channels::media::MediaReadiness;
 use crate::routing::Explanation;
 use crate::sync::lock;
 use crate::vocab::{NodeId, PathKind, StreamId};
@@ -145,20 +146,46 @@ pub fn readiness(rt: &Runtime) -> Readiness {
             true,
         ),
     );
-    b.insert(
-        "media",
-        branch(
-            "not_configured",
-            "no media channels configured; media never gates readiness",
-            false,
-        ),
-    );
+    b.insert("media", media_branch(rt.media().map(|m| m.readiness())));
     let ready = b.values().all(|x| !(x.gates && x.status == "down"));
     Readiness {
         node: rt.config.id.clone(),
         ready,
         modes,
         branches: b,
+    }
+}
+
+/// The media branch: its own, and never gating (`docs/media.md` §5) —
+/// degraded or failed media leaves the node ready.
+pub fn media_branch(media: Option<MediaReadiness>) -> Branch {
+    match media {
+        None => branch(
+            "not_configured",
+            "no media channels configured; media never gates readiness",
+            false,
+        ),
+        Some(m) if m.failed > 0 => branch(
+            "down",
+            format!(
+                "{} media streams ended with a failure, {} running",
+                m.failed, m.running
+            ),
+            false,
+        ),
+        Some(m) if m.degraded > 0 => branch(
+            "degraded",
+            format!(
+                "{} of {} media streams below full tier",
+                m.degraded, m.running
+            ),
+            false,
+        ),
+        Some(m) => branch(
+            "ok",
+            format!("{} media streams at full tier", m.running),
+            false,
+        ),
     }
 }
 
@@ -701,4 +728,38 @@ pub fn update_gauges(rt: &Runtime) {
         }
     }
     metrics::gauge!("interlocking_ready").set(f64::from(u8::from(readiness(rt).ready)));
+}
+
+#[cfg(test)]
+mod media_tests {
+    use super::*;
+
+    #[test]
+    fn media_trouble_is_its_own_branch_and_never_gates() {
+        let failed = MediaReadiness {
+            running: 0,
+            degraded: 0,
+            failed: 2,
+        };
+        let degraded = MediaReadiness {
+            running: 3,
+            degraded: 1,
+            failed: 0,
+        };
+        let ok = MediaReadiness {
+            running: 1,
+            degraded: 0,
+            failed: 0,
+        };
+        for (m, status) in [
+            (None, "not_configured"),
+            (Some(failed), "down"),
+            (Some(degraded), "degraded"),
+            (Some(ok), "ok"),
+        ] {
+            let b = media_branch(m);
+            assert_eq!(b.status, status);
+            assert!(!b.gates, "media must never gate readiness: {b:?}");
+        }
+    }
 }

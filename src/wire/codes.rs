@@ -23,7 +23,8 @@
 //! | `0x0300..=0x030f` | channels ([`channels`])                             |
 //! | `0x0310..=0x031f` | stream sessions ([`stream`])                        |
 //! | `0x0320..=0x032f` | the sync channel ([`sync`])                         |
-//! | `0x0330..=0x03ff` | reserved for routing and channels                   |
+//! | `0x0330..=0x033f` | the media channel ([`media`])                       |
+//! | `0x0340..=0x03ff` | reserved for routing and channels                   |
 //! | `0x0400..=0xffff` | reserved                                            |
 //!
 //! Not in this space: QUIC transport error codes, which a peer sees in a
@@ -258,6 +259,21 @@ pub mod sync {
     pub const MALFORMED: u16 = 0x328;
 }
 
+/// Refusals of the media channel (`docs/media.md`), range
+/// `0x0330..=0x033f`, answered to a consumer's request for a source.
+pub mod media {
+    /// No source of that name is registered on this node.
+    pub const UNKNOWN_SOURCE: u16 = 0x330;
+    /// The consumer is not admitted to that source.
+    pub const NOT_ADMITTED: u16 = 0x331;
+    /// The consumer has no WebRTC session with the terminating node.
+    pub const NO_SESSION: u16 = 0x332;
+    /// The terminating node could not add the source's tracks.
+    pub const TRACK_REFUSED: u16 = 0x333;
+    /// Too many media streams on this node (`MediaConfig::max_streams`).
+    pub const TOO_MANY_STREAMS: u16 = 0x334;
+}
+
 /// One code of the table: its value, its constant's name and the group
 /// (module) that defines it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,7 +282,7 @@ pub struct Code {
     pub value: u16,
     /// The constant's name.
     pub name: &'static str,
-    /// The group: `"codec"`, `"quic"`, `"root"`, `"webrtc"`, `"sidecar"`, `"channels"`, `"stream"`, `"sync"`.
+    /// The group: `"codec"`, `"quic"`, `"root"`, `"webrtc"`, `"sidecar"`, `"channels"`, `"stream"`, `"sync"`, `"media"`.
     pub group: &'static str,
 }
 
@@ -353,6 +369,11 @@ table![
     "sync": sync::NOT_OWNER,
     "sync": sync::NOT_ADMITTED,
     "sync": sync::MALFORMED,
+    "media": media::UNKNOWN_SOURCE,
+    "media": media::NOT_ADMITTED,
+    "media": media::NO_SESSION,
+    "media": media::TRACK_REFUSED,
+    "media": media::TOO_MANY_STREAMS,
 ];
 
 /// The code with this value, if one is defined.
@@ -423,6 +444,7 @@ mod tests {
                 "channels" => 0x300..=0x30f,
                 "stream" => 0x310..=0x31f,
                 "sync" => 0x320..=0x32f,
+                "media" => 0x330..=0x33f,
                 other => panic!("unknown group {other}"),
             };
             assert!(range.contains(&c.value), "{c:?} outside {range:?}");

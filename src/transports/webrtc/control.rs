@@ -71,6 +71,8 @@ pub(crate) enum Ctl {
 pub(crate) struct Peer {
     pub st: NegotiationState,
     pub pc: Arc<dyn PeerConnection>,
+    /// What the peer's RTCP reported (media sessions).
+    pub tally: Arc<super::media::RtcpTally>,
     pub io: Arc<SessionIo>,
     pub channels: Vec<Arc<dyn DataChannel>>,
     pub acks: Option<mpsc::Receiver<ProbeAck>>,
@@ -83,6 +85,10 @@ pub(crate) struct Peer {
     pub started: Instant,
     pub browser: bool,
     pub gather_waiters: Vec<oneshot::Sender<()>>,
+    /// ICE gathering completed once: a renegotiation that keeps the ICE
+    /// credentials (adding media) gathers nothing new and is answered
+    /// at once.
+    pub gathered: bool,
 }
 
 /// State private to the loop.
@@ -146,6 +152,13 @@ fn path(peer: &NodeId) -> PathId {
 }
 
 /// The first `a=fingerprint:` value of an SDP.
+/// The first `a=ice-ufrag` of an SDP.
+fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .map(str::trim)
+}
+
 pub(crate) fn fingerprint(sdp: &str) -> Option<String> {
     sdp.lines()
         .find_map(|l| l.trim().strip_prefix("a=fingerprint:"))
@@ -254,7 +267,10 @@ impl Loop {
             Ctl::Gathered(peer, s) if same(&peer, s) => {
                 let waiters = lock(&self.inner.peers)
                     .get_mut(&peer)
-                    .map(|p| std::mem::take(&mut p.gather_waiters))
+                    .map(|p| {
+                        p.gathered = true;
+                        std::mem::take(&mut p.gather_waiters)
+                    })
                     .unwrap_or_default();
                 for w in waiters {
                     let _ = w.send(());
@@ -330,6 +346,7 @@ impl Loop {
         let p = Peer {
             st,
             pc: b.pc,
+            tally: b.tally,
             io: b.io,
             channels: b.channels,
             acks: Some(b.acks),
@@ -342,6 +359,7 @@ impl Loop {
             started: Instant::now(),
             browser,
             gather_waiters: Vec::new(),
+            gathered: false,
         };
         lock(&self.inner.peers).insert(peer.clone(), p);
         Some(())
@@ -841,9 +859,17 @@ impl Loop {
             p.st.generation = d.generation;
         }
         let Some(pc) = self.pc(&o.node) else { return };
+        // Same ICE credentials as the offer before: a media renegotiation,
+        // not an ICE restart; nothing is gathered again.
+        let previous = pc.remote_description().await.map(|d| d.sdp);
+        let same_ice = !fresh && previous.is_some_and(|p| ice_ufrag(&p) == ice_ufrag(&d.sdp));
         let (gathered_tx, gathered) = oneshot::channel();
         if let Some(p) = lock(&self.inner.peers).get_mut(&o.node) {
-            p.gather_waiters.push(gathered_tx);
+            if same_ice && p.gathered {
+                let _ = gathered_tx.send(());
+            } else {
+                p.gather_waiters.push(gathered_tx);
+            }
         }
         let applied = async {
             pc.set_remote_description(desc).await?;

@@ -6,7 +6,9 @@
 //! Owns a [`Runtime`] that delegates everything to webrtc's tokio runtime
 //! except [`Runtime::wrap_udp_socket`], whose sockets consult a shared
 //! [`WebrtcFaults`] handle: while blackholed, every datagram sent is
-//! swallowed and every datagram received is discarded. Nothing else.
+//! swallowed and every datagram received is discarded; with a loss set,
+//! that fraction of the datagrams *sent* is swallowed, chosen by a seeded
+//! generator (the media tests' lossy path). Nothing else.
 
 use std::fmt;
 use std::future::Future;
@@ -33,6 +35,10 @@ pub struct WebrtcFaults {
 struct FaultState {
     blackhole: AtomicBool,
     dropped: AtomicU64,
+    /// Datagrams sent that are swallowed, per million.
+    loss_ppm: AtomicU64,
+    /// The seeded generator's state (splitmix64).
+    rng: AtomicU64,
 }
 
 impl WebrtcFaults {
@@ -49,6 +55,32 @@ impl WebrtcFaults {
     /// Whether datagrams are being swallowed.
     pub fn blackholed(&self) -> bool {
         self.inner.blackhole.load(Ordering::Acquire)
+    }
+
+    /// Swallows `fraction` (0.0–1.0) of the datagrams sent from now on,
+    /// chosen by a generator seeded with `seed` (0.0 stops it).
+    pub fn set_loss(&self, fraction: f64, seed: u64) {
+        self.inner.rng.store(seed, Ordering::Release);
+        let ppm = (fraction.clamp(0.0, 1.0) * 1e6) as u64;
+        self.inner.loss_ppm.store(ppm, Ordering::Release);
+    }
+
+    /// Whether the next datagram sent is lost to the seeded loss.
+    fn lose(&self) -> bool {
+        let ppm = self.inner.loss_ppm.load(Ordering::Acquire);
+        if ppm == 0 {
+            return false;
+        }
+        // splitmix64 step.
+        let mut z = self
+            .inner
+            .rng
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::AcqRel)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        z % 1_000_000 < ppm
     }
 
     /// Datagrams swallowed so far, both directions.
@@ -156,7 +188,7 @@ impl AsyncUdpSocket for FaultySocket {
     }
 
     fn poll_send(&self, cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
-        if self.faults.blackholed() {
+        if self.faults.blackholed() || self.faults.lose() {
             self.faults.inner.dropped.fetch_add(1, Ordering::Relaxed);
             return Poll::Ready(Ok(transmit.contents.len()));
         }

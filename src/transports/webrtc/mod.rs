@@ -20,6 +20,7 @@
 
 mod control;
 pub mod faults;
+pub mod media;
 mod session;
 pub mod signalling;
 
@@ -40,6 +41,7 @@ use crate::wire::{CodecConfig, Frame};
 pub use control::BrowserOffer;
 use control::{Ctl, Peer};
 pub use faults::WebrtcFaults;
+pub use media::{MediaError, MediaFacts, MediaKind, MediaOut};
 pub use session::{CHANNELS, MAX_MESSAGE, label};
 pub use signalling::{SignalError, SignalLink, SignalSlot, codes};
 
@@ -256,6 +258,26 @@ impl WebrtcTransport {
     /// answer) to every channel open.
     pub fn setup_time(&self, peer: &NodeId) -> Option<Duration> {
         lock(&self.inner.setup_times).get(peer).copied()
+    }
+
+    /// Adds a VP8 video and an Opus audio track named `stream` to the
+    /// current session with `peer` (the `webrtc-media` path). The peer
+    /// negotiates them with its next offer; until then
+    /// [`MediaOut::ready`] is false and writes are refused.
+    pub async fn add_media(&self, peer: &NodeId, stream: &str) -> Result<MediaOut, MediaError> {
+        let found = lock(&self.inner.peers)
+            .get(peer)
+            .map(|p| (p.pc.clone(), p.tally.clone(), p.st.session));
+        let Some((pc, tally, session)) = found else {
+            return Err(MediaError::NoSession(peer.to_string()));
+        };
+        MediaOut::add(pc, tally, session, stream).await
+    }
+
+    /// The current session id with `peer`, if any (media tracks belong to
+    /// one session).
+    pub fn session_of(&self, peer: &NodeId) -> Option<u64> {
+        lock(&self.inner.peers).get(peer).map(|p| p.st.session)
     }
 
     /// Answers a browser's offer (non-trickle: the answer carries every

@@ -15,6 +15,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::{Registry, Slot};
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
@@ -26,6 +29,7 @@ use webrtc::peer_connection::{
 
 use super::WebrtcConfig;
 use super::control::Ctl;
+use super::media::{ReportTap, RtcpTally};
 use crate::transports::probe::Prober;
 use crate::transports::{EventSink, Fact, TransportEvent};
 use crate::vocab::{NodeId, PathId, PathKind, TrafficClass};
@@ -120,6 +124,7 @@ impl SessionIo {
 /// A built peer connection with its channels and tasks.
 pub struct Built {
     pub pc: Arc<dyn PeerConnection>,
+    pub tally: Arc<RtcpTally>,
     pub channels: Vec<Arc<dyn DataChannel>>,
     pub io: Arc<SessionIo>,
     pub acks: mpsc::Receiver<ProbeAck>,
@@ -210,8 +215,22 @@ pub async fn build(
         peer: peer.clone(),
         session,
     });
+    // Codecs and RTCP (NACK, receiver reports) for media tracks
+    // (`media.rs`); a data-only session offers no media section, so this
+    // changes nothing on its wire.
+    let mut engine = MediaEngine::default();
+    engine
+        .register_default_codecs()
+        .map_err(|e| format!("codecs: {e}"))?;
+    let tally = Arc::new(RtcpTally::default());
+    let registry = register_default_interceptors(Registry::new(), &mut engine)
+        .map_err(|e| format!("interceptors: {e}"))?
+        // Last in the chain: every other interceptor has read the RTCP.
+        .with(Slot::from(14_000), ReportTap::new(tally.clone()));
     let mut builder = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(engine)
+        .with_interceptor_registry(registry)
         .with_setting_engine(setting)
         .with_handler(handler)
         .with_udp_addrs(vec![std::net::SocketAddr::new(config.bind, 0)]);
@@ -266,6 +285,7 @@ pub async fn build(
     }
     Ok(Built {
         pc,
+        tally,
         channels,
         io,
         acks,
