@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::admission::{AdmissionError, JoinToken, codes, unix_ms};
+use super::cluster::{ClusterConfig, JetStreamState};
 use super::dedupe::Verdict;
 use super::rendezvous;
 use super::state::{DedupeBounds, LocalState, RootState, StateHealth};
@@ -95,6 +96,10 @@ pub struct RootConfig {
     /// handshake, opening the bidirectional stream, the `JoinRequest`
     /// arriving, and the joiner closing after the answer (default 10 s).
     pub join_timeout: Duration,
+    /// Share root state with the other roots of a cluster through NATS
+    /// JetStream (`docs/cluster.md`); `None` (default): this root's own
+    /// state directory only.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for RootConfig {
@@ -120,6 +125,7 @@ impl Default for RootConfig {
             codec: CodecConfig::default(),
             restart: RestartPolicy::default(),
             join_timeout: Duration::from_secs(10),
+            cluster: None,
         }
     }
 }
@@ -222,13 +228,18 @@ impl Root {
             ttl: config.dedupe_ttl,
             hold: config.dedupe_hold,
         };
-        let (ca, state): (_, Arc<dyn RootState>) = match &config.state_dir {
-            Some(dir) => (open_ca(dir)?, Arc::new(LocalState::open(dir, bounds)?)),
-            None => (
-                CertificateAuthority::generate("interlocking root CA")?,
-                Arc::new(LocalState::in_memory(bounds)),
-            ),
+        let ca = match &config.state_dir {
+            Some(dir) => open_ca(dir)?,
+            None => CertificateAuthority::generate("interlocking root CA")?,
         };
+        let state: Arc<dyn RootState> = match (&config.cluster, &config.state_dir) {
+            (Some(cluster), dir) => {
+                Arc::new(JetStreamState::connect(cluster, dir.as_deref(), bounds).await?)
+            }
+            (None, Some(dir)) => Arc::new(LocalState::open(dir, bounds)?),
+            (None, None) => Arc::new(LocalState::in_memory(bounds)),
+        };
+        let revocations = state.revocations();
         let identity = ca.issue_node(&config.node, Role::Root)?;
         let mut quic_cfg = QuicConfig::new(identity.clone(), ca.roots());
         quic_cfg.listen = config.listen;
@@ -274,7 +285,7 @@ impl Root {
             move || join_loop(inner.clone(), ep.clone(), stop.clone())
         };
         let escalate = |inner: Arc<Inner>| move || async move { inner.quic.shutdown().await };
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(supervise(
                 "serve",
                 policy,
@@ -290,6 +301,13 @@ impl Root {
                 escalate(inner.clone()),
             )),
         ];
+        if let Some(rx) = revocations {
+            tasks.push(tokio::spawn(close_revoked(
+                inner.clone(),
+                rx,
+                stop.subscribe(),
+            )));
+        }
         tracing::info!(root = %inner.config.node, addr = %inner.quic.local_addr(), join = ?join_ep.local_addr(), "root: serving");
         Ok(RootHandle {
             inner,
@@ -441,6 +459,45 @@ impl RootHandle {
         }
         // Commit queued state and release its files for a successor.
         self.inner.state.close().await;
+    }
+}
+
+/// Closes the connections of nodes revoked elsewhere (another root of the
+/// cluster), as the state backend announces them.
+async fn close_revoked(
+    inner: Arc<Inner>,
+    mut rx: tokio::sync::broadcast::Receiver<NodeId>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let node = tokio::select! {
+            _ = stop.changed() => return,
+            r = rx.recv() => match r {
+                Ok(n) => n,
+                // Missed some: close every online node that is revoked.
+                Err(RecvError::Lagged(_)) => {
+                    let online: Vec<NodeId> = lock(&inner.online).iter().cloned().collect();
+                    for n in online.into_iter().filter(|n| inner.state.is_revoked(n)) {
+                        close_revoked_node(&inner, &n).await;
+                    }
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            },
+        };
+        close_revoked_node(&inner, &node).await;
+    }
+}
+
+async fn close_revoked_node(inner: &Inner, node: &NodeId) {
+    if lock(&inner.online).remove(node) {
+        bump(&inner.counters.revoked_closed);
+        tracing::warn!(node = %node, code = codes::REVOKED, "root: node revoked in the cluster; closing");
+        inner
+            .quic
+            .close(node, u32::from(codes::REVOKED), "revoked")
+            .await;
     }
 }
 
