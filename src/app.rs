@@ -518,6 +518,7 @@ async fn start_root(cfg: &Config) -> Result<runtime::Role, AppError> {
         join_listen: cfg.listen_join,
         state_dir: Some(cfg.state_dir.clone()),
         probe: cfg.transports.probe,
+        cluster: cfg.cluster.clone(),
         ..RootConfig::default()
     })
     .await
