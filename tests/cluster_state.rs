@@ -276,3 +276,71 @@ async fn nats_killed_degrades_the_roots_and_they_recover_when_it_returns() {
     r1.shutdown().await;
     r2.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_cached_through_root_1_answers_a_retry_at_root_2() {
+    use bytes::Bytes;
+    use interlocking::root::dedupe::Verdict;
+    use interlocking::vocab::StreamId;
+    use std::time::Instant;
+
+    let nats = NatsServer::start();
+    let cfg = |name: &str| ClusterConfig {
+        nats: nats.url(),
+        name: name.into(),
+    };
+    let a = JetStreamState::connect(&cfg("root-1"), None, bounds())
+        .await
+        .unwrap();
+    let b = JetStreamState::connect(&cfg("root-2"), None, bounds())
+        .await
+        .unwrap();
+    let (m, h) = (NodeId::new("m"), NodeId::new("h"));
+    let key = |from: &NodeId, to: &NodeId, id| {
+        (
+            from.clone(),
+            to.clone(),
+            StreamId::new("command:m/h"),
+            1,
+            id,
+        )
+    };
+    let (cmd, reply) = (Bytes::from_static(b"cmd"), Bytes::from_static(b"reply"));
+    let now = Instant::now();
+    assert_eq!(
+        a.relay_verdict(key(&m, &h, 1), &cmd, now).await,
+        Verdict::Forward
+    );
+    assert_eq!(
+        a.relay_verdict(key(&h, &m, 1), &reply, now).await,
+        Verdict::Forward
+    );
+    // Unanswered at root 1: a retry at root 2 within the hold is in flight.
+    assert_eq!(
+        a.relay_verdict(key(&m, &h, 2), &cmd, now).await,
+        Verdict::Forward
+    );
+    a.flush().await;
+    // The member re-homed: its retries reach root 2, which learned both
+    // keys through the watched bucket.
+    let mut seen = None;
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let v = b.relay_verdict(key(&m, &h, 1), &cmd, Instant::now()).await;
+            if v != Verdict::Forward {
+                seen = Some(v);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("root 2 learns the cached reply");
+    assert_eq!(seen, Some(Verdict::Replay(reply)));
+    assert_eq!(
+        b.relay_verdict(key(&m, &h, 2), &cmd, Instant::now()).await,
+        Verdict::Drop
+    );
+    a.close().await;
+    b.close().await;
+}

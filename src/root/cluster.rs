@@ -497,9 +497,8 @@ fn apply_dedupe(s: &Shared, e: kv::Entry) {
     let Ok(entry) = rmp_serde::from_slice::<SharedEntry>(&e.value) else {
         return;
     };
-    if entry.origin == s.name {
-        return;
-    }
+    // Own entries too: a restarted root with the same name reloads them.
+    // `merge` never takes information away from a key already known.
     let now = Instant::now();
     let wall = unix_ms(SystemTime::now());
     let Some(first) = from_wall_ms(entry.first_ms, now, wall) else {
