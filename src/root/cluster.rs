@@ -337,6 +337,11 @@ impl JetStreamState {
         lock(&self.shared.homes).get(node).cloned()
     }
 
+    /// What this root's dedupe mirror knows of `key` (diagnostics, tests).
+    pub fn dedupe_snapshot(&self, key: &DedupeKey) -> Option<EntrySnapshot> {
+        lock(&self.shared.dedupe).snapshot(key)
+    }
+
     /// Waits until every queued write is published and acknowledged (or
     /// failed): tokens issued before the call redeem at any root after it.
     pub async fn flush(&self) {
@@ -579,9 +584,33 @@ async fn write_loop(s: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
                 Err(_) => break,
             }
         }
+        // The puts of a batch are in flight at once, so their order in the
+        // stream is not theirs in the queue: of several writes to one key
+        // only the last queued (the newest snapshot) is sent.
+        let mut last: HashMap<(u8, &str), usize> = HashMap::new();
+        for (i, op) in ops.iter().enumerate() {
+            match op {
+                Op::Put(b, k, _) | Op::Del(b, k) => last.insert((*b as u8, k.as_str()), i),
+                Op::Issued(h) => last.insert((u8::MAX, h.as_str()), i),
+                Op::Flush(_) => None,
+            };
+        }
+        let keep: Vec<bool> = (0..ops.len())
+            .map(|i| match &ops[i] {
+                Op::Put(b, k, _) | Op::Del(b, k) => last[&(*b as u8, k.as_str())] == i,
+                Op::Issued(h) => last[&(u8::MAX, h.as_str())] == i,
+                Op::Flush(_) => true,
+            })
+            .collect();
+        drop(last);
         let mut set = tokio::task::JoinSet::new();
         let mut acks = Vec::new();
-        for op in ops {
+        for op in ops
+            .into_iter()
+            .zip(keep)
+            .filter(|(_, k)| *k)
+            .map(|(op, _)| op)
+        {
             let store = |b: Bucket| match b {
                 Bucket::Tokens => s.kv.tokens.clone(),
                 Bucket::Registry => s.kv.registry.clone(),
