@@ -566,6 +566,7 @@ async fn start_root(cfg: &Config) -> Result<runtime::Role, AppError> {
         limits: cfg.limits.quic,
         hello_timeout: cfg.limits.hello_timeout,
         handshake_timeout: cfg.limits.handshake_timeout,
+        cluster: cfg.cluster.clone(),
         ..RootConfig::default()
     })
     .await

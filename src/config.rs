@@ -193,6 +193,8 @@ pub struct Config {
     pub listen_join: SocketAddr,
     /// Hub and member: the root.
     pub root: Option<RootTarget>,
+    /// Root only: the cluster it shares state with (`[root] cluster`).
+    pub cluster: Option<crate::root::cluster::ClusterConfig>,
     /// Transports.
     pub transports: Transports,
     /// Dialled peers.

@@ -14,6 +14,8 @@
 //! * [`state`]: the [`state::RootState`] backend trait (admission,
 //!   revocation, registry, relay dedupe) and its default [`state::LocalState`]
 //!   (state dir files plus `root.redb` for relay dedupe);
+//! * [`cluster`]: [`cluster::JetStreamState`], the root state shared by
+//!   several roots in NATS JetStream key-value buckets (`docs/cluster.md`);
 //! * [`mod@join`]: the joining node's side of admission ([`join()`]).
 //!
 //! The relay *transport* that nodes use to reach peers through the root is
@@ -24,6 +26,7 @@
 //! payloads.
 
 pub mod admission;
+pub mod cluster;
 pub mod dedupe;
 pub mod join;
 pub mod rendezvous;

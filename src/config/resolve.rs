@@ -17,6 +17,7 @@ use super::{
     Channel, ChannelRole, Config, ConfigError, Diagnostics, Faults, Location, Peer, RootTarget,
     Transports, line_col, parse_duration,
 };
+use crate::root::cluster::ClusterConfig;
 use crate::routing::{Policy, RoutingConfig};
 use crate::transports::probe::ProbeConfig;
 use crate::vocab::{NodeId, PathKind, Role, StreamId};
@@ -199,9 +200,29 @@ pub fn resolve(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Config
         }
         None => any,
     };
+    let mut cluster = None;
     let root = match (&raw.root, role) {
         (Some(r), Role::Root) => {
-            return ctx.err(r.addr.span(), "root", "a root does not name a root");
+            // A root names no root; it may name its cluster.
+            let named = [&r.addr, &r.join, &r.ca_fingerprint, &r.join_token];
+            if let Some(v) = named.into_iter().flatten().next() {
+                return ctx.err(v.span(), "root", "a root does not name a root");
+            }
+            if let Some(c) = &r.cluster {
+                let (nats, name) = (&c.get_ref().nats, &c.get_ref().name);
+                if !nats.starts_with("nats://") || name.trim().is_empty() {
+                    return ctx.err(
+                        c.span(),
+                        "root.cluster",
+                        "needs nats = \"nats://HOST:PORT\" and a non-empty name",
+                    );
+                }
+                cluster = Some(ClusterConfig {
+                    nats: nats.clone(),
+                    name: name.clone(),
+                });
+            }
+            None
         }
         (None, Role::Root) => None,
         (None, _) => {
@@ -211,20 +232,32 @@ pub fn resolve(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Config
                 format!("a {role} needs a [root] table (addr, join)"),
             );
         }
-        (Some(r), _) => Some(RootTarget {
-            id: ctx.id(&Spanned::new(r.addr.span(), r.id.clone()), "root.id")?,
-            addr: ctx.addr(&r.addr, "root.addr")?,
-            join: ctx.addr(&r.join, "root.join")?,
-            ca_fingerprint: r
-                .ca_fingerprint
-                .as_ref()
-                .map(|f| fingerprint(&ctx, f))
-                .transpose()?,
-            join_token: r
-                .join_token
-                .as_ref()
-                .map(|t| t.get_ref().trim().to_string()),
-        }),
+        (Some(r), _) => {
+            if let Some(c) = &r.cluster {
+                return ctx.err(c.span(), "root.cluster", "only a root joins a cluster");
+            }
+            let (Some(addr), Some(join)) = (&r.addr, &r.join) else {
+                return ctx.err(
+                    raw.node.id.span(),
+                    "root",
+                    format!("a {role} needs a [root] table (addr, join)"),
+                );
+            };
+            Some(RootTarget {
+                id: ctx.id(&Spanned::new(addr.span(), r.id.clone()), "root.id")?,
+                addr: ctx.addr(addr, "root.addr")?,
+                join: ctx.addr(join, "root.join")?,
+                ca_fingerprint: r
+                    .ca_fingerprint
+                    .as_ref()
+                    .map(|f| fingerprint(&ctx, f))
+                    .transpose()?,
+                join_token: r
+                    .join_token
+                    .as_ref()
+                    .map(|t| t.get_ref().trim().to_string()),
+            })
+        }
     };
 
     let t = &raw.transports;
@@ -465,5 +498,6 @@ pub fn resolve(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Config
         },
         sidecar,
         limits: super::limits::resolve(path, text, &raw.limits)?,
+        cluster,
     })
 }

@@ -103,15 +103,28 @@ pub struct RawRoot {
     /// The root's node id (default `root`).
     #[serde(default = "default_root_id")]
     pub id: String,
-    /// The root's node endpoint (mutual TLS, relay).
-    pub addr: Spanned<String>,
-    /// The root's join endpoint.
-    pub join: Spanned<String>,
+    /// The root's node endpoint (mutual TLS, relay); hub and member only.
+    pub addr: Option<Spanned<String>>,
+    /// The root's join endpoint; hub and member only.
+    pub join: Option<Spanned<String>>,
     /// Hex SHA-256 of the root CA certificate, checked against the token
     /// and the stored identity when set.
     pub ca_fingerprint: Option<Spanned<String>>,
     /// The join token for the first start (or `run --token`).
     pub join_token: Option<Spanned<String>>,
+    /// Root only: share root state with the other roots of a cluster
+    /// (`docs/cluster.md`).
+    pub cluster: Option<Spanned<RawCluster>>,
+}
+
+/// `[root] cluster = { nats = "...", name = "..." }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// The NATS server URL.
+    pub nats: String,
+    /// This root's name in the cluster.
+    pub name: String,
 }
 
 fn default_root_id() -> String {

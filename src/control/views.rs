@@ -39,7 +39,8 @@ fn branch(status: &'static str, reason: impl Into<String>, gates: bool) -> Branc
 /// A named degraded mode in force.
 #[derive(Clone, Debug, Serialize)]
 pub struct Mode {
-    /// `root_control_lost`, `route_lost` or `sync_path_lost`.
+    /// `root_control_lost`, `route_lost`, `sync_path_lost` or (a root)
+    /// `cluster_state_lost`.
     pub name: &'static str,
     /// What the node does while in it.
     pub effect: String,
@@ -83,6 +84,23 @@ pub fn readiness(rt: &Runtime) -> Readiness {
             b.insert(
                 "route",
                 branch("not_configured", "a root relays; it has no streams", true),
+            );
+            let h = root.state_health();
+            b.insert(
+                "state",
+                if h.ready {
+                    branch("ok", format!("root state backend {} answers", h.backend), true)
+                } else {
+                    modes.push(Mode {
+                        name: "cluster_state_lost",
+                        effect: "connected nodes keep relaying from this root's mirrors; joins and revocations are refused until NATS is back".into(),
+                    });
+                    branch(
+                        "degraded",
+                        format!("root state backend {} unreachable", h.backend),
+                        true,
+                    )
+                },
             );
         }
         Role::Node(n) => {

@@ -151,6 +151,23 @@ impl DedupeTable {
         }
     }
 
+    /// Like [`DedupeTable::restore`], for an entry another root shared: a
+    /// key already remembered without a reply takes the entry's reply.
+    pub fn merge(&mut self, key: DedupeKey, entry: EntrySnapshot) {
+        let Some(existing) = self.seen.get_mut(&key) else {
+            return self.restore(key, entry);
+        };
+        if existing.reply.is_none()
+            && let Some(r) = entry.reply
+        {
+            self.bytes += r.len();
+            existing.reply = Some(r);
+            while self.bytes > self.max_bytes && self.order.len() > 1 {
+                self.evict_oldest();
+            }
+        }
+    }
+
     /// Bounds the bytes of cached replies (at least one reply is kept).
     pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
         self.max_bytes = max_bytes;

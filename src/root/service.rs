@@ -40,6 +40,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::admission::{AdmissionError, JoinToken, codes, unix_ms};
+use super::cluster::{ClusterConfig, JetStreamState};
 use super::dedupe::Verdict;
 use super::rendezvous;
 use super::state::{DedupeBounds, LocalState, RootState, StateHealth};
@@ -107,6 +108,10 @@ pub struct RootConfig {
     pub hello_timeout: Duration,
     /// How long a node endpoint handshake may take (default 1 s).
     pub handshake_timeout: Duration,
+    /// Share root state with the other roots of a cluster through NATS
+    /// JetStream (`docs/cluster.md`); `None` (default): this root's own
+    /// state directory only.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for RootConfig {
@@ -135,6 +140,7 @@ impl Default for RootConfig {
             limits: QuicLimits::default(),
             hello_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(1),
+            cluster: None,
         }
     }
 }
@@ -248,13 +254,18 @@ impl Root {
             ttl: config.dedupe_ttl,
             hold: config.dedupe_hold,
         };
-        let (ca, state): (_, Arc<dyn RootState>) = match &config.state_dir {
-            Some(dir) => (open_ca(dir)?, Arc::new(LocalState::open(dir, bounds)?)),
-            None => (
-                CertificateAuthority::generate("interlocking root CA")?,
-                Arc::new(LocalState::in_memory(bounds)),
-            ),
+        let ca = match &config.state_dir {
+            Some(dir) => open_ca(dir)?,
+            None => CertificateAuthority::generate("interlocking root CA")?,
         };
+        let state: Arc<dyn RootState> = match (&config.cluster, &config.state_dir) {
+            (Some(cluster), dir) => {
+                Arc::new(JetStreamState::connect(cluster, dir.as_deref(), bounds).await?)
+            }
+            (None, Some(dir)) => Arc::new(LocalState::open(dir, bounds)?),
+            (None, None) => Arc::new(LocalState::in_memory(bounds)),
+        };
+        let revocations = state.revocations();
         let identity = ca.issue_node(&config.node, Role::Root)?;
         let mut quic_cfg = QuicConfig::new(identity.clone(), ca.roots());
         quic_cfg.listen = config.listen;
@@ -315,12 +326,23 @@ impl Root {
                 join_loop(inner.clone(), ep.clone(), stop.clone())
             })
         };
+        let mut children = vec![serving, joining];
+        if let Some(rx) = revocations {
+            // Supervised like the other loops; each (re)start listens
+            // with a fresh receiver from then on.
+            let (inner, stop) = (inner.clone(), stop.subscribe());
+            children.push(task_spec(
+                format!("{prefix}revocations"),
+                RestartMode::Transient,
+                move || close_revoked(inner.clone(), rx.resubscribe(), stop.clone()),
+            ));
+        }
         let (supervisor, exited) = Actor::spawn(
             Some(format!("{prefix}supervisor")),
             Supervisor,
             SupervisorArgs {
                 policy: inner.config.restart,
-                children: vec![serving, joining],
+                children,
             },
         )
         .await
@@ -503,6 +525,47 @@ impl RootHandle {
         }
         // Commit queued state and release its files for a successor.
         self.inner.state.close().await;
+    }
+}
+
+/// Closes the connections of nodes revoked elsewhere (another root of the
+/// cluster), as the state backend announces them.
+async fn close_revoked(
+    inner: Arc<Inner>,
+    mut rx: tokio::sync::broadcast::Receiver<NodeId>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let node = tokio::select! {
+            _ = stop.changed() => return,
+            r = rx.recv() => match r {
+                Ok(n) => n,
+                // Missed some: close every online node that is revoked.
+                Err(RecvError::Lagged(_)) => {
+                    let online: Vec<NodeId> = lock(&inner.online).iter().cloned().collect();
+                    for n in online.into_iter().filter(|n| inner.state.is_revoked(n)) {
+                        close_revoked_node(&inner, &n).await;
+                    }
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            },
+        };
+        close_revoked_node(&inner, &node).await;
+    }
+}
+
+async fn close_revoked_node(inner: &Inner, node: &NodeId) {
+    // The nodes of this root learn it too (their direct connections).
+    announce_revocations(inner);
+    if lock(&inner.online).remove(node) {
+        bump(&inner.counters.revoked_closed);
+        tracing::warn!(node = %node, code = codes::REVOKED, "root: node revoked in the cluster; closing");
+        inner
+            .quic
+            .close(node, u32::from(codes::REVOKED), "revoked")
+            .await;
     }
 }
 

@@ -119,6 +119,13 @@ pub trait RootState: Send + Sync + 'static {
     /// The revoked node ids, sorted.
     fn revoked(&self) -> Vec<NodeId>;
 
+    /// Revocations made elsewhere (another root of a cluster), as they
+    /// arrive: the root closes the connections of these nodes. `None`
+    /// (the default) when every revocation goes through this root.
+    fn revocations(&self) -> Option<tokio::sync::broadcast::Receiver<NodeId>> {
+        None
+    }
+
     /// The capabilities `node` may register (from its last admission).
     fn capabilities(&self, node: &NodeId) -> BTreeSet<String>;
 
@@ -191,7 +198,7 @@ fn state_err(e: impl std::fmt::Display) -> AdmissionError {
 }
 
 /// The Unix-ms time of `at`, given that `now` is `wall`.
-fn to_wall_ms(at: Instant, now: Instant, wall: u64) -> u64 {
+pub(super) fn to_wall_ms(at: Instant, now: Instant, wall: u64) -> u64 {
     if at >= now {
         wall.saturating_add(at.duration_since(now).as_millis() as u64)
     } else {
@@ -201,7 +208,7 @@ fn to_wall_ms(at: Instant, now: Instant, wall: u64) -> u64 {
 
 /// The instant of Unix-ms `ms`, given that `now` is `wall` (`None` if it
 /// lies before the process's clock can say).
-fn from_wall_ms(ms: u64, now: Instant, wall: u64) -> Option<Instant> {
+pub(super) fn from_wall_ms(ms: u64, now: Instant, wall: u64) -> Option<Instant> {
     now.checked_sub(Duration::from_millis(wall.saturating_sub(ms)))
 }
 

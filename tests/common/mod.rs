@@ -3,6 +3,7 @@
 
 pub mod child;
 pub mod contract;
+pub mod nats;
 pub mod rawquic;
 pub mod rootkit;
 pub mod sim;
