@@ -202,6 +202,33 @@ pub fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// A fresh token (a random 256-bit secret) and its claims, for any
+/// admission backend to store: `capabilities` checked with
+/// [`check_capabilities`], expiry `now + ttl`.
+pub fn new_token(
+    ca_fingerprint: [u8; 32],
+    node: &NodeId,
+    role: Role,
+    ttl: Duration,
+    now: SystemTime,
+    capabilities: &[String],
+) -> Result<(JoinToken, TokenClaims), AdmissionError> {
+    check_capabilities(capabilities)?;
+    let mut secret = [0u8; 32];
+    rand::Rng::fill(&mut rand::rng(), &mut secret[..]);
+    let token = JoinToken {
+        secret,
+        ca_fingerprint,
+    };
+    let claims = TokenClaims {
+        node: node.clone(),
+        role,
+        expires_at_ms: unix_ms(now + ttl),
+        capabilities: capabilities.iter().cloned().collect(),
+    };
+    Ok((token, claims))
+}
+
 /// What a token was issued for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenClaims {
@@ -321,19 +348,7 @@ impl AdmissionBook {
         now: SystemTime,
         capabilities: &[String],
     ) -> Result<JoinToken, AdmissionError> {
-        check_capabilities(capabilities)?;
-        let mut secret = [0u8; 32];
-        rand::Rng::fill(&mut rand::rng(), &mut secret[..]);
-        let token = JoinToken {
-            secret,
-            ca_fingerprint,
-        };
-        let claims = TokenClaims {
-            node: node.clone(),
-            role,
-            expires_at_ms: unix_ms(now + ttl),
-            capabilities: capabilities.iter().cloned().collect(),
-        };
+        let (token, claims) = new_token(ca_fingerprint, node, role, ttl, now, capabilities)?;
         match &self.dir {
             Some(dir) => {
                 let body = serde_json::to_vec(&claims).map_err(io_err)?;

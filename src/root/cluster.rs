@@ -49,7 +49,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::admission::{
-    AdmissionBook, AdmissionError, JoinToken, TokenClaims, check_capabilities, hex, unix_ms,
+    AdmissionBook, AdmissionError, JoinToken, TokenClaims, hex, new_token, unix_ms,
 };
 use super::dedupe::{DedupeKey, DedupeTable, EntrySnapshot, Verdict};
 use super::rendezvous::Registration;
@@ -702,19 +702,7 @@ impl RootState for JetStreamState {
         now: SystemTime,
         capabilities: &[String],
     ) -> Result<JoinToken, AdmissionError> {
-        check_capabilities(capabilities)?;
-        let mut secret = [0u8; 32];
-        rand::Rng::fill(&mut rand::rng(), &mut secret[..]);
-        let token = JoinToken {
-            secret,
-            ca_fingerprint,
-        };
-        let claims = TokenClaims {
-            node: node.clone(),
-            role,
-            expires_at_ms: unix_ms(now + ttl),
-            capabilities: capabilities.iter().cloned().collect(),
-        };
+        let (token, claims) = new_token(ca_fingerprint, node, role, ttl, now, capabilities)?;
         let hash = token.hash();
         lock(&self.shared.pending).insert(hash.clone(), claims);
         if !self.queue(Op::Issued(hash.clone())) {

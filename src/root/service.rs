@@ -644,6 +644,10 @@ const MAX_REVOKED_ANNOUNCEMENT: usize = 60 * 1024;
 /// refuse revoked nodes too.
 fn send_revocations(inner: &Inner, peer: &NodeId) {
     let mut list = inner.state.revoked();
+    if list.is_empty() {
+        // Lists only grow: an empty one tells a node nothing.
+        return;
+    }
     let mut bytes = 0;
     list.retain(|n| {
         bytes += n.as_str().len() + 5;

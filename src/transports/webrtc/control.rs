@@ -629,6 +629,11 @@ impl Loop {
     }
 
     async fn on_signal(&mut self, sig: Signal) {
+        if !sig.kind.starts_with("webrtc/") {
+            // Another namespace's signal on the same relay (e.g. the
+            // root's `root/revoked`): not ours to answer.
+            return;
+        }
         let from = sig.from.clone();
         let msg = match SignalMsg::decode(&sig.kind, &sig.payload) {
             Ok(m) => m,
