@@ -186,8 +186,10 @@ mod tests {
         )
         .await
         .expect("spawn");
+        // The idle signal only, not the channel closing: an escalated
+        // supervisor drops the spec (and its senders) as it ends.
         let escalated = tokio::select! {
-            _ = idle_rx.recv() => false,
+            Some(()) = idle_rx.recv() => false,
             _ = join => true,
         };
         if !escalated {
