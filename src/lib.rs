@@ -28,7 +28,7 @@
 //! | [`config`] | a node's TOML configuration: schema, semantic checks, errors naming file, line and key (`docs/config.md`) | sockets, running parts |
 //! | [`app`] | the entry point a config drives: builds a root, hub or member as a process, built-in handlers (`echo`, `kv`), credentials kept in the state dir, graceful stop | protocol semantics |
 //! | [`control`] | the control API (axum): health, readiness tree and degraded modes, routes, `why`, peers, channels, Prometheus metrics, the dashboard, and its client (`docs/control.md`) | routing decisions, frames |
-//! | [`actors`] | the supervision tree: restart policy, generic supervisor, the node that wires routing, transports and channels together; stream sessions (every received frame checked against its stream's peer, incarnation and inbox credit on the transport's receive task); the fact pump to the routing authority | protocol semantics |
+//! | [`actors`] | the supervision tree: restart policy, generic supervisor, supervised tasks (a plain async loop as a child, e.g. the root's), the node that wires routing, transports and channels together; stream sessions (every received frame checked against its stream's peer, incarnation and inbox credit on the transport's receive task); the fact pump to the routing authority | protocol semantics |
 //!
 //! ## A node in a few lines
 //!
