@@ -229,6 +229,37 @@ pub fn new_token(
     Ok((token, claims))
 }
 
+/// A redeemed token's claims checked against the request, in the order
+/// expired, node, role, revoked (`docs/root.md` §2), for any admission
+/// backend.
+pub fn check_claims(
+    claims: TokenClaims,
+    node: &NodeId,
+    role: Role,
+    now: SystemTime,
+    revoked: bool,
+) -> Result<TokenClaims, AdmissionError> {
+    if unix_ms(now) >= claims.expires_at_ms {
+        return Err(AdmissionError::Expired);
+    }
+    if &claims.node != node {
+        return Err(AdmissionError::NodeMismatch {
+            expected: claims.node,
+            got: node.clone(),
+        });
+    }
+    if claims.role != role {
+        return Err(AdmissionError::RoleMismatch {
+            expected: claims.role,
+            got: role,
+        });
+    }
+    if revoked {
+        return Err(AdmissionError::Revoked(node.clone()));
+    }
+    Ok(claims)
+}
+
 /// What a token was issued for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenClaims {
@@ -408,24 +439,7 @@ impl AdmissionBook {
                 }
             }
         };
-        if unix_ms(now) >= claims.expires_at_ms {
-            return Err(AdmissionError::Expired);
-        }
-        if &claims.node != node {
-            return Err(AdmissionError::NodeMismatch {
-                expected: claims.node,
-                got: node.clone(),
-            });
-        }
-        if claims.role != role {
-            return Err(AdmissionError::RoleMismatch {
-                expected: claims.role,
-                got: role,
-            });
-        }
-        if self.is_revoked(node) {
-            return Err(AdmissionError::Revoked(node.clone()));
-        }
+        let claims = check_claims(claims, node, role, now, self.is_revoked(node))?;
         self.grant(node, claims.capabilities.clone())?;
         Ok(claims)
     }

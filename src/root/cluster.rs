@@ -49,7 +49,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::admission::{
-    AdmissionBook, AdmissionError, JoinToken, TokenClaims, hex, new_token, unix_ms,
+    AdmissionBook, AdmissionError, JoinToken, TokenClaims, check_claims, hex, new_token, unix_ms,
 };
 use super::dedupe::{DedupeKey, DedupeTable, EntrySnapshot, Verdict};
 use super::rendezvous::Registration;
@@ -390,24 +390,7 @@ impl JetStreamState {
         role: Role,
         now: SystemTime,
     ) -> Result<TokenClaims, AdmissionError> {
-        if unix_ms(now) >= claims.expires_at_ms {
-            return Err(AdmissionError::Expired);
-        }
-        if &claims.node != node {
-            return Err(AdmissionError::NodeMismatch {
-                expected: claims.node,
-                got: node.clone(),
-            });
-        }
-        if claims.role != role {
-            return Err(AdmissionError::RoleMismatch {
-                expected: claims.role,
-                got: role,
-            });
-        }
-        if self.is_revoked(node) {
-            return Err(AdmissionError::Revoked(node.clone()));
-        }
+        let claims = check_claims(claims, node, role, now, self.is_revoked(node))?;
         let grant = SharedGrant {
             node: node.clone(),
             capabilities: claims.capabilities.clone(),
