@@ -556,21 +556,17 @@ impl App {
 }
 
 async fn start_root(cfg: &Config) -> Result<runtime::Role, AppError> {
-    let root = Root::spawn(RootConfig {
+    let mut root_cfg = RootConfig {
         node: cfg.id.clone(),
         listen: cfg.listen_quic,
         join_listen: cfg.listen_join,
         state_dir: Some(cfg.state_dir.clone()),
         probe: cfg.transports.probe,
-        codec: cfg.limits.codec,
-        limits: cfg.limits.quic,
-        hello_timeout: cfg.limits.hello_timeout,
-        handshake_timeout: cfg.limits.handshake_timeout,
         cluster: cfg.cluster.clone(),
         ..RootConfig::default()
-    })
-    .await
-    .map_err(start_err)?;
+    };
+    cfg.limits.apply_root(&mut root_cfg);
+    let root = Root::spawn(root_cfg).await.map_err(start_err)?;
     let fp = root.certificate_authority().fingerprint();
     tracing::info!(
         root = %cfg.id,

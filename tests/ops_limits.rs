@@ -139,6 +139,16 @@ fn nonsense_limits_are_refused_naming_line_and_key() {
             "between 1",
         ),
         ("inbox_capacity = -1", "limits.inbox_capacity", ""),
+        (
+            "relay_queue_frames = 0",
+            "limits.relay_queue_frames",
+            "between 1",
+        ),
+        (
+            "relay_dedupe_ttl = \"1s\"\nrelay_dedupe_hold = \"5s\"",
+            "limits.relay_dedupe_hold",
+            "above relay_dedupe_ttl",
+        ),
         ("streams = 3", "limits.streams", "unknown field"),
     ] {
         let dir = tempfile::tempdir().unwrap();

@@ -15,7 +15,9 @@ use toml::Spanned;
 
 use super::{ConfigError, Location, line_col, parse_duration};
 use crate::channels::DedupeConfig;
+use crate::root::RootConfig;
 use crate::transports::quic::{QueueBudget, QuicConfig, QuicLimits};
+use crate::vocab::Role;
 use crate::wire::CodecConfig;
 
 /// `[limits]` as written; every key is optional (unset: the default).
@@ -54,6 +56,76 @@ pub struct RawLimits {
     pub dedupe_max_per_stream: Option<Spanned<u64>>,
     /// How long a dedupe record is kept, e.g. `10m`.
     pub dedupe_retention: Option<Spanned<String>>,
+    /// A root's route budget: frames queued towards one destination
+    /// (default 4096).
+    pub relay_queue_frames: Option<Spanned<u64>>,
+    /// A root's route budget: bytes queued towards one destination
+    /// (default 64 MiB).
+    pub relay_queue_bytes: Option<Spanned<u64>>,
+    /// Relayed class-A keys a root remembers (default 65 536).
+    pub relay_dedupe_keys: Option<Spanned<u64>>,
+    /// Bytes of cached relay replies a root keeps (default 64 MiB).
+    pub relay_dedupe_bytes: Option<Spanned<u64>>,
+    /// How long a root remembers a relayed class-A key, e.g. `30s`.
+    pub relay_dedupe_ttl: Option<Spanned<String>>,
+    /// How long a root drops retries of a relayed frame still in flight,
+    /// e.g. `2s`.
+    pub relay_dedupe_hold: Option<Spanned<String>>,
+}
+
+impl RawLimits {
+    /// The first `relay_*` key that is set, with its span: these bound a
+    /// root's relay and mean nothing on another role.
+    fn first_relay_key(&self) -> Option<(&'static str, Range<usize>)> {
+        let ints = [
+            ("relay_queue_frames", &self.relay_queue_frames),
+            ("relay_queue_bytes", &self.relay_queue_bytes),
+            ("relay_dedupe_keys", &self.relay_dedupe_keys),
+            ("relay_dedupe_bytes", &self.relay_dedupe_bytes),
+        ];
+        let durations = [
+            ("relay_dedupe_ttl", &self.relay_dedupe_ttl),
+            ("relay_dedupe_hold", &self.relay_dedupe_hold),
+        ];
+        ints.into_iter()
+            .find_map(|(k, v)| v.as_ref().map(|v| (k, v.span())))
+            .or_else(|| {
+                durations
+                    .into_iter()
+                    .find_map(|(k, v)| v.as_ref().map(|v| (k, v.span())))
+            })
+    }
+}
+
+/// What a root's relay may hold (`docs/limits.md` §1): the route budget
+/// per destination and the relay dedupe table's bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Frames / bytes queued towards one destination (route class); a
+    /// frame over it is refused back to its sender `OVER_BUDGET`.
+    pub route_budget: QueueBudget,
+    /// Relayed class-A keys remembered (oldest evicted).
+    pub dedupe_keys: usize,
+    /// Bytes of cached replies kept (oldest evicted).
+    pub dedupe_bytes: usize,
+    /// How long a relayed class-A key is remembered.
+    pub dedupe_ttl: Duration,
+    /// How long retries of a frame still in flight are dropped.
+    pub dedupe_hold: Duration,
+}
+
+impl Default for RelayLimits {
+    /// [`RootConfig`]'s defaults.
+    fn default() -> Self {
+        let d = RootConfig::default();
+        Self {
+            route_budget: d.route_budget,
+            dedupe_keys: d.dedupe_capacity,
+            dedupe_bytes: d.dedupe_max_bytes,
+            dedupe_ttl: d.dedupe_ttl,
+            dedupe_hold: d.dedupe_hold,
+        }
+    }
 }
 
 /// The checked `[limits]` of a node.
@@ -73,6 +145,8 @@ pub struct Limits {
     pub inbox_capacity: usize,
     /// Dedupe bounds of each served stream.
     pub dedupe: DedupeConfig,
+    /// A root's relay bounds (the defaults on every other role).
+    pub relay: RelayLimits,
 }
 
 impl Default for Limits {
@@ -89,6 +163,7 @@ impl Default for Limits {
             queue: QueueBudget::default(),
             inbox_capacity: crate::actors::session::DEFAULT_INBOX_CAPACITY,
             dedupe: DedupeConfig::default(),
+            relay: RelayLimits::default(),
         }
     }
 }
@@ -161,10 +236,25 @@ fn span_of(v: &Option<Spanned<u64>>) -> Range<usize> {
     v.as_ref().map_or(0..0, Spanned::span)
 }
 
-/// Checks `raw` (read from `path`, whose text is `text`).
-pub fn resolve(path: &Path, text: &str, raw: &RawLimits) -> Result<Limits, ConfigError> {
+/// Checks `raw` (read from `path`, whose text is `text`) for a node of
+/// `role`: the `relay_*` keys are refused on any role but a root.
+pub fn resolve(
+    path: &Path,
+    text: &str,
+    raw: &RawLimits,
+    role: Role,
+) -> Result<Limits, ConfigError> {
     let ctx = Ctx { path, text };
     let d = Limits::default();
+    if role != Role::Root
+        && let Some((key, span)) = raw.first_relay_key()
+    {
+        return ctx.err(
+            span,
+            key,
+            format!("only a root relays; a {role} has no relay to bound"),
+        );
+    }
     let total = ctx.int(
         &raw.connections_total,
         "connections_total",
@@ -277,7 +367,9 @@ pub fn resolve(path: &Path, text: &str, raw: &RawLimits) -> Result<Limits, Confi
         Duration::from_secs(30 * 24 * 3600),
         d.dedupe.retention,
     )?;
+    let relay = resolve_relay(&ctx, raw, max_frame_len, &d.relay)?;
     Ok(Limits {
+        relay,
         quic: QuicLimits {
             connections_per_address: per_address as usize,
             connections_total: total as usize,
@@ -311,7 +403,98 @@ pub fn resolve(path: &Path, text: &str, raw: &RawLimits) -> Result<Limits, Confi
     })
 }
 
+/// The `relay_*` keys; a route budget must hold one frame of
+/// `max_frame_len` and its prefix.
+fn resolve_relay(
+    ctx: &Ctx<'_>,
+    raw: &RawLimits,
+    max_frame_len: u64,
+    d: &RelayLimits,
+) -> Result<RelayLimits, ConfigError> {
+    let frames = ctx.int(
+        &raw.relay_queue_frames,
+        "relay_queue_frames",
+        1,
+        1_000_000,
+        d.route_budget.frames as u64,
+    )?;
+    let bytes = ctx.int(
+        &raw.relay_queue_bytes,
+        "relay_queue_bytes",
+        1,
+        u64::from(u32::MAX),
+        (d.route_budget.bytes as u64).max(max_frame_len + 4),
+    )?;
+    if bytes < max_frame_len + 4 {
+        return ctx.err(
+            span_of(&raw.relay_queue_bytes),
+            "relay_queue_bytes",
+            format!(
+                "{bytes} cannot hold one frame of max_frame_len ({max_frame_len}) and its prefix"
+            ),
+        );
+    }
+    let keys = ctx.int(
+        &raw.relay_dedupe_keys,
+        "relay_dedupe_keys",
+        1,
+        100_000_000,
+        d.dedupe_keys as u64,
+    )?;
+    let dedupe_bytes = ctx.int(
+        &raw.relay_dedupe_bytes,
+        "relay_dedupe_bytes",
+        0,
+        u64::from(u32::MAX),
+        d.dedupe_bytes as u64,
+    )?;
+    let ttl = ctx.duration(
+        &raw.relay_dedupe_ttl,
+        "relay_dedupe_ttl",
+        Duration::from_secs(24 * 3600),
+        d.dedupe_ttl,
+    )?;
+    let hold = ctx.duration(
+        &raw.relay_dedupe_hold,
+        "relay_dedupe_hold",
+        Duration::from_secs(600),
+        d.dedupe_hold,
+    )?;
+    if hold > ttl {
+        let span = raw.relay_dedupe_hold.as_ref().map_or(0..0, Spanned::span);
+        return ctx.err(
+            span,
+            "relay_dedupe_hold",
+            format!("{hold:?} is above relay_dedupe_ttl ({ttl:?}): a key would be forgotten while its frame is held"),
+        );
+    }
+    Ok(RelayLimits {
+        route_budget: QueueBudget {
+            frames: frames as usize,
+            bytes: bytes as usize,
+        },
+        dedupe_keys: keys as usize,
+        dedupe_bytes: dedupe_bytes as usize,
+        dedupe_ttl: ttl,
+        dedupe_hold: hold,
+    })
+}
+
 impl Limits {
+    /// Applies these limits to a root's configuration: its node endpoint
+    /// (connections, streams, windows, timeouts, frame size) and its relay.
+    pub fn apply_root(&self, root: &mut RootConfig) {
+        root.codec = self.codec;
+        root.limits = self.quic;
+        root.hello_timeout = self.hello_timeout;
+        root.handshake_timeout = self.handshake_timeout;
+        root.route_budget = self.relay.route_budget;
+        root.dedupe_capacity = self.relay.dedupe_keys;
+        root.dedupe_max_bytes = self.relay.dedupe_bytes;
+        root.dedupe_ttl = self.relay.dedupe_ttl;
+        root.dedupe_hold = self.relay.dedupe_hold;
+    }
+
     /// Applies these limits to a QUIC transport's configuration.
     pub fn apply(&self, quic: &mut QuicConfig) {
         quic.limits = self.quic;
@@ -319,5 +502,81 @@ impl Limits {
         quic.hello_timeout = self.hello_timeout;
         quic.codec = self.codec;
         quic.queue = self.queue;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str, role: Role) -> Result<Limits, ConfigError> {
+        let raw: RawLimits = toml::from_str(body).unwrap();
+        resolve(Path::new("n.toml"), body, &raw, role)
+    }
+
+    #[test]
+    fn relay_keys_reach_the_root_config() {
+        let l = parse(
+            "relay_queue_frames = 10\nrelay_queue_bytes = 2000000\nrelay_dedupe_keys = 7\n\
+             relay_dedupe_bytes = 0\nrelay_dedupe_ttl = \"5s\"\nrelay_dedupe_hold = \"1s\"\n",
+            Role::Root,
+        )
+        .unwrap();
+        let mut root = RootConfig::default();
+        l.apply_root(&mut root);
+        assert_eq!(
+            root.route_budget,
+            QueueBudget {
+                frames: 10,
+                bytes: 2_000_000
+            }
+        );
+        assert_eq!(root.dedupe_capacity, 7);
+        assert_eq!(root.dedupe_max_bytes, 0);
+        assert_eq!(root.dedupe_ttl, Duration::from_secs(5));
+        assert_eq!(root.dedupe_hold, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn unset_relay_keys_keep_the_root_defaults() {
+        let mut root = RootConfig::default();
+        parse("", Role::Root).unwrap().apply_root(&mut root);
+        let d = RootConfig::default();
+        assert_eq!(root.route_budget, d.route_budget);
+        assert_eq!(root.dedupe_capacity, d.dedupe_capacity);
+        assert_eq!(root.dedupe_max_bytes, d.dedupe_max_bytes);
+        assert_eq!(
+            (root.dedupe_ttl, root.dedupe_hold),
+            (d.dedupe_ttl, d.dedupe_hold)
+        );
+    }
+
+    #[test]
+    fn relay_nonsense_and_relay_keys_off_a_root_are_refused() {
+        for (body, role, says) in [
+            ("relay_queue_frames = 0", Role::Root, "between 1"),
+            (
+                "relay_queue_bytes = 100",
+                Role::Root,
+                "cannot hold one frame",
+            ),
+            ("relay_dedupe_keys = 0", Role::Root, "between 1"),
+            ("relay_dedupe_ttl = \"0s\"", Role::Root, "above 0"),
+            (
+                "relay_dedupe_ttl = \"1s\"\nrelay_dedupe_hold = \"2s\"",
+                Role::Root,
+                "above relay_dedupe_ttl",
+            ),
+            ("relay_dedupe_keys = 10", Role::Hub, "only a root relays"),
+            (
+                "relay_dedupe_hold = \"1s\"",
+                Role::Member,
+                "only a root relays",
+            ),
+        ] {
+            let err = parse(body, role).unwrap_err().to_string();
+            assert!(err.contains(says), "{body}: {err}");
+            assert!(err.contains("limits.relay_"), "{body}: {err}");
+        }
     }
 }

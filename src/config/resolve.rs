@@ -497,7 +497,7 @@ pub fn resolve(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Config
             dashboard: d.dashboard,
         },
         sidecar,
-        limits: super::limits::resolve(path, text, &raw.limits)?,
+        limits: super::limits::resolve(path, text, &raw.limits, role)?,
         cluster,
     })
 }
