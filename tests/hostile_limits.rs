@@ -8,7 +8,9 @@
 //! peer gets no credit for more) and `streams_bidi` (each refused with
 //! `UNEXPECTED_STREAM` and counted); a slow reader that never drains is
 //! held to the `QueueBudget` (typed `SendError::Full`, counted) while a
-//! well-behaved peer is served. Every wait is bounded.
+//! well-behaved peer is served; a slow reader of a drop-oldest class
+//! (integration) gets the newest frames, in order, and the dropped ones
+//! are counted. Every wait is bounded.
 
 mod common;
 
@@ -18,10 +20,12 @@ use std::sync::Arc;
 use common::contract::{data, recv_data};
 use common::contract::{until, wait_up};
 use common::rawquic::{LIMIT, answered, code_of, connecting, connecting_tuned, encoded, hello};
-use interlocking::transports::quic::{QueueBudget, QuicConfig, QuicLimits, QuicTransport};
+use interlocking::transports::quic::{
+    ClassBudgets, QueueBudget, QuicConfig, QuicLimits, QuicTransport,
+};
 use interlocking::transports::{Fact, PeerAddr, SendError, Transport, TransportEvent};
 use interlocking::trust::CertificateAuthority;
-use interlocking::vocab::{NodeId, Role};
+use interlocking::vocab::{NodeId, Role, TrafficClass};
 use tokio::sync::mpsc;
 
 /// QUIC transport error `CONNECTION_REFUSED` (RFC 9000 §20.1).
@@ -285,7 +289,7 @@ async fn a_slow_reader_is_held_to_the_queue_budget_and_other_peers_are_served() 
     };
     const ATTEMPTS: u64 = 3000;
     let ca = CertificateAuthority::generate("ca").unwrap();
-    let mut v = victim_with(&ca, |cfg| cfg.queue = BUDGET);
+    let mut v = victim_with(&ca, |cfg| cfg.queue = ClassBudgets::uniform(BUDGET));
     // The slow reader: authenticated, says Hello, never reads a stream.
     let slow_id = NodeId::new("slow");
     let ident = ca.issue_node(&slow_id, Role::Member).unwrap();
@@ -392,4 +396,105 @@ async fn connections_started_faster_than_the_rate_are_refused_and_counted() {
     // Another address is served meanwhile.
     let other = good(&ca, &mut v, "member", OTHER).await;
     answered(&other.conn, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_of_a_drop_oldest_class_gets_the_newest_frames_in_order() {
+    const WINDOW: u32 = 64 * 1024;
+    const LEN: usize = 4096;
+    const ATTEMPTS: u64 = 2000;
+    /// `TrafficClass::Integration`: buffered, then oldest dropped.
+    const INTEGRATION: u8 = 4;
+    let budget = QueueBudget {
+        frames: 32,
+        bytes: 1 << 20,
+    };
+    let ca = CertificateAuthority::generate("ca").unwrap();
+    let v = victim_with(&ca, |cfg| {
+        cfg.queue = ClassBudgets::default().with_budget(TrafficClass::Integration, budget)
+    });
+    let mut v = v;
+    let slow_id = NodeId::new("slow");
+    let ident = ca.issue_node(&slow_id, Role::Member).unwrap();
+    let (_ep, c) = connecting_tuned(
+        &ident,
+        &ca,
+        IpAddr::from(FLOODER),
+        v.t.local_addr(),
+        &v.id,
+        |t| {
+            t.stream_receive_window(WINDOW.into());
+            t.receive_window(WINDOW.into());
+        },
+    );
+    let slow = tokio::time::timeout(LIMIT, c).await.unwrap().unwrap();
+    let mut control = slow.open_uni().await.unwrap();
+    control
+        .write_all(&hello("slow", Role::Member))
+        .await
+        .unwrap();
+    wait_up(&mut v.rx, &slow_id).await;
+    // The victim sends as fast as it can to a reader that does not read
+    // yet: the class makes room by dropping its oldest frames.
+    let (mut accepted, mut full, mut last_ok) = (0u64, 0u64, None);
+    for seq in 0..ATTEMPTS {
+        match v.t.send(&slow_id, data("bulk", INTEGRATION, seq, LEN)) {
+            Ok(()) => {
+                accepted += 1;
+                last_ok = Some(seq);
+            }
+            Err(SendError::Full { .. }) => full += 1,
+            Err(e) => panic!("frame {seq}: {e:?}"),
+        }
+        tokio::task::yield_now().await;
+    }
+    let dropped = v.t.counters().dropped_oldest;
+    let bound = budget.frames as u64 + u64::from(WINDOW) / LEN as u64 + 1;
+    assert!(
+        dropped >= accepted.saturating_sub(bound),
+        "accepted {accepted}, dropped {dropped}: more held than the budget (bound {bound})"
+    );
+    assert!(dropped > 0, "a reader that never reads made the class drop");
+    assert_eq!(v.t.counters().refused_queue_full, full);
+    // Now the reader reads: what it gets is in order, ends with the newest
+    // accepted frame, and is exactly what was accepted and not dropped.
+    let last_ok = last_ok.expect("some frames were accepted");
+    let (tx, mut seqs) = mpsc::unbounded_channel();
+    let reader = {
+        let slow = slow.clone();
+        tokio::spawn(async move {
+            while let Ok(mut recv) = slow.accept_uni().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = bytes::BytesMut::new();
+                    let mut dec = interlocking::wire::FrameDecoder::new(Default::default());
+                    while let Ok(Some(f)) =
+                        interlocking::wire::read_frame(&mut recv, &mut buf, &mut dec).await
+                    {
+                        if let interlocking::wire::Frame::Data(d) = f
+                            && d.stream.as_str() == "bulk"
+                        {
+                            let _ = tx.send(d.seq);
+                        }
+                    }
+                });
+            }
+        })
+    };
+    let mut got = Vec::new();
+    while got.last() != Some(&last_ok) {
+        let seq = tokio::time::timeout(LIMIT, seqs.recv())
+            .await
+            .unwrap_or_else(|_| panic!("newest frame {last_ok} never arrived; got {}", got.len()))
+            .expect("reader running");
+        got.push(seq);
+    }
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "order kept: {got:?}");
+    assert_eq!(
+        got.len() as u64,
+        accepted - dropped,
+        "written = accepted − dropped"
+    );
+    assert_eq!(v.t.counters().dropped_stale, 0);
+    reader.abort();
 }

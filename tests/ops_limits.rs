@@ -129,8 +129,8 @@ fn nonsense_limits_are_refused_naming_line_and_key() {
             "",
         ),
         (
-            "max_frame_len = 100000\nqueue_bytes = 1000",
-            "limits.queue_bytes",
+            "max_frame_len = 100000\nqueue_integration = { bytes = 1000 }",
+            "limits.queue_integration.bytes",
             "cannot hold one frame",
         ),
         (
@@ -140,8 +140,8 @@ fn nonsense_limits_are_refused_naming_line_and_key() {
         ),
         ("inbox_capacity = -1", "limits.inbox_capacity", ""),
         (
-            "relay_queue_frames = 0",
-            "limits.relay_queue_frames",
+            "relay_dedupe_keys = 0",
+            "limits.relay_dedupe_keys",
             "between 1",
         ),
         (

@@ -476,14 +476,18 @@ async fn a_relayed_stream_fails_over_to_direct_when_the_root_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_over_the_route_budget_are_refused_back_while_control_flows() {
     use interlocking::root::{Root, RootConfig};
-    use interlocking::transports::quic::QueueBudget;
+    use interlocking::transports::quic::{ClassBudgets, QueueBudget};
+    use interlocking::vocab::TrafficClass;
 
     let root = Root::spawn(RootConfig {
         probe: common::rootkit::fast_probe(),
-        route_budget: QueueBudget {
-            frames: 64,
-            bytes: 4096,
-        },
+        queue: ClassBudgets::default().with_budget(
+            TrafficClass::Route,
+            QueueBudget {
+                frames: 64,
+                bytes: 4096,
+            },
+        ),
         ..RootConfig::default()
     })
     .await

@@ -16,8 +16,8 @@ use toml::Spanned;
 use super::{ConfigError, Location, line_col, parse_duration};
 use crate::channels::DedupeConfig;
 use crate::root::RootConfig;
-use crate::transports::quic::{QueueBudget, QuicConfig, QuicLimits};
-use crate::vocab::Role;
+use crate::transports::quic::{ClassBudgets, QueueBudget, QuicConfig, QuicLimits};
+use crate::vocab::{Role, TrafficClass};
 use crate::wire::CodecConfig;
 
 /// `[limits]` as written; every key is optional (unset: the default).
@@ -45,10 +45,18 @@ pub struct RawLimits {
     pub hello_timeout: Option<Spanned<String>>,
     /// Bytes of one frame (default 1 MiB).
     pub max_frame_len: Option<Spanned<u64>>,
-    /// Frames queued to one peer per traffic class (default 4096).
-    pub queue_frames: Option<Spanned<u64>>,
-    /// Bytes queued to one peer per traffic class (default 16 MiB).
-    pub queue_bytes: Option<Spanned<u64>>,
+    /// The control class's send queue per peer (default 256 frames /
+    /// 8 MiB; over it the new frame is refused).
+    pub queue_control: Option<RawBudget>,
+    /// The media-control class's (default 256 / 8 MiB; oldest dropped).
+    pub queue_media_control: Option<RawBudget>,
+    /// The route class's (default 4096 / 64 MiB; refused): on a root, the
+    /// relay's budget per destination.
+    pub queue_route: Option<RawBudget>,
+    /// The sync class's (default 512 / 8 MiB; oldest dropped).
+    pub queue_sync: Option<RawBudget>,
+    /// The integration class's (default 1024 / 16 MiB; oldest dropped).
+    pub queue_integration: Option<RawBudget>,
     /// Frames waiting for one served stream's handler (default 1024).
     pub inbox_capacity: Option<Spanned<u64>>,
     /// Dedupe records (distinct message ids) kept per served stream
@@ -56,12 +64,6 @@ pub struct RawLimits {
     pub dedupe_max_per_stream: Option<Spanned<u64>>,
     /// How long a dedupe record is kept, e.g. `10m`.
     pub dedupe_retention: Option<Spanned<String>>,
-    /// A root's route budget: frames queued towards one destination
-    /// (default 4096).
-    pub relay_queue_frames: Option<Spanned<u64>>,
-    /// A root's route budget: bytes queued towards one destination
-    /// (default 64 MiB).
-    pub relay_queue_bytes: Option<Spanned<u64>>,
     /// Relayed class-A keys a root remembers (default 65 536).
     pub relay_dedupe_keys: Option<Spanned<u64>>,
     /// Bytes of cached relay replies a root keeps (default 64 MiB).
@@ -73,13 +75,22 @@ pub struct RawLimits {
     pub relay_dedupe_hold: Option<Spanned<String>>,
 }
 
+/// `queue_<class> = { frames = .., bytes = .. }`; an unset key keeps the
+/// class's default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    /// Frames that may wait.
+    pub frames: Option<Spanned<u64>>,
+    /// Bytes that may wait.
+    pub bytes: Option<Spanned<u64>>,
+}
+
 impl RawLimits {
     /// The first `relay_*` key that is set, with its span: these bound a
     /// root's relay and mean nothing on another role.
     fn first_relay_key(&self) -> Option<(&'static str, Range<usize>)> {
         let ints = [
-            ("relay_queue_frames", &self.relay_queue_frames),
-            ("relay_queue_bytes", &self.relay_queue_bytes),
             ("relay_dedupe_keys", &self.relay_dedupe_keys),
             ("relay_dedupe_bytes", &self.relay_dedupe_bytes),
         ];
@@ -97,13 +108,10 @@ impl RawLimits {
     }
 }
 
-/// What a root's relay may hold (`docs/limits.md` §1): the route budget
-/// per destination and the relay dedupe table's bounds.
+/// What a root's relay dedupe table may hold (`docs/limits.md` §1); the
+/// relay's per-destination budget is the route class's queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RelayLimits {
-    /// Frames / bytes queued towards one destination (route class); a
-    /// frame over it is refused back to its sender `OVER_BUDGET`.
-    pub route_budget: QueueBudget,
     /// Relayed class-A keys remembered (oldest evicted).
     pub dedupe_keys: usize,
     /// Bytes of cached replies kept (oldest evicted).
@@ -119,7 +127,6 @@ impl Default for RelayLimits {
     fn default() -> Self {
         let d = RootConfig::default();
         Self {
-            route_budget: d.route_budget,
             dedupe_keys: d.dedupe_capacity,
             dedupe_bytes: d.dedupe_max_bytes,
             dedupe_ttl: d.dedupe_ttl,
@@ -139,8 +146,8 @@ pub struct Limits {
     pub hello_timeout: Duration,
     /// Frame size limit.
     pub codec: CodecConfig,
-    /// Send queue per peer and traffic class.
-    pub queue: QueueBudget,
+    /// Send queue per peer and traffic class (`DESIGN.md` §5).
+    pub queue: ClassBudgets,
     /// Frames waiting for one served stream's handler.
     pub inbox_capacity: usize,
     /// Dedupe bounds of each served stream.
@@ -151,7 +158,7 @@ pub struct Limits {
 
 impl Default for Limits {
     /// The library's defaults: [`QuicLimits`], [`CodecConfig`],
-    /// [`QueueBudget`] and [`DedupeConfig`] defaults, the handshake (1 s) and
+    /// [`ClassBudgets`] and [`DedupeConfig`] defaults, the handshake (1 s) and
     /// hello (10 s) timeouts of [`QuicConfig::new`], the session inbox's
     /// [`crate::actors::session::DEFAULT_INBOX_CAPACITY`].
     fn default() -> Self {
@@ -160,7 +167,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(1),
             hello_timeout: Duration::from_secs(10),
             codec: CodecConfig::default(),
-            queue: QueueBudget::default(),
+            queue: ClassBudgets::default(),
             inbox_capacity: crate::actors::session::DEFAULT_INBOX_CAPACITY,
             dedupe: DedupeConfig::default(),
             relay: RelayLimits::default(),
@@ -326,26 +333,65 @@ pub fn resolve(
             format!("{connection_window} is below stream_window ({stream_window})"),
         );
     }
-    let queue_frames = ctx.int(
-        &raw.queue_frames,
-        "queue_frames",
-        1,
-        1_000_000,
-        d.queue.frames as u64,
-    )?;
-    let queue_bytes = ctx.int(
-        &raw.queue_bytes,
-        "queue_bytes",
-        1,
-        u64::from(u32::MAX),
-        (d.queue.bytes as u64).max(max_frame_len + 4),
-    )?;
-    if queue_bytes < max_frame_len + 4 {
-        return ctx.err(
-            span_of(&raw.queue_bytes),
-            "queue_bytes",
-            format!("{queue_bytes} cannot hold one frame of max_frame_len ({max_frame_len}) and its prefix"),
+    let mut queue = d.queue;
+    for (class, key, raw) in [
+        (TrafficClass::Control, "queue_control", &raw.queue_control),
+        (
+            TrafficClass::MediaControl,
+            "queue_media_control",
+            &raw.queue_media_control,
+        ),
+        (TrafficClass::Route, "queue_route", &raw.queue_route),
+        (TrafficClass::Sync, "queue_sync", &raw.queue_sync),
+        (
+            TrafficClass::Integration,
+            "queue_integration",
+            &raw.queue_integration,
+        ),
+    ] {
+        let Some(raw) = raw else { continue };
+        let b = queue.get(class).budget;
+        let frames = ctx.int(
+            &raw.frames,
+            &format!("{key}.frames"),
+            1,
+            1_000_000,
+            b.frames as u64,
+        )?;
+        let bytes = ctx.int(
+            &raw.bytes,
+            &format!("{key}.bytes"),
+            1,
+            u64::from(u32::MAX),
+            b.bytes as u64,
+        )?;
+        if bytes < max_frame_len + 4 {
+            return ctx.err(
+                span_of(&raw.bytes),
+                &format!("{key}.bytes"),
+                format!("{bytes} cannot hold one frame of max_frame_len ({max_frame_len}) and its prefix"),
+            );
+        }
+        queue = queue.with_budget(
+            class,
+            QueueBudget {
+                frames: frames as usize,
+                bytes: bytes as usize,
+            },
         );
+    }
+    // A raised max_frame_len must fit every class's queue.
+    for class in TrafficClass::ALL {
+        let b = queue.get(class).budget;
+        if (b.bytes as u64) < max_frame_len + 4 {
+            queue = queue.with_budget(
+                class,
+                QueueBudget {
+                    bytes: max_frame_len as usize + 4,
+                    ..b
+                },
+            );
+        }
     }
     let inbox_capacity = ctx.int(
         &raw.inbox_capacity,
@@ -367,7 +413,7 @@ pub fn resolve(
         Duration::from_secs(30 * 24 * 3600),
         d.dedupe.retention,
     )?;
-    let relay = resolve_relay(&ctx, raw, max_frame_len, &d.relay)?;
+    let relay = resolve_relay(&ctx, raw, &d.relay)?;
     Ok(Limits {
         relay,
         quic: QuicLimits {
@@ -392,10 +438,7 @@ pub fn resolve(
             d.hello_timeout,
         )?,
         codec: CodecConfig::new(max_frame_len as usize),
-        queue: QueueBudget {
-            frames: queue_frames as usize,
-            bytes: queue_bytes as usize,
-        },
+        queue,
         inbox_capacity: inbox_capacity as usize,
         dedupe: DedupeConfig::default()
             .max_per_stream(dedupe_max as usize)
@@ -403,37 +446,12 @@ pub fn resolve(
     })
 }
 
-/// The `relay_*` keys; a route budget must hold one frame of
-/// `max_frame_len` and its prefix.
+/// The `relay_*` keys.
 fn resolve_relay(
     ctx: &Ctx<'_>,
     raw: &RawLimits,
-    max_frame_len: u64,
     d: &RelayLimits,
 ) -> Result<RelayLimits, ConfigError> {
-    let frames = ctx.int(
-        &raw.relay_queue_frames,
-        "relay_queue_frames",
-        1,
-        1_000_000,
-        d.route_budget.frames as u64,
-    )?;
-    let bytes = ctx.int(
-        &raw.relay_queue_bytes,
-        "relay_queue_bytes",
-        1,
-        u64::from(u32::MAX),
-        (d.route_budget.bytes as u64).max(max_frame_len + 4),
-    )?;
-    if bytes < max_frame_len + 4 {
-        return ctx.err(
-            span_of(&raw.relay_queue_bytes),
-            "relay_queue_bytes",
-            format!(
-                "{bytes} cannot hold one frame of max_frame_len ({max_frame_len}) and its prefix"
-            ),
-        );
-    }
     let keys = ctx.int(
         &raw.relay_dedupe_keys,
         "relay_dedupe_keys",
@@ -469,10 +487,6 @@ fn resolve_relay(
         );
     }
     Ok(RelayLimits {
-        route_budget: QueueBudget {
-            frames: frames as usize,
-            bytes: bytes as usize,
-        },
         dedupe_keys: keys as usize,
         dedupe_bytes: dedupe_bytes as usize,
         dedupe_ttl: ttl,
@@ -488,7 +502,7 @@ impl Limits {
         root.limits = self.quic;
         root.hello_timeout = self.hello_timeout;
         root.handshake_timeout = self.handshake_timeout;
-        root.route_budget = self.relay.route_budget;
+        root.queue = self.queue;
         root.dedupe_capacity = self.relay.dedupe_keys;
         root.dedupe_max_bytes = self.relay.dedupe_bytes;
         root.dedupe_ttl = self.relay.dedupe_ttl;
@@ -517,7 +531,7 @@ mod tests {
     #[test]
     fn relay_keys_reach_the_root_config() {
         let l = parse(
-            "relay_queue_frames = 10\nrelay_queue_bytes = 2000000\nrelay_dedupe_keys = 7\n\
+            "queue_route = { frames = 10, bytes = 2000000 }\nrelay_dedupe_keys = 7\n\
              relay_dedupe_bytes = 0\nrelay_dedupe_ttl = \"5s\"\nrelay_dedupe_hold = \"1s\"\n",
             Role::Root,
         )
@@ -525,7 +539,7 @@ mod tests {
         let mut root = RootConfig::default();
         l.apply_root(&mut root);
         assert_eq!(
-            root.route_budget,
+            root.queue.get(TrafficClass::Route).budget,
             QueueBudget {
                 frames: 10,
                 bytes: 2_000_000
@@ -542,7 +556,7 @@ mod tests {
         let mut root = RootConfig::default();
         parse("", Role::Root).unwrap().apply_root(&mut root);
         let d = RootConfig::default();
-        assert_eq!(root.route_budget, d.route_budget);
+        assert_eq!(root.queue, d.queue);
         assert_eq!(root.dedupe_capacity, d.dedupe_capacity);
         assert_eq!(root.dedupe_max_bytes, d.dedupe_max_bytes);
         assert_eq!(
@@ -554,12 +568,6 @@ mod tests {
     #[test]
     fn relay_nonsense_and_relay_keys_off_a_root_are_refused() {
         for (body, role, says) in [
-            ("relay_queue_frames = 0", Role::Root, "between 1"),
-            (
-                "relay_queue_bytes = 100",
-                Role::Root,
-                "cannot hold one frame",
-            ),
             ("relay_dedupe_keys = 0", Role::Root, "between 1"),
             ("relay_dedupe_ttl = \"0s\"", Role::Root, "above 0"),
             (
@@ -578,5 +586,46 @@ mod tests {
             assert!(err.contains(says), "{body}: {err}");
             assert!(err.contains("limits.relay_"), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn class_queues_take_their_keys_and_keep_the_others_defaults() {
+        let l = parse(
+            "queue_sync = { frames = 9 }\nqueue_control = { frames = 5, bytes = 2000000 }\n",
+            Role::Hub,
+        )
+        .unwrap();
+        let d = ClassBudgets::default();
+        let sync = l.queue.get(TrafficClass::Sync);
+        assert_eq!(sync.budget.frames, 9);
+        assert_eq!(sync.budget.bytes, d.get(TrafficClass::Sync).budget.bytes);
+        assert_eq!(sync.over, d.get(TrafficClass::Sync).over);
+        let c = l.queue.get(TrafficClass::Control).budget;
+        assert_eq!((c.frames, c.bytes), (5, 2_000_000));
+        assert_eq!(l.queue.get(TrafficClass::Route), d.get(TrafficClass::Route));
+        let mut root = RootConfig::default();
+        l.apply_root(&mut root);
+        assert_eq!(root.queue, l.queue);
+    }
+
+    #[test]
+    fn class_queue_nonsense_is_refused_with_its_key() {
+        for (body, key, says) in [
+            (
+                "queue_sync = { frames = 0 }",
+                "limits.queue_sync.frames",
+                "between 1",
+            ),
+            (
+                "max_frame_len = 100000\nqueue_route = { bytes = 1000 }",
+                "limits.queue_route.bytes",
+                "cannot hold one frame",
+            ),
+        ] {
+            let err = parse(body, Role::Member).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(says), "{body}: {err}");
+        }
+        let raw: Result<RawLimits, _> = toml::from_str("queue_sync = { frame = 3 }");
+        assert!(raw.is_err(), "an unknown key in a class queue is refused");
     }
 }

@@ -49,7 +49,7 @@ use crate::actors::supervisor::{RestartMode, Supervisor, SupervisorArgs, Supervi
 use crate::actors::task::task_spec;
 use crate::sync::lock;
 use crate::transports::probe::ProbeConfig;
-use crate::transports::quic::{QueueBudget, QuicConfig, QuicError, QuicLimits, QuicTransport};
+use crate::transports::quic::{ClassBudgets, QuicConfig, QuicError, QuicLimits, QuicTransport};
 use crate::transports::{Fact, PeerAddr, SendError, Transport, TransportEvent};
 use crate::trust::{self, CertificateAuthority, TrustError, TrustRoots};
 use crate::vocab::{DeliveryClass, NodeId, Role};
@@ -83,10 +83,12 @@ pub struct RootConfig {
     /// How long a retry of a relayed frame that has no reply yet is dropped
     /// (the original is in flight) before it is forwarded again.
     pub dedupe_hold: Duration,
-    /// Per-destination budget of the route class (default 4096 frames /
-    /// 64 MiB, `DESIGN.md` §5); a frame over it is refused back to its
-    /// sender with [`codes::OVER_BUDGET`].
-    pub route_budget: QueueBudget,
+    /// Send queues of the node endpoint per traffic class and node
+    /// (`DESIGN.md` §5). The route class's budget is the relay's
+    /// per-destination budget (default 4096 frames / 64 MiB); a relayed
+    /// frame over it is refused back to its sender with
+    /// [`codes::OVER_BUDGET`].
+    pub queue: ClassBudgets,
     /// Liveness probing of node connections.
     pub probe: ProbeConfig,
     /// QUIC idle timeout of node connections.
@@ -127,10 +129,7 @@ impl Default for RootConfig {
             dedupe_max_bytes: super::dedupe::DEFAULT_MAX_BYTES,
             dedupe_ttl: Duration::from_secs(30),
             dedupe_hold: Duration::from_secs(2),
-            route_budget: QueueBudget {
-                frames: 4096,
-                bytes: 64 * 1024 * 1024,
-            },
+            queue: ClassBudgets::default(),
             probe: ProbeConfig::default(),
             idle_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(1),
@@ -273,7 +272,7 @@ impl Root {
         quic_cfg.idle_timeout = config.idle_timeout;
         quic_cfg.keep_alive = config.keep_alive;
         quic_cfg.codec = config.codec;
-        quic_cfg.queue = config.route_budget;
+        quic_cfg.queue = config.queue;
         quic_cfg.limits = config.limits;
         quic_cfg.hello_timeout = config.hello_timeout;
         quic_cfg.handshake_timeout = config.handshake_timeout;

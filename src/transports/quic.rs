@@ -38,6 +38,7 @@ mod hello;
 pub use counters::QuicCounters;
 use counters::{Counters, bump};
 use hello::{HelloCheck, peer_role};
+mod queue;
 mod reset;
 mod slots;
 mod streams;
@@ -46,7 +47,7 @@ use streams::{read_loop, write_loop};
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,7 +57,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, VarInt};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::probe::Prober;
@@ -75,17 +76,19 @@ pub use crate::wire::codes::quic as codes;
 
 use cause::{down_cause, is_certificate_alert, peer_node, tls_alert};
 pub use config::{Admission, Backoff, QueueBudget, QuicConfig, QuicError, QuicLimits};
+pub use queue::{ClassBudget, ClassBudgets, OverBudget, QueueState};
+use queue::{ClassQueue, Drops};
 
-/// Frames and bytes queued on one class sender.
-#[derive(Default)]
-struct Depth {
-    frames: AtomicUsize,
-    bytes: AtomicUsize,
+/// One class's queue towards a peer; dropping it (the connection entry
+/// going away) closes the queue and so ends its write loop.
+struct ClassSender {
+    queue: Arc<ClassQueue>,
 }
 
-struct ClassSender {
-    tx: mpsc::UnboundedSender<Bytes>,
-    depth: Arc<Depth>,
+impl Drop for ClassSender {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 struct PeerConn {
@@ -492,36 +495,38 @@ impl Inner {
             });
         };
         let slot = &mut entry.senders[class.code() as usize];
-        if slot.as_ref().is_none_or(|s| s.tx.is_closed()) {
+        if slot.as_ref().is_none_or(|s| s.queue.is_closed()) {
             *slot = Some(self.class_sender(&entry.conn, class, peer, None));
         }
         let Some(sender) = slot.as_ref() else {
             unreachable!("sender slot was just filled")
         };
-        let budget = self.config.queue;
-        let frames = sender.depth.frames.load(Ordering::Relaxed);
-        let queued = sender.depth.bytes.load(Ordering::Relaxed);
-        if frames + 1 > budget.frames || queued + bytes.len() > budget.bytes {
-            bump(&self.counters.refused_queue_full);
-            metrics::counter!("interlocking_limit_refusals_total", "limit" => "queue_budget")
-                .increment(1);
-            return Err(SendError::Full {
-                peer: peer.clone(),
-                kind: PathKind::Quic,
-                frame: Box::new(frame),
-            });
-        }
-        sender.depth.frames.fetch_add(1, Ordering::Relaxed);
-        sender.depth.bytes.fetch_add(bytes.len(), Ordering::Relaxed);
-        let len = bytes.len();
-        if sender.tx.send(bytes).is_err() {
-            sender.depth.frames.fetch_sub(1, Ordering::Relaxed);
-            sender.depth.bytes.fetch_sub(len, Ordering::Relaxed);
-            return Err(SendError::NoPath {
-                peer: peer.clone(),
-                kind: PathKind::Quic,
-                frame: Box::new(frame),
-            });
+        match sender.queue.push(bytes) {
+            Ok(0) => {}
+            Ok(dropped) => {
+                self.counters
+                    .dropped_oldest
+                    .fetch_add(dropped as u64, Ordering::Relaxed);
+                metrics::counter!("interlocking_queue_drops_total", "cause" => "over_budget")
+                    .increment(dropped as u64);
+            }
+            Err(queue::Refused::Full) => {
+                bump(&self.counters.refused_queue_full);
+                metrics::counter!("interlocking_limit_refusals_total", "limit" => "queue_budget")
+                    .increment(1);
+                return Err(SendError::Full {
+                    peer: peer.clone(),
+                    kind: PathKind::Quic,
+                    frame: Box::new(frame),
+                });
+            }
+            Err(queue::Refused::Closed) => {
+                return Err(SendError::NoPath {
+                    peer: peer.clone(),
+                    kind: PathKind::Quic,
+                    frame: Box::new(frame),
+                });
+            }
         }
         Ok(())
     }
@@ -535,23 +540,21 @@ impl Inner {
         peer: &NodeId,
         first: Option<&Bytes>,
     ) -> ClassSender {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let depth = Arc::new(Depth::default());
-        if let Some(b) = first
-            && tx.send(b.clone()).is_ok()
-        {
-            depth.frames.fetch_add(1, Ordering::Relaxed);
-            depth.bytes.fetch_add(b.len(), Ordering::Relaxed);
+        let queue = Arc::new(ClassQueue::new(self.config.queue.get(class)));
+        if let Some(b) = first {
+            // The first frame (the Hello) is control: never over budget on
+            // an empty queue.
+            let _ = queue.push(b.clone());
         }
         self.runtime.spawn(write_loop(
             conn.clone(),
             class,
-            rx,
-            depth.clone(),
+            queue.clone(),
+            self.counters.dropped_stale.clone(),
             self.node.clone(),
             peer.clone(),
         ));
-        ClassSender { tx, depth }
+        ClassSender { queue }
     }
 
     /// Frames and bytes queued towards `peer`, all classes.
@@ -561,10 +564,8 @@ impl Inner {
             return (0, 0);
         };
         entry.senders.iter().flatten().fold((0, 0), |(f, b), s| {
-            (
-                f + s.depth.frames.load(Ordering::Relaxed),
-                b + s.depth.bytes.load(Ordering::Relaxed),
-            )
+            let (qf, qb) = s.queue.depth();
+            (f + qf, b + qb)
         })
     }
 

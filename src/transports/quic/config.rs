@@ -57,8 +57,8 @@ impl Backoff {
     }
 }
 
-/// Per-class send-queue budget; a frame over it is refused with
-/// [`SendError::Full`].
+/// Frames and bytes that may wait in one send queue (one traffic class
+/// towards one peer; see [`super::ClassBudget`] for what happens over it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueBudget {
     /// Frames waiting per class and peer.
@@ -134,8 +134,9 @@ pub struct QuicConfig {
     pub codec: CodecConfig,
     /// Re-dial policy.
     pub reconnect: Backoff,
-    /// Send-queue budget per class and peer.
-    pub queue: QueueBudget,
+    /// Send-queue budget and over-budget behaviour per traffic class and
+    /// peer (`DESIGN.md` §5).
+    pub queue: super::ClassBudgets,
     /// QUIC idle timeout: no packet for this long means [`DownCause::Timeout`].
     pub idle_timeout: Duration,
     /// QUIC keep-alive interval (below `idle_timeout`).
@@ -184,7 +185,7 @@ impl QuicConfig {
             probe: ProbeConfig::default(),
             codec: CodecConfig::default(),
             reconnect: Backoff::default(),
-            queue: QueueBudget::default(),
+            queue: super::ClassBudgets::default(),
             idle_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(1),

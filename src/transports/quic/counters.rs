@@ -3,6 +3,7 @@
 //! Owns only the atomic counters and their snapshot; the transport bumps
 //! them where it refuses or accepts something (`docs/wire.md` §7).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters of refused input and connection events (monotonic).
@@ -56,6 +57,12 @@ pub struct QuicCounters {
     /// Connections refused before their handshake: the remote address
     /// started more than `QuicLimits::connections_per_second_per_address`.
     pub refused_connection_rate: u64,
+    /// Queued frames of a drop-oldest class (sync, integration, media
+    /// control) dropped to make room for newer ones ([`super::ClassBudget`]).
+    pub dropped_oldest: u64,
+    /// Queued frames of a drop-oldest class dropped at write time because
+    /// they waited past their class's `stale_after`.
+    pub dropped_stale: u64,
 }
 
 /// The live counters (see [`QuicCounters`] for their meaning).
@@ -82,6 +89,9 @@ pub(super) struct Counters {
     pub(super) refused_connections_total: AtomicU64,
     pub(super) refused_queue_full: AtomicU64,
     pub(super) refused_connection_rate: AtomicU64,
+    pub(super) dropped_oldest: AtomicU64,
+    /// Shared with the write loops, which drop stale frames.
+    pub(super) dropped_stale: Arc<AtomicU64>,
 }
 
 impl QuicCounters {
@@ -142,6 +152,8 @@ impl Counters {
             refused_connections_total: g(&self.refused_connections_total),
             refused_queue_full: g(&self.refused_queue_full),
             refused_connection_rate: g(&self.refused_connection_rate),
+            dropped_oldest: g(&self.dropped_oldest),
+            dropped_stale: g(&self.dropped_stale),
         }
     }
 }

@@ -104,37 +104,48 @@ pub(super) async fn read_loop(
 /// Frames handed to quinn per write call, at most.
 const WRITE_BATCH: usize = 64;
 
-/// Writes one class's queued frames on its own unidirectional stream.
+/// Writes one class's queued frames on its own unidirectional stream,
+/// until its queue is closed (the connection entry went away) or the
+/// stream fails (then the queue is closed, so producers see `NoPath`).
 pub(super) async fn write_loop(
     conn: Connection,
     class: TrafficClass,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
-    depth: Arc<Depth>,
+    queue: Arc<ClassQueue>,
+    stale: Arc<AtomicU64>,
     node: NodeId,
     peer: NodeId,
 ) {
     let mut stream = match conn.open_uni().await {
         Ok(s) => s,
-        Err(_) => return,
+        Err(_) => {
+            queue.close();
+            return;
+        }
     };
     let _ = stream.set_priority(priority(class));
     // Every frame already queued goes to quinn in one call: one stream lock
     // and one connection wake-up per batch instead of per frame, so small
     // frames share packets.
     let mut batch: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
-    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+    let mut drops = Drops::default();
+    while queue
+        .take(&mut batch, WRITE_BATCH, &mut drops)
+        .await
+        .is_some()
+    {
+        if drops.stale > 0 {
+            stale.fetch_add(drops.stale as u64, Ordering::Relaxed);
+            metrics::counter!("interlocking_queue_drops_total", "cause" => "stale")
+                .increment(drops.stale as u64);
+            drops.stale = 0;
+        }
         let (frames, len) = (batch.len(), batch.iter().map(Bytes::len).sum::<usize>());
         let result = stream.write_all_chunks(&mut batch).await;
         batch.clear();
-        depth.frames.fetch_sub(frames, Ordering::Relaxed);
-        depth.bytes.fetch_sub(len, Ordering::Relaxed);
+        queue.written(frames, len);
         if let Err(e) = result {
             tracing::warn!(node = %node, peer = %peer, class = ?class, error = %e, "quic: send stream ended");
-            rx.close();
-            while let Some(b) = rx.recv().await {
-                depth.frames.fetch_sub(1, Ordering::Relaxed);
-                depth.bytes.fetch_sub(b.len(), Ordering::Relaxed);
-            }
+            queue.close();
             return;
         }
     }
