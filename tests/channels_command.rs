@@ -345,3 +345,54 @@ async fn dedupe_records_are_pruned_to_the_configured_bound() {
     member.shutdown().await;
     hub.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn class_a_outbox_is_bounded_in_entries_and_bytes_and_says_full() {
+    let net = MemoryNetwork::new(4);
+    let (hub, member) = pair(&net).await;
+    // A peer nobody serves: every class-A command stays in the outbox.
+    let sender = |name: &str, entries: usize, bytes: usize| {
+        CommandChannel::spawn_sender::<u64, u64>(
+            &member,
+            StreamId::new(format!("command:m1/{name}")),
+            NodeId::new(name),
+            Arc::new(MemStore::new()) as Arc<dyn Store>,
+            SenderConfig::default().max_outbox(entries, bytes),
+        )
+    };
+    let by_count = sender("absent-1", 3, usize::MAX).await.unwrap();
+    for i in 0..3 {
+        by_count.send(i, SendOptions::class_a()).await.unwrap();
+    }
+    assert_eq!(
+        by_count.send(3, SendOptions::class_a()).await.err(),
+        Some(CommandError::Full)
+    );
+    assert_eq!(by_count.stats().outbox_full.load(Ordering::Relaxed), 1);
+    assert_eq!(by_count.stats().pending.load(Ordering::Relaxed), 3);
+    // Class C is not stored: the outbox bound does not refuse it.
+    assert_eq!(
+        by_count.send(4, SendOptions::class_c()).await.err(),
+        Some(CommandError::Unroutable)
+    );
+    // By bytes: a u64 body is at most 9 bytes, each record 64 more.
+    let by_bytes = sender("absent-2", 1000, 4 * 73).await.unwrap();
+    let mut accepted = 0;
+    for i in 0..10 {
+        match by_bytes.send(i, SendOptions::class_a()).await {
+            Ok(_) => accepted += 1,
+            Err(CommandError::Full) => {}
+            Err(e) => panic!("command {i}: {e:?}"),
+        }
+    }
+    assert!(
+        (4..10).contains(&accepted),
+        "accepted {accepted} within 292 bytes"
+    );
+    assert_eq!(
+        by_bytes.stats().outbox_full.load(Ordering::Relaxed),
+        10 - accepted
+    );
+    member.shutdown().await;
+    hub.shutdown().await;
+}

@@ -32,6 +32,15 @@ pub struct SenderConfig {
     /// How long operation keys are remembered (default 24 h): the sender
     /// prunes older idempotency records, after which the same key is new.
     pub idempotency_retention: Duration,
+    /// The outbox bound, `(entries, bytes)` (default 65 536 entries /
+    /// 256 MiB of command bodies and keys): a class-A command that would
+    /// take the stream's outbox past either is refused at `send` with
+    /// [`CommandError::Full`](super::CommandError::Full) (retryable: room
+    /// comes back as entries are answered), nothing stored, counted in
+    /// `SenderStats::outbox_full`. Class B is bounded by
+    /// [`SenderConfig::replay_window`], class C by
+    /// [`SenderConfig::max_class_c_waiting`].
+    pub max_outbox: (usize, usize),
     /// How soon a command refused as busy or not ready is retried
     /// (default 50 ms, doubling per consecutive refusal: up to 8 × for not
     /// ready, 256 × for busy, never beyond the outbox's maximum RTO).
@@ -50,11 +59,18 @@ impl Default for SenderConfig {
             inbox_capacity: DEFAULT_INBOX_CAPACITY,
             idempotency_retention: Duration::from_secs(24 * 3600),
             retry_soon: Duration::from_millis(50),
+            max_outbox: (65_536, 256 << 20),
         }
     }
 }
 
 impl SenderConfig {
+    /// Sets [`SenderConfig::max_outbox`] (each at least 1).
+    pub fn max_outbox(mut self, entries: usize, bytes: usize) -> Self {
+        self.max_outbox = (entries.max(1), bytes.max(1));
+        self
+    }
+
     /// Sets the outbox tunables.
     pub fn outbox(mut self, outbox: OutboxConfig) -> Self {
         self.outbox = outbox;

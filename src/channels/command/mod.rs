@@ -107,6 +107,7 @@ use crate::wire::Frame;
 pub mod api;
 pub mod config;
 pub mod envelope;
+mod records;
 pub mod sender;
 pub mod server;
 

@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 use super::api::{CommandError, SendOptions};
 use super::config::SenderConfig;
 use super::envelope::{Envelope, EnvelopeKind, REJECT_UNDECODABLE, ReplyBody};
+use super::records::{Record, Records, envelope_size};
 use crate::actors::node::NodeLink;
 use crate::actors::session::{Permit, codes};
 use crate::channels::kit::{ActorSlot, LazyStart};
@@ -77,6 +78,9 @@ pub struct SenderStats {
     pub timed_out: AtomicU64,
     /// Idempotency records pruned from the store.
     pub keys_pruned: AtomicU64,
+    /// Class-A commands refused with [`CommandError::Full`] because the
+    /// outbox held [`SenderConfig::max_outbox`] entries or bytes.
+    pub outbox_full: AtomicU64,
 }
 
 /// What a sender keeps outside its actor, so a restart of the actor loses
@@ -155,20 +159,13 @@ pub struct SenderArgs {
     pub(super) incarnation: u64,
 }
 
-/// A record the sender can (re)transmit.
-struct Record {
-    envelope: Envelope,
-    traffic: u8,
-    delivery: DeliveryClass,
-}
-
 /// State of a running [`CommandSenderActor`].
 pub struct SenderState {
     args: SenderArgs,
     outbox: Outbox,
     path: Option<PathId>,
     /// Envelopes of pending class-A entries and of the class-B window.
-    records: HashMap<u64, Record>,
+    records: Records,
     /// The class-B replay window: message ids, oldest first.
     window: VecDeque<u64>,
     /// Class-C commands waiting for an answer, by deadline (oldest first).
@@ -340,9 +337,22 @@ impl SenderState {
     async fn flush(&mut self) {
         let batch = std::mem::take(&mut self.batch);
         let mut stored = Vec::new();
+        // The outbox bound: entries and bytes already held plus this batch's.
+        let (max_entries, max_bytes) = self.args.config.max_outbox;
+        let (mut entries, mut bytes) = (self.outbox.len(), self.records.bytes());
         for s in batch {
             match s.opts.class {
-                DeliveryClass::A => stored.push(s),
+                DeliveryClass::A => {
+                    let size = envelope_size(&s.envelope);
+                    if entries + 1 > max_entries || bytes + size > max_bytes {
+                        self.args.stats.outbox_full.fetch_add(1, Ordering::Relaxed);
+                        let _ = s.accept.send(Err(CommandError::Full));
+                        continue;
+                    }
+                    entries += 1;
+                    bytes += size;
+                    stored.push(s);
+                }
                 DeliveryClass::B => {
                     // Into the replay window: sent now if there is a path,
                     // again on every route change while it stays there.
@@ -602,7 +612,7 @@ impl Actor for CommandSenderActor {
             }
             false
         });
-        let mut records = HashMap::new();
+        let mut records = Records::default();
         for r in &pending {
             if let Ok(envelope) = Envelope::decode(&r.record) {
                 let record = Record {
