@@ -15,6 +15,10 @@
 //! message ids bounded by `DedupeConfig::max_per_stream` (default) against
 //! the same core unbounded.
 //!
+//! The flooder runs in a process of its own; with `taskset` and two CPUs
+//! it is pinned to CPU 1 while the victim and the good peer share CPU 0
+//! (`FLOOD_PIN=0`: unpinned, everything competing for every CPU).
+//!
 //! `cargo run --release --example flood` (`FLOOD_ROUNDS`, default 7;
 //! `FLOOD_SECS` of attack per round, default 2).
 
@@ -100,6 +104,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("victim") => rt.block_on(victim(&args[2], std::path::Path::new(&args[3]))),
         Some("dedupe") => dedupe_child(args[2].parse().unwrap()),
+        Some("flooder") => rt.block_on(flooder(&args[2], &args[3], std::path::Path::new(&args[4]))),
         _ => rt.block_on(parent()),
     }
 }
@@ -326,6 +331,65 @@ fn attack(
     tasks
 }
 
+/// The flooding peer in a process of its own (so it does not share the
+/// good peer's runtime): floods `case` against `addr` until its stdin
+/// closes (the parent ends the round).
+async fn flooder(case: &str, addr: &str, dir: &std::path::Path) {
+    let case: &'static str = CASES
+        .into_iter()
+        .find(|c| *c == case)
+        .expect("a flood case");
+    let addr: SocketAddr = addr.parse().unwrap();
+    let ca = Arc::new(ca_from(dir));
+    let idents: Arc<Vec<NodeIdentity>> = Arc::new(
+        (0..16)
+            .map(|i| {
+                ca.issue_node(&NodeId::new(format!("flood-{i}")), Role::Member)
+                    .unwrap()
+            })
+            .collect(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = attack(case, addr, ca, idents, stop.clone());
+    println!("flooding");
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(_)) = stdin.next_line().await {}
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+}
+
+/// Where each process runs: with `taskset` and at least two CPUs the
+/// victim and the good peer share CPU 0 and the flooder has CPU 1 to
+/// itself (as if it were another machine); otherwise unpinned.
+fn pinned() -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+        && env_u64("FLOOD_PIN", 1) == 1
+        && Command::new("taskset")
+            .arg("-V")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// `exe args`, under `taskset -c cpu` when pinning.
+fn command(cpu: Option<&str>, args: &[&str]) -> Command {
+    let exe = std::env::current_exe().unwrap();
+    match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpu]).arg(exe).args(args);
+            c
+        }
+        None => {
+            let mut c = Command::new(exe);
+            c.args(args);
+            c
+        }
+    }
+}
+
 /// One round's figures.
 #[derive(Clone, Copy, Default)]
 struct Round {
@@ -336,16 +400,8 @@ struct Round {
 
 async fn round(case: &'static str, dir: &std::path::Path, secs: u64) -> Round {
     let ca = Arc::new(ca_from(dir));
-    let idents: Arc<Vec<NodeIdentity>> = Arc::new(
-        (0..16)
-            .map(|i| {
-                ca.issue_node(&NodeId::new(format!("flood-{i}")), Role::Member)
-                    .unwrap()
-            })
-            .collect(),
-    );
-    let mut child: Child = Command::new(std::env::current_exe().unwrap())
-        .args(["victim", case, dir.to_str().unwrap()])
+    let pin = pinned();
+    let mut child: Child = command(pin.then_some("0"), &["victim", case, dir.to_str().unwrap()])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -362,8 +418,17 @@ async fn round(case: &'static str, dir: &std::path::Path, secs: u64) -> Round {
     let _ = rtts(&mut p, &mut nonce).await; // warm-up
     let base = rtts(&mut p, &mut nonce).await;
     let before = rss_kib(pid);
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = attack(case, addr, ca.clone(), idents, stop.clone());
+    let mut flood = command(
+        pin.then_some("1"),
+        &["flooder", case, &addr.to_string(), dir.to_str().unwrap()],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let out = tokio::process::ChildStdout::from_std(flood.stdout.take().unwrap()).unwrap();
+    let started = tokio::io::BufReader::new(out).lines().next_line().await;
+    assert_eq!(started.unwrap().as_deref(), Some("flooding"));
     // Let the flood build up, then measure during it.
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut peak = before;
@@ -373,10 +438,8 @@ async fn round(case: &'static str, dir: &std::path::Path, secs: u64) -> Round {
     }
     let during = rtts(&mut p, &mut nonce).await;
     peak = peak.max(rss_kib(pid));
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-    }
+    drop(flood.stdin.take()); // ends the flood
+    let _ = flood.wait();
     // After: the victim has let go of the flooder (idle timeout 10 s at
     // most; a close is seen at once), and still serves the good peer.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -407,6 +470,20 @@ async fn parent() {
     let ca = CertificateAuthority::generate("flood CA").unwrap();
     std::fs::write(dir.path().join("ca.der"), ca.certificate().as_ref()).unwrap();
     std::fs::write(dir.path().join("ca.key.der"), ca.key_der()).unwrap();
+    // The parent (the good peer) shares CPU 0 with the victim.
+    if pinned() {
+        let _ = Command::new("taskset")
+            .args(["-a", "-p", "-c", "0", &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status();
+        println!(
+            "flood: pinned: victim and good peer on CPU 0, the flooder (own process) on CPU 1"
+        );
+    } else {
+        println!(
+            "flood: not pinned (FLOOD_PIN=0, one CPU or no taskset): the flooder competes for the victim's CPUs"
+        );
+    }
     println!(
         "flood: {rounds} rounds per case, {secs} s of attack each; good peer RTT in µs over {PINGS} sequential probes; median (min–max) over rounds"
     );
