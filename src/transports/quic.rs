@@ -34,6 +34,7 @@ mod config;
 mod counters;
 pub mod faults;
 mod hello;
+mod log_budget;
 
 pub use counters::QuicCounters;
 use counters::{Counters, bump};
@@ -120,6 +121,8 @@ struct Inner {
     reconnecting: Mutex<HashSet<NodeId>>,
     rng: Mutex<ChaCha8Rng>,
     counters: Counters,
+    /// How many refusal warnings are logged per second.
+    log_budget: log_budget::LogBudget,
     /// Connection slots per address and in total ([`QuicLimits`]).
     slots: Slots,
     closed: AtomicBool,
@@ -239,6 +242,7 @@ impl QuicTransport {
             dialled: Mutex::new(HashMap::new()),
             reconnecting: Mutex::new(HashSet::new()),
             counters: Counters::default(),
+            log_budget: log_budget::LogBudget::new(log_budget::PER_SECOND),
             slots: Slots::default(),
             closed: AtomicBool::new(false),
             generation: AtomicU64::new(1),
@@ -602,7 +606,7 @@ impl Inner {
     ) {
         bump(counter);
         let _ = recv.stop(VarInt::from(code));
-        tracing::warn!(node = %self.node, peer = %peer, code = code, stream = %recv.id(), refused = what, "quic: stream refused");
+        log_budget::budgeted_warn!(self.log_budget, node = %self.node, peer = %peer, code = code, stream = %recv.id(), refused = what, "quic: stream refused");
         self.report(
             peer,
             Fact::Incident(format!("stream refused with code {code:#x}: {what}")),
@@ -634,7 +638,7 @@ async fn accept_loop(inner: Arc<Inner>) {
                 bump(counter);
                 metrics::counter!("interlocking_limit_refusals_total", "limit" => limit.as_str())
                     .increment(1);
-                tracing::warn!(node = %inner.node, remote = %incoming.remote_address(), limit = limit.as_str(), "quic: connection refused over limit");
+                log_budget::budgeted_warn!(inner.log_budget, node = %inner.node, remote = %incoming.remote_address(), limit = limit.as_str(), "quic: connection refused over limit");
                 incoming.refuse();
             }
         }
@@ -671,12 +675,12 @@ async fn handshake(inner: Arc<Inner>, incoming: quinn::Incoming, slot: slots::Sl
                 _ => (&inner.counters.handshake_failed, 0, "handshake failed"),
             };
             bump(counter);
-            tracing::warn!(node = %inner.node, remote = %remote, code = code, error = %e, refused = what, "quic: handshake refused");
+            log_budget::budgeted_warn!(inner.log_budget, node = %inner.node, remote = %remote, code = code, error = %e, refused = what, "quic: handshake refused");
             return;
         }
         Err(None) => {
             bump(&inner.counters.handshake_failed);
-            tracing::warn!(node = %inner.node, remote = %remote, "quic: handshake timed out");
+            log_budget::budgeted_warn!(inner.log_budget, node = %inner.node, remote = %remote, "quic: handshake timed out");
             return;
         }
     };
@@ -684,7 +688,7 @@ async fn handshake(inner: Arc<Inner>, incoming: quinn::Incoming, slot: slots::Sl
         Ok(p) => p,
         Err(e) => {
             bump(&inner.counters.refused_no_identity);
-            tracing::warn!(node = %inner.node, remote = %remote, error = %e, code = codes::NO_IDENTITY, "quic: connection refused");
+            log_budget::budgeted_warn!(inner.log_budget, node = %inner.node, remote = %remote, error = %e, code = codes::NO_IDENTITY, "quic: connection refused");
             conn.close(VarInt::from(codes::NO_IDENTITY), b"no node identity");
             return;
         }
@@ -768,7 +772,7 @@ async fn drive(inner: Arc<Inner>, conn: Connection, peer: NodeId, generation: u6
                     other => {
                         bump(&inner.counters.bad_datagrams);
                         let what = match other { Ok(f) => format!("{:?} frame in a datagram", f.kind()), Err(e) => e.to_string() };
-                        tracing::warn!(node = %inner.node, peer = %peer, refused = %what, "quic: datagram dropped");
+                        log_budget::budgeted_warn!(inner.log_budget, node = %inner.node, peer = %peer, refused = %what, "quic: datagram dropped");
                     }
                 },
                 Err(e) => break down_cause(&e),

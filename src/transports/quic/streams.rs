@@ -74,7 +74,7 @@ pub(super) async fn read_loop(
                 // is broken, and stopping a finished stream would show it
                 // nothing, so the connection is closed (`docs/wire.md` §7.3).
                 bump(&inner.counters.refused_truncated);
-                tracing::warn!(node = %inner.node, peer = %peer, stream = %recv.id(), code = crate::wire::codes::TRUNCATED, error = %e, "quic: stream finished inside a frame; connection closed");
+                log_budget::budgeted_warn!(inner.log_budget, node = %inner.node, peer = %peer, stream = %recv.id(), code = crate::wire::codes::TRUNCATED, error = %e, "quic: stream finished inside a frame; connection closed");
                 conn.close(
                     VarInt::from(crate::wire::codes::TRUNCATED),
                     b"stream finished inside a frame",
