@@ -566,6 +566,12 @@ async fn start_root(cfg: &Config) -> Result<runtime::Role, AppError> {
         ..RootConfig::default()
     };
     cfg.limits.apply_root(&mut root_cfg);
+    if let Some(d) = cfg.issuing.cert_lifetime {
+        root_cfg.cert_lifetime = d;
+    }
+    if let Some(d) = cfg.issuing.token_ttl {
+        root_cfg.token_ttl = d;
+    }
     let root = Root::spawn(root_cfg).await.map_err(start_err)?;
     let fp = root.certificate_authority().fingerprint();
     tracing::info!(

@@ -176,6 +176,17 @@ pub struct SidecarSettings {
     pub dir: PathBuf,
 }
 
+/// How long what a root issues stays valid; `None`: the
+/// [`crate::root::RootConfig`] default (24 h certificates, 15 min tokens).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Issuing {
+    /// Validity of the node certificates it issues (nodes renew at two
+    /// thirds of it, `docs/root.md` §2.3).
+    pub cert_lifetime: Option<Duration>,
+    /// How long a join token stays usable.
+    pub token_ttl: Option<Duration>,
+}
+
 /// A checked configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -195,6 +206,9 @@ pub struct Config {
     pub root: Option<RootTarget>,
     /// Root only: the cluster it shares state with (`[root] cluster`).
     pub cluster: Option<crate::root::cluster::ClusterConfig>,
+    /// Root only: validity of what it issues (`[root] cert_lifetime`,
+    /// `token_ttl`).
+    pub issuing: Issuing,
     /// Transports.
     pub transports: Transports,
     /// Dialled peers.

@@ -58,6 +58,21 @@ pub fn until_due(
     due.duration_since(now).unwrap_or_default()
 }
 
+/// How long from `now` until a certificate the node has held since
+/// `held_since` is due: as [`until_due`], counted from the later of its
+/// `not_before` and `held_since`. The root backdates `not_before` by five
+/// minutes against clock skew, so for a short lifetime the certificate's
+/// own validity would make it due at once, again and again.
+pub fn until_due_held(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    held_since: SystemTime,
+    now: SystemTime,
+    policy: &RenewPolicy,
+) -> Duration {
+    until_due(not_before.max(held_since), not_after, now, policy)
+}
+
 /// The wait before retry `attempt` (1, 2, …) of a failed renewal, with
 /// `left` until the certificate expires.
 pub fn retry_after(attempt: u32, left: Duration, policy: &RenewPolicy) -> Duration {
@@ -103,6 +118,9 @@ impl Renewer {
     /// Renews for as long as the node runs (abort the task to stop it).
     pub async fn run(self) {
         let mut attempt = 0u32;
+        // Since when the current certificate is held (for one read from the
+        // state directory: since this start).
+        let mut held_since = SystemTime::now();
         loop {
             let current = lock(&self.identity).clone();
             let (not_before, not_after) = match super::identity::validity(&current) {
@@ -114,7 +132,7 @@ impl Renewer {
             };
             let now = SystemTime::now();
             let wait = match attempt {
-                0 => until_due(not_before, not_after, now, &self.policy),
+                0 => until_due_held(not_before, not_after, held_since, now, &self.policy),
                 n => retry_after(
                     n,
                     not_after.duration_since(now).unwrap_or_default(),
@@ -125,6 +143,7 @@ impl Renewer {
             match renew(self.join, &self.root, &current, Duration::from_secs(10)).await {
                 Ok(joined) => {
                     attempt = 0;
+                    held_since = SystemTime::now();
                     if let Err(e) = self.install(&joined.identity, joined.expires_at) {
                         tracing::error!(error = %e, "certificate renewal: renewed, not installed");
                     }
@@ -240,6 +259,29 @@ mod tests {
         assert_eq!(
             until_due(at(100), at(400), at(0), &p),
             Duration::from_secs(300)
+        );
+    }
+
+    #[test]
+    fn a_short_backdated_certificate_is_due_two_thirds_after_it_was_received() {
+        let p = RenewPolicy::default();
+        // Issued at 1000 for 6 s, backdated 300 s: due at 1004, not at once.
+        let (nb, na) = (at(700), at(1006));
+        assert_eq!(until_due(nb, na, at(1000), &p), Duration::ZERO);
+        assert_eq!(
+            until_due_held(nb, na, at(1000), at(1000), &p),
+            Duration::from_secs(4)
+        );
+        // Held since before its not_before: the certificate's own validity.
+        assert_eq!(
+            until_due_held(
+                at(0),
+                at(24 * 3600),
+                at(0) - Duration::from_secs(5),
+                at(0),
+                &p
+            ),
+            Duration::from_secs(16 * 3600)
         );
     }
 

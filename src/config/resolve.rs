@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use toml::Spanned;
 
@@ -201,8 +202,38 @@ pub fn resolve(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Config
         None => any,
     };
     let mut cluster = None;
+    let mut issuing = super::Issuing::default();
     let root = match (&raw.root, role) {
         (Some(r), Role::Root) => {
+            // At least 3 s for a certificate (renewal then runs every two
+            // seconds: a test or a drill, not a deployment) and 1 s for a
+            // token, at most a year for either.
+            let year = Duration::from_secs(365 * 24 * 3600);
+            for (v, key, min, slot) in [
+                (
+                    &r.cert_lifetime,
+                    "root.cert_lifetime",
+                    Duration::from_secs(3),
+                    &mut issuing.cert_lifetime,
+                ),
+                (
+                    &r.token_ttl,
+                    "root.token_ttl",
+                    Duration::from_secs(1),
+                    &mut issuing.token_ttl,
+                ),
+            ] {
+                let Some(v) = v else { continue };
+                let d = parse_duration(v.get_ref()).or_else(|e| ctx.err(v.span(), key, e))?;
+                if d < min || d > year {
+                    return ctx.err(
+                        v.span(),
+                        key,
+                        format!("must be between {min:?} and {year:?}, not {d:?}"),
+                    );
+                }
+                *slot = Some(d);
+            }
             // A root names no root; it may name its cluster.
             let named = [&r.addr, &r.join, &r.ca_fingerprint, &r.join_token];
             if let Some(v) = named.into_iter().flatten().next() {
@@ -235,6 +266,13 @@ pub fn resolve(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Config
         (Some(r), _) => {
             if let Some(c) = &r.cluster {
                 return ctx.err(c.span(), "root.cluster", "only a root joins a cluster");
+            }
+            if let Some(v) = r.cert_lifetime.as_ref().or(r.token_ttl.as_ref()) {
+                return ctx.err(
+                    v.span(),
+                    "root",
+                    "cert_lifetime and token_ttl are the root's own settings",
+                );
             }
             let (Some(addr), Some(join)) = (&r.addr, &r.join) else {
                 return ctx.err(
@@ -499,5 +537,6 @@ pub fn resolve(path: &Path, text: &str, raw: RawConfig) -> Result<Config, Config
         sidecar,
         limits: super::limits::resolve(path, text, &raw.limits, role)?,
         cluster,
+        issuing,
     })
 }

@@ -115,6 +115,11 @@ pub struct RawRoot {
     /// Root only: share root state with the other roots of a cluster
     /// (`docs/cluster.md`).
     pub cluster: Option<Spanned<RawCluster>>,
+    /// Root only: how long the node certificates it issues are valid,
+    /// e.g. `24h` (nodes renew at two thirds of it).
+    pub cert_lifetime: Option<Spanned<String>>,
+    /// Root only: how long a join token it issues stays usable, e.g. `15m`.
+    pub token_ttl: Option<Spanned<String>>,
 }
 
 /// `[root] cluster = { nats = "...", name = "..." }`.
