@@ -158,6 +158,8 @@ async fn nodes_renew_short_certificates_and_keep_working_past_their_first_expiry
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
             .sum::<f64>()
     };
-    assert!(renewals(&m.get_text("/metrics").await.unwrap()) >= 1.0);
+    // Renewed, and on schedule (every ~4 s), not in a storm.
+    let n = renewals(&m.get_text("/metrics").await.unwrap());
+    assert!((1.0..=6.0).contains(&n), "member renewals: {n}");
     drop(member);
 }
