@@ -21,7 +21,7 @@ pub enum EnvelopeKind {
     Cancel,
 }
 
-/// The MessagePack payload of every command-channel [`Data`] frame.
+/// The MessagePack payload of every command-channel [`Data`](crate::wire::Data) frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     /// Command, reply or cancel.

@@ -15,7 +15,7 @@
 //!
 //! Durability of an applied command, by handler style (`docs/channels.md`,
 //! "Handler styles"):
-//! - an [`AtomicHandler`](super::AtomicHandler) is not called when its
+//! - an [`AtomicHandler`] is not called when its
 //!   command is delivered but in the next flush, inside the store
 //!   transaction that writes the dedupe records and cursor
 //!   ([`Store::dedupe_record_with`]). The flush is queued behind the frames

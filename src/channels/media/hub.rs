@@ -1,7 +1,7 @@
 //! The deciding side of media: [`MediaHub`] holds a node's registered
 //! sources and who may receive each (admission), answers a consumer's
 //! request for a source by name — refused with a typed code, or started as
-//! a supervised [`MediaActor`] writing to tracks it adds to the consumer's
+//! a supervised `MediaActor` writing to tracks it adds to the consumer's
 //! WebRTC session — and reports every stream ([`MediaStatus`], `explain`)
 //! and the node's media readiness branch ([`MediaReadiness`]).
 //!

@@ -12,7 +12,7 @@
 //! routing authority (`Need::node(ChannelKind::Sync, owner)`, the sync
 //! policy) and re-subscribes on every route change; the owner answers each
 //! subscriber on the path its latest frame arrived on. The typed handles
-//! live in [`super::actor::api`].
+//! live in `super::actor::api`.
 
 mod api;
 

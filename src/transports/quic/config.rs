@@ -119,7 +119,7 @@ impl Default for QuicLimits {
     }
 }
 
-/// Configuration of a [`QuicTransport`].
+/// Configuration of a [`QuicTransport`](super::QuicTransport).
 #[derive(Clone)]
 pub struct QuicConfig {
     /// This node's credentials; its node id is the transport's identity.
@@ -137,7 +137,7 @@ pub struct QuicConfig {
     /// Send-queue budget and over-budget behaviour per traffic class and
     /// peer (`DESIGN.md` §5).
     pub queue: super::ClassBudgets,
-    /// QUIC idle timeout: no packet for this long means [`DownCause::Timeout`].
+    /// QUIC idle timeout: no packet for this long means [`DownCause::Timeout`](crate::transports::DownCause::Timeout).
     pub idle_timeout: Duration,
     /// QUIC keep-alive interval (below `idle_timeout`).
     pub keep_alive: Duration,

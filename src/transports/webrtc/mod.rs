@@ -1,7 +1,7 @@
 //! The WebRTC transport: data-channel paths (`webrtc-data`) between nodes,
 //! negotiated through the root's rendezvous, and to browsers.
 //!
-//! Owns one peer connection per peer ([`session`]: webrtc 0.21 over the
+//! Owns one peer connection per peer (`session`: webrtc 0.21 over the
 //! sans-IO `rtc` crate), its negotiated data channels (one per traffic
 //! class, reliable and ordered), the frame codec over them, liveness probes
 //! and the facts it reports: `Up` when every channel is open, `Down` when
