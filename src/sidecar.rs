@@ -46,7 +46,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use tokio::net::{UnixListener, UnixStream};
@@ -58,6 +58,7 @@ use crate::transports::quic::{QuicConfig, QuicError, QuicTransport};
 use crate::transports::relay::DEFAULT_ROOT_MISSES;
 pub use crate::transports::sidecar::{SidecarStatus, secret_path, socket_path, status_path};
 use crate::transports::{Fact, PeerAddr, SendError, Transport, TransportEvent};
+use crate::trust::NodeIdentity;
 use crate::vocab::{NodeId, Role};
 use crate::wire::codes::sidecar as codes;
 use crate::wire::{
@@ -89,6 +90,9 @@ pub struct SidecarConfig {
     pub remote_wait: Duration,
     /// How long a local client may take to send its `Hello`.
     pub hello_timeout: Duration,
+    /// When the hub's certificate in `quic` expires, for the status file
+    /// (`None`: not shown until [`Sidecar::renew_identity`]).
+    pub cert_expires: Option<SystemTime>,
 }
 
 impl SidecarConfig {
@@ -102,6 +106,7 @@ impl SidecarConfig {
             root_misses: DEFAULT_ROOT_MISSES,
             remote_wait: Duration::from_secs(5),
             hello_timeout: Duration::from_secs(5),
+            cert_expires: None,
         }
     }
 }
@@ -214,6 +219,8 @@ struct Inner {
     next_session: AtomicU64,
     counters: Counters,
     shutdown: watch::Sender<bool>,
+    /// The hub certificate's expiry (ms since the epoch; 0: unknown).
+    cert_expires_ms: AtomicU64,
 }
 
 /// A running sidecar. See the module docs.
@@ -229,6 +236,12 @@ impl std::fmt::Debug for Sidecar {
             .field("dir", &self.inner.cfg.dir)
             .finish_non_exhaustive()
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn files_err(dir: &Path) -> impl Fn(std::io::Error) -> SidecarError + '_ {
@@ -306,6 +319,7 @@ impl Sidecar {
                 rtt_us: AtomicU64::new(u64::MAX),
             },
             shutdown: watch::channel(false).0,
+            cert_expires_ms: AtomicU64::new(cfg.cert_expires.map_or(0, epoch_ms)),
             cfg,
         });
         let tasks = vec![
@@ -339,6 +353,22 @@ impl Sidecar {
     }
 
     /// Closes the local sessions and the remote session, removes the socket.
+    /// Hands the hub's renewed identity to the remote session: the open
+    /// session keeps running, every later connection to the root presents
+    /// the new certificate. Refused unless it is the hub's own node and
+    /// role (the sidecar never presents another node's identity).
+    pub fn renew_identity(
+        &self,
+        identity: &NodeIdentity,
+        expires: SystemTime,
+    ) -> Result<(), SidecarError> {
+        self.inner.link.renew_identity(identity)?;
+        self.inner
+            .cert_expires_ms
+            .store(epoch_ms(expires), Ordering::Relaxed);
+        Ok(())
+    }
+
     pub async fn shutdown(self) {
         let _ = self.inner.shutdown.send(true);
         self.inner
@@ -367,9 +397,9 @@ impl Inner {
             refused_frames: c.refused_frames.load(Ordering::Relaxed),
             to_root: c.to_root.load(Ordering::Relaxed),
             to_hub: c.to_hub.load(Ordering::Relaxed),
-            written_at_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            cert_expires_ms: Some(self.cert_expires_ms.load(Ordering::Relaxed))
+                .filter(|ms| *ms > 0),
+            written_at_ms: epoch_ms(SystemTime::now()),
         }
     }
 

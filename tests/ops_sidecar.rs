@@ -315,3 +315,99 @@ async fn hub_restarts_while_an_attached_sidecar_keeps_the_root_session() {
     sidecar.terminate();
     drop(root);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attached_sidecar_presents_the_hubs_renewed_certificate_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = Ports::new(1);
+    // Six-second certificates: the hub renews every ~4 s.
+    let root_text = format!(
+        "{}\n[root]\ncert_lifetime = \"6s\"\n",
+        root_toml(&p, &d.join("root"))
+    );
+    let root_cfg = write(d, "root.toml", &root_text);
+    let hub_cfg = write(d, "hub.toml", &sidecar_hub(&p, &d.join("hub"), "attach"));
+    let member_cfg = write(d, "member.toml", &relay_only_member(&p, &d.join("m1")));
+    let root_args = ["run", "--config", root_cfg.to_str().unwrap()];
+    let mut root = Proc::start("root", &root_args, &d.join("root.log"));
+    root.wait_line("running", Duration::from_secs(20));
+    let (ht, mt) = (
+        token(&d.join("root"), "hub", "hub"),
+        token(&d.join("root"), "member-1", "member"),
+    );
+    let hub_args = ["run", "--config", hub_cfg.to_str().unwrap(), "--token", &ht];
+    let mut hub = Proc::start("hub", &hub_args, &d.join("hub.log"));
+    hub.wait_line("running", Duration::from_secs(30));
+    let mut sidecar = Proc::start(
+        "sidecar",
+        &["sidecar", "--config", hub_cfg.to_str().unwrap()],
+        &d.join("sidecar.log"),
+    );
+    sidecar.wait_line("sidecar running", Duration::from_secs(20));
+    let mut member = Proc::start(
+        "member",
+        &[
+            "run",
+            "--config",
+            member_cfg.to_str().unwrap(),
+            "--token",
+            &mt,
+        ],
+        &d.join("member.log"),
+    );
+    member.wait_line("running", Duration::from_secs(30));
+    let member_ctl = p.member_ctl[0];
+    let status = || interlocking::transports::sidecar::SidecarStatus::read(&d.join("hub/sidecar"));
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let first = eventually(
+        "the sidecar shows the hub's expiry",
+        Duration::from_secs(10),
+        || async { status()?.cert_expires_ms },
+    )
+    .await;
+    eventually(
+        "the sidecar follows the hub's renewal",
+        Duration::from_secs(20),
+        || async { (status()?.cert_expires_ms? > first).then_some(()) },
+    )
+    .await;
+    eventually(
+        "the first certificate has expired",
+        Duration::from_secs(20),
+        || async { (now_ms() > first + 500).then_some(()) },
+    )
+    .await;
+    // The root is killed and restarted: the sidecar's new connection must
+    // present a certificate that is valid now, the renewed one.
+    let reconnects = status().expect("status").reconnects;
+    drop(root);
+    let root = Proc::start("root-2", &root_args, &d.join("root2.log"));
+    let mut root = root;
+    root.wait_line("running", Duration::from_secs(20));
+    eventually(
+        "the sidecar's root session is back",
+        Duration::from_secs(30),
+        || async {
+            let s = status()?;
+            (s.remote_up && s.reconnects > reconnects).then_some(())
+        },
+    )
+    .await;
+    for t in send_all(member_ctl, 0..3, Duration::from_millis(10)).await {
+        t.await.unwrap();
+    }
+    check_values(member_ctl, 3).await;
+    let s = status().expect("status");
+    assert_eq!(s.pid, sidecar.child.id(), "the same sidecar process");
+    member.terminate();
+    hub.terminate();
+    let _ = hub.wait_exit(Duration::from_secs(15));
+    sidecar.terminate();
+    drop(root);
+}

@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -42,6 +42,7 @@ pub async fn run(config: &Config) -> Result<(), String> {
         ));
     }
     let creds = super::identity::credentials(config, None, Duration::ZERO).await?;
+    let expires = creds.expires_at;
     let mut quic = QuicConfig::new(creds.identity, creds.roots);
     quic.listen = if root.addr.is_ipv4() {
         std::net::SocketAddr::from(([127, 0, 0, 1], 0))
@@ -63,12 +64,14 @@ pub async fn run(config: &Config) -> Result<(), String> {
         jitter: 0.2,
         max_attempts: None,
     };
-    let cfg = SidecarConfig::new(
+    let mut cfg = SidecarConfig::new(
         quic,
         PeerAddr::at(root.id.clone(), root.addr),
         settings.dir.clone(),
     );
-    let sidecar = Sidecar::start(cfg).await.map_err(|e| e.to_string())?;
+    cfg.cert_expires = Some(expires);
+    let sidecar = Arc::new(Sidecar::start(cfg).await.map_err(|e| e.to_string())?);
+    let renewals = tokio::spawn(follow_renewals(config.clone(), sidecar.clone(), expires));
     // The line tests and operators wait for.
     println!(
         "sidecar running for {} at {}",
@@ -81,8 +84,48 @@ pub async fn run(config: &Config) -> Result<(), String> {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    sidecar.shutdown().await;
+    renewals.abort();
+    let _ = renewals.await; // its clone of the sidecar is dropped
+    match Arc::try_unwrap(sidecar) {
+        Ok(s) => s.shutdown().await,
+        Err(_) => tracing::warn!("sidecar: still referenced at shutdown"),
+    }
     Ok(())
+}
+
+/// How often the sidecar looks at the hub's `identity.bin` for a renewal.
+const IDENTITY_POLL: Duration = Duration::from_secs(1);
+
+/// Follows the hub's certificate renewals: the hub writes its renewed
+/// identity to `identity.bin` in its state directory first
+/// (`app::renewal`); when that file holds a certificate expiring later than
+/// the one presented, it goes to the remote session
+/// ([`Sidecar::renew_identity`], which refuses any node but the hub), so
+/// the next connection to the root presents it — no sidecar restart.
+async fn follow_renewals(config: Config, sidecar: Arc<Sidecar>, mut expires: SystemTime) {
+    let path = super::identity::identity_path(&config.state_dir);
+    let mut seen = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    loop {
+        tokio::time::sleep(IDENTITY_POLL).await;
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if modified == seen {
+            continue;
+        }
+        seen = modified;
+        match super::identity::credentials(&config, None, Duration::ZERO).await {
+            Ok(c) if c.expires_at > expires => {
+                match sidecar.renew_identity(&c.identity, c.expires_at) {
+                    Ok(()) => {
+                        expires = c.expires_at;
+                        tracing::info!(expires = ?expires, "sidecar: presenting the hub's renewed certificate");
+                    }
+                    Err(e) => tracing::error!(error = %e, "sidecar: renewed identity refused"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sidecar: cannot read the hub's identity"),
+        }
+    }
 }
 
 /// What the hub knows about its sidecar child (control API `sidecar`).

@@ -92,6 +92,10 @@ pub struct SidecarStatus {
     pub to_root: u64,
     /// Frames carried root → hub since start.
     pub to_hub: u64,
+    /// When the hub certificate the sidecar presents expires (ms since the
+    /// Unix epoch); follows the hub's renewals.
+    #[serde(default)]
+    pub cert_expires_ms: Option<u64>,
     /// Milliseconds since the Unix epoch when this was written.
     pub written_at_ms: u64,
 }
