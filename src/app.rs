@@ -340,6 +340,7 @@ impl App {
         let sidecar_parts = match &cfg.sidecar {
             Some(s) => Some(runtime::SidecarParts {
                 dir: s.dir.clone(),
+                diagnostics: Arc::default(),
                 child: Mutex::new(match s.child {
                     true => Some(
                         sidecar::ChildSupervisor::start(cfg.path.clone(), SIDECAR_RESTARTS)
@@ -400,6 +401,9 @@ impl App {
             if let Some(s) = &cfg.sidecar {
                 let mut local = SidecarLinkConfig::new(cfg.id.clone(), root.id.clone(), &s.dir);
                 local.probe = cfg.transports.probe;
+                if let Some(parts) = &sidecar_parts {
+                    local.diagnostics = parts.diagnostics.clone();
+                }
                 builder = builder.transport(PathKind::Sidecar, move |sink| {
                     let sink = metered::metered_sink(PathKind::Sidecar, sink);
                     let t = crate::transports::sidecar::bind(relay.clone(), local.clone(), sink);

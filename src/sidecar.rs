@@ -56,13 +56,16 @@ use tokio::task::JoinHandle;
 use crate::sync::lock;
 use crate::transports::quic::{QuicConfig, QuicError, QuicTransport};
 use crate::transports::relay::DEFAULT_ROOT_MISSES;
-pub use crate::transports::sidecar::{SidecarStatus, secret_path, socket_path, status_path};
+pub use crate::transports::sidecar::{
+    STATUS_SIGNAL, SidecarStatus, secret_path, socket_path, status_path,
+};
 use crate::transports::{Fact, PeerAddr, SendError, Transport, TransportEvent};
 use crate::trust::NodeIdentity;
 use crate::vocab::{NodeId, Role};
 use crate::wire::codes::sidecar as codes;
 use crate::wire::{
-    Close, CodecConfig, Frame, FrameDecoder, Hello, ProbeAck, Reject, read_frame, write_frame,
+    Close, CodecConfig, Frame, FrameDecoder, Hello, ProbeAck, Reject, Signal, read_frame,
+    write_frame,
 };
 
 /// Local sessions at once: an old and a new hub process during a handoff.
@@ -190,6 +193,8 @@ enum ToHub {
     Root(FromRoot),
     ProbeAck(ProbeAck),
     Reject(Reject),
+    /// Diagnostics, sent as a [`STATUS_SIGNAL`] signal.
+    Status(Box<SidecarStatus>),
 }
 
 struct LocalSession {
@@ -479,6 +484,15 @@ async fn remote_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<TransportEvent>) 
                     inner.link.redial(&inner.cfg.root.node, "missed probes");
                 }
             }
+            Fact::Frame(Frame::Signal(s)) if s.kind.starts_with("sidecar/") => {
+                // Only the sidecar speaks for the sidecar: a root-side
+                // frame of its kinds is never carried to the hub.
+                inner
+                    .counters
+                    .refused_frames
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(hub = %inner.hub, from = %s.from, kind = %s.kind, "sidecar: a sidecar-kind signal from the root refused");
+            }
             Fact::Frame(frame) => {
                 if let Some(tx) = inner.newest()
                     && tx.send(ToHub::Root(FromRoot(frame))).await.is_ok()
@@ -632,6 +646,15 @@ async fn local_session(inner: Arc<Inner>, mut stream: UnixStream) {
                 Some(ToHub::Root(FromRoot(f))) => f,
                 Some(ToHub::ProbeAck(a)) => Frame::ProbeAck(a),
                 Some(ToHub::Reject(r)) => Frame::Reject(r),
+                Some(ToHub::Status(st)) => match rmp_serde::to_vec_named(&*st) {
+                    Ok(payload) => Frame::Signal(Signal {
+                        to: st.node.as_str().into(),
+                        from: st.node.as_str().into(),
+                        kind: STATUS_SIGNAL.into(),
+                        payload: payload.into(),
+                    }),
+                    Err(_) => continue,
+                },
                 None => return,
             };
             if write_frame(&mut writer, &frame, &codec).await.is_err() {
@@ -709,9 +732,14 @@ async fn status_loop(inner: Arc<Inner>) {
         .interval
         .max(Duration::from_millis(100));
     loop {
-        if let Ok(json) = serde_json::to_string(&inner.status()) {
+        let status = inner.status();
+        if let Ok(json) = serde_json::to_string(&status) {
             // Diagnostics: no fsync, a torn write is just skipped by readers.
             let _ = write_private(&path, &json, false);
+        }
+        // And to every local session, as a frame (a full queue skips one).
+        for s in lock(&inner.sessions).iter() {
+            let _ = s.tx.try_send(ToHub::Status(Box::new(status.clone())));
         }
         tokio::time::sleep(every).await;
     }

@@ -3,7 +3,9 @@
 //! both ways; a local client without the secret is refused; a third local
 //! session is refused; frames the sidecar would have to invent or forward
 //! under another identity are refused with typed codes and never reach the
-//! peer; the root going away closes the local side. Every wait is bounded.
+//! peer; the root going away closes the local side; the sidecar's
+//! diagnostics reach the hub as status frames on the local session, and a
+//! member cannot pose as the sidecar with one. Every wait is bounded.
 
 mod common;
 
@@ -16,9 +18,9 @@ use common::rootkit::{LIMIT, joined, quic_config, relay, root, via_root, wait_on
 use interlocking::sidecar::{Sidecar, SidecarConfig};
 use interlocking::transports::relay::{RelayConfig, RelayTransport};
 use interlocking::transports::sidecar::{
-    SidecarLinkConfig, bind, handshake, secret_path, socket_path,
+    STATUS_SIGNAL, SidecarLinkConfig, SidecarStatus, bind, handshake, secret_path, socket_path,
 };
-use interlocking::transports::{DownCause, Transport, TransportEvent};
+use interlocking::transports::{DownCause, Fact, Transport, TransportEvent};
 use interlocking::vocab::{NodeId, PathKind, Role};
 use interlocking::wire::codes::sidecar as codes;
 use interlocking::wire::{
@@ -35,6 +37,8 @@ struct World {
     member: Arc<RelayTransport>,
     member_rx: mpsc::Receiver<TransportEvent>,
     dir: tempfile::TempDir,
+    /// The hub side's view of the sidecar's status frames.
+    diagnostics: Arc<std::sync::Mutex<Option<SidecarStatus>>>,
 }
 
 async fn world() -> World {
@@ -60,6 +64,7 @@ async fn world() -> World {
     rc.probe = common::rootkit::fast_probe();
     let mut lc = SidecarLinkConfig::new("hub", root.node().clone(), dir.path().join("sc"));
     lc.probe = common::rootkit::fast_probe();
+    let diagnostics = lc.diagnostics.clone();
     let hub = bind(rc, lc, tx);
     let (member, member_rx) = relay(&root, m.identity, m.roots);
     member.register(vec![], vec![]).await.unwrap();
@@ -73,6 +78,7 @@ async fn world() -> World {
         member,
         member_rx,
         dir,
+        diagnostics,
     }
 }
 
@@ -262,4 +268,68 @@ async fn the_remote_side_closing_closes_the_local_side() {
         "{cause:?}"
     );
     w.sidecar.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnostics_reach_the_hub_as_frames_and_no_peer_can_forge_them() {
+    let mut w = world().await;
+    w.hub
+        .connect(&via_root("m1"))
+        .await
+        .expect("hub reaches m1");
+    wait_up(&mut w.hub_rx, &NodeId::new("m1")).await;
+    let framed = |w: &World| w.diagnostics.lock().unwrap().clone();
+    // The sidecar's status arrives on the local session: the hub's copy is
+    // the sidecar's own (its pid, the hub it serves, the remote session up).
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let st = loop {
+        if let Some(st) = framed(&w).filter(|s| s.remote_up && s.sessions == 1) {
+            break st;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no status frame in time"
+        );
+        // Sent every probe interval (100 ms at least): look again shortly.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!((st.pid, st.node.as_str()), (std::process::id(), "hub"));
+    // A member sends a signal of the sidecar's kind to the hub through the
+    // root: the sidecar refuses to carry it, the hub never sees it.
+    let refused = w.sidecar.status().refused_frames;
+    let forged = SidecarStatus {
+        pid: 1,
+        node: "hub".into(),
+        remote_up: false,
+        ..SidecarStatus::default()
+    };
+    w.member
+        .signal(
+            &NodeId::new("hub"),
+            STATUS_SIGNAL,
+            rmp_serde::to_vec_named(&forged).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    // The sidecar refuses it (counted); it never reaches the hub.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while w.sidecar.status().refused_frames < refused + 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the forged status was not refused in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    while let Ok(ev) = w.hub_rx.try_recv() {
+        assert!(
+            !matches!(&ev.fact, Fact::Frame(Frame::Signal(s)) if s.kind == STATUS_SIGNAL),
+            "the hub got a forged status: {ev:?}"
+        );
+    }
+    let now = framed(&w).expect("status");
+    assert_ne!(now.pid, 1, "the forged status never reached the hub");
+    w.member.shutdown().await;
+    w.hub.shutdown().await;
+    w.sidecar.shutdown().await;
+    w.root.shutdown().await;
 }

@@ -195,6 +195,9 @@ pub struct NodeParts {
 pub struct SidecarParts {
     /// Its directory (socket, secret, `status.json`).
     pub dir: std::path::PathBuf,
+    /// Its diagnostics as its last status frame on the local session said
+    /// (`transports::sidecar::STATUS_SIGNAL`).
+    pub diagnostics: Arc<Mutex<Option<crate::transports::sidecar::SidecarStatus>>>,
     /// Its supervisor, when the hub runs it as a child (taken at shutdown).
     pub child: Mutex<Option<super::sidecar::ChildSupervisor>>,
 }
@@ -202,12 +205,17 @@ pub struct SidecarParts {
 impl SidecarParts {
     /// The sidecar's own diagnostics and, for a child, its supervision.
     pub fn view(&self) -> serde_json::Value {
-        let status = crate::transports::sidecar::SidecarStatus::read(&self.dir);
+        // The local session's frames first; the status file only before
+        // the first one (or with no session up).
+        let framed = lock(&self.diagnostics).clone();
+        let source = if framed.is_some() { "frame" } else { "file" };
+        let status = framed.or_else(|| crate::transports::sidecar::SidecarStatus::read(&self.dir));
         let child = lock(&self.child).as_ref().map(|c| c.state());
         serde_json::json!({
             "dir": self.dir.display().to_string(),
             "mode": if child.is_some() { "child" } else { "attach" },
             "status": status,
+            "status_source": source,
             "child": child,
         })
     }

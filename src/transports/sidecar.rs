@@ -127,7 +127,18 @@ pub struct SidecarLinkConfig {
     /// How long the sidecar may take to answer `Hello` (it waits for its
     /// remote session up to its own limit before answering).
     pub hello_timeout: Duration,
+    /// The sidecar's diagnostics as its last [`STATUS_SIGNAL`] frame on the
+    /// local session said (shared by every clone of this config, so it
+    /// outlives a re-dial).
+    pub diagnostics: Arc<Mutex<Option<SidecarStatus>>>,
 }
+
+/// The `Signal` kind of the sidecar's diagnostics on a local session:
+/// `to` and `from` are the hub, `payload` a MessagePack [`SidecarStatus`]
+/// (a map keyed by field name), sent at least every probe interval. The
+/// sidecar never carries a frame of a `sidecar/` kind from the root, so
+/// no other node can pose as the sidecar (`docs/sidecar.md` §3).
+pub const STATUS_SIGNAL: &str = "sidecar/status";
 
 impl SidecarLinkConfig {
     /// A link for `node` to `root` through the sidecar in `dir`, with
@@ -147,6 +158,7 @@ impl SidecarLinkConfig {
                 max_attempts: None,
             },
             hello_timeout: Duration::from_secs(10),
+            diagnostics: Arc::default(),
         }
     }
 }
@@ -242,9 +254,12 @@ impl SidecarLink {
         (Arc::new(Self { inner }), rx)
     }
 
-    /// The sidecar's last written diagnostics.
+    /// The sidecar's diagnostics: its last [`STATUS_SIGNAL`] frame, or,
+    /// before one arrived, its status file.
     pub fn status(&self) -> Option<SidecarStatus> {
-        SidecarStatus::read(&self.inner.cfg.dir)
+        lock(&self.inner.cfg.diagnostics)
+            .clone()
+            .or_else(|| SidecarStatus::read(&self.inner.cfg.dir))
     }
 }
 
@@ -408,6 +423,12 @@ async fn run_session(
                 Ok(Some(Frame::Close(Close { code, reason }))) => {
                     break DownCause::ClosedByPeer { code, reason };
                 }
+                Ok(Some(Frame::Signal(s))) if s.kind == STATUS_SIGNAL => {
+                    match rmp_serde::from_slice::<SidecarStatus>(&s.payload) {
+                        Ok(st) => *lock(&inner.cfg.diagnostics) = Some(st),
+                        Err(e) => tracing::warn!(error = %e, "sidecar: undecodable status"),
+                    }
+                }
                 Ok(Some(frame)) => inner.report(Fact::Frame(frame)).await,
                 Ok(None) => break DownCause::Reset,
                 Err(e) => break DownCause::Unreachable(e.to_string()),
@@ -430,6 +451,8 @@ async fn run_session(
             *s = None;
         }
     }
+    // What the sidecar said is not current any more.
+    *lock(&inner.cfg.diagnostics) = None;
     tracing::info!(node = %inner.cfg.node, session = id, cause = %cause, "sidecar: local session down");
     inner.report(Fact::Down(cause)).await;
     if !inner.closed.load(Ordering::Acquire) && inner.reached.load(Ordering::Acquire) {
