@@ -93,6 +93,36 @@ async fn good(ca: &CertificateAuthority, v: &mut Victim, name: &str, from: [u8; 
     }
 }
 
+/// A slow reader `slow` from the flooder's address: authenticated, its
+/// `Hello` sent (the control stream is returned to keep it open), receive
+/// windows of `window` bytes; it reads nothing unless the test does.
+async fn slow_reader(
+    ca: &CertificateAuthority,
+    v: &mut Victim,
+    window: u32,
+) -> (quinn::Endpoint, quinn::Connection, quinn::SendStream) {
+    let ident = ca.issue_node(&NodeId::new("slow"), Role::Member).unwrap();
+    let (ep, c) = connecting_tuned(
+        &ident,
+        ca,
+        IpAddr::from(FLOODER),
+        v.t.local_addr(),
+        &v.id,
+        |t| {
+            t.stream_receive_window(window.into());
+            t.receive_window(window.into());
+        },
+    );
+    let conn = tokio::time::timeout(LIMIT, c).await.unwrap().unwrap();
+    let mut control = conn.open_uni().await.unwrap();
+    control
+        .write_all(&hello("slow", Role::Member))
+        .await
+        .unwrap();
+    wait_up(&mut v.rx, &NodeId::new("slow")).await;
+    (ep, conn, control)
+}
+
 /// Tries a connection as `name` from `from`; returns the code it was
 /// refused with, or `None` if it was accepted.
 async fn attempt(ca: &CertificateAuthority, v: &Victim, name: &str, from: [u8; 4]) -> Option<u64> {
@@ -292,25 +322,7 @@ async fn a_slow_reader_is_held_to_the_queue_budget_and_other_peers_are_served() 
     let mut v = victim_with(&ca, |cfg| cfg.queue = ClassBudgets::uniform(BUDGET));
     // The slow reader: authenticated, says Hello, never reads a stream.
     let slow_id = NodeId::new("slow");
-    let ident = ca.issue_node(&slow_id, Role::Member).unwrap();
-    let (_slow_ep, c) = connecting_tuned(
-        &ident,
-        &ca,
-        IpAddr::from(FLOODER),
-        v.t.local_addr(),
-        &v.id,
-        |t| {
-            t.stream_receive_window(WINDOW.into());
-            t.receive_window(WINDOW.into());
-        },
-    );
-    let slow = tokio::time::timeout(LIMIT, c).await.unwrap().unwrap();
-    let mut control = slow.open_uni().await.unwrap();
-    control
-        .write_all(&hello("slow", Role::Member))
-        .await
-        .unwrap();
-    wait_up(&mut v.rx, &slow_id).await;
+    let (_slow_ep, slow, _control) = slow_reader(&ca, &mut v, WINDOW).await;
     // The well-behaved peer: a QUIC transport of its own.
     let good_id = NodeId::new("member");
     let mut cfg = QuicConfig::new(ca.issue_node(&good_id, Role::Member).unwrap(), ca.roots());
@@ -410,30 +422,11 @@ async fn a_slow_reader_of_a_drop_oldest_class_gets_the_newest_frames_in_order() 
         bytes: 1 << 20,
     };
     let ca = CertificateAuthority::generate("ca").unwrap();
-    let v = victim_with(&ca, |cfg| {
+    let mut v = victim_with(&ca, |cfg| {
         cfg.queue = ClassBudgets::default().with_budget(TrafficClass::Integration, budget)
     });
-    let mut v = v;
     let slow_id = NodeId::new("slow");
-    let ident = ca.issue_node(&slow_id, Role::Member).unwrap();
-    let (_ep, c) = connecting_tuned(
-        &ident,
-        &ca,
-        IpAddr::from(FLOODER),
-        v.t.local_addr(),
-        &v.id,
-        |t| {
-            t.stream_receive_window(WINDOW.into());
-            t.receive_window(WINDOW.into());
-        },
-    );
-    let slow = tokio::time::timeout(LIMIT, c).await.unwrap().unwrap();
-    let mut control = slow.open_uni().await.unwrap();
-    control
-        .write_all(&hello("slow", Role::Member))
-        .await
-        .unwrap();
-    wait_up(&mut v.rx, &slow_id).await;
+    let (_ep, slow, _control) = slow_reader(&ca, &mut v, WINDOW).await;
     // The victim sends as fast as it can to a reader that does not read
     // yet: the class makes room by dropping its oldest frames.
     let (mut accepted, mut full, mut last_ok) = (0u64, 0u64, None);

@@ -11,7 +11,7 @@ mod ops;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ops::{Ports, Proc, client, eventually, hub_toml, member_toml, root_toml, run, write};
+use ops::{Ports, Proc, client, eventually, hub_toml, member_toml, root_toml, run, token, write};
 use serde_json::Value;
 
 fn now_ms() -> u64 {
@@ -70,24 +70,10 @@ async fn nodes_renew_short_certificates_and_keep_working_past_their_first_expiry
         &d.join("root.log"),
     );
     root.wait_line("running", Duration::from_secs(20));
-    let token = |node: &str, role: &str| {
-        let out = run(&[
-            "token",
-            "--state-dir",
-            d.join("root").to_str().unwrap(),
-            "--node",
-            node,
-            "--role",
-            role,
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
-    let (hub_token, member_token) = (token("hub", "hub"), token("member-1", "member"));
+    let (hub_token, member_token) = (
+        token(&d.join("root"), "hub", "hub"),
+        token(&d.join("root"), "member-1", "member"),
+    );
     let hub_args = ["run", "--config", hub_cfg.to_str().unwrap()];
     let mut hub = Proc::start(
         "hub",

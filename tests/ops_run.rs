@@ -8,7 +8,7 @@ mod ops;
 use std::time::Duration;
 
 use interlocking::store::{RedbStore, Store};
-use ops::{Ports, Proc, client, eventually, hub_toml, member_toml, root_toml, run, write};
+use ops::{Ports, Proc, client, eventually, hub_toml, member_toml, root_toml, run, token, write};
 use serde_json::{Value, json};
 
 /// Parses Prometheus text: every sample line is `name{labels} value`.
@@ -65,24 +65,10 @@ async fn root_hub_member_as_processes_answer_why_and_drain() {
     root.wait_line("running", Duration::from_secs(20));
 
     // 2. Tokens from the root's state dir (the root is running).
-    let token = |node: &str, role: &str| {
-        let out = run(&[
-            "token",
-            "--state-dir",
-            d.join("root").to_str().unwrap(),
-            "--node",
-            node,
-            "--role",
-            role,
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
-    let (hub_token, member_token) = (token("hub", "hub"), token("member-1", "member"));
+    let (hub_token, member_token) = (
+        token(&d.join("root"), "hub", "hub"),
+        token(&d.join("root"), "member-1", "member"),
+    );
 
     // 3. The hub and the member, each its own process.
     let mut hub = Proc::start(

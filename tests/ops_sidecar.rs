@@ -12,26 +12,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use interlocking::control::client::Client;
-use ops::{Ports, Proc, client, eventually, hub_toml, member_toml, root_toml, run, write};
+use ops::{Ports, Proc, client, eventually, hub_toml, member_toml, root_toml, run, token, write};
 use serde_json::{Value, json};
-
-fn token(root_state: &Path, node: &str, role: &str) -> String {
-    let out = run(&[
-        "token",
-        "--state-dir",
-        root_state.to_str().unwrap(),
-        "--node",
-        node,
-        "--role",
-        role,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 /// The member reaches the hub through the root only.
 fn relay_only_member(p: &Ports, state: &Path) -> String {

@@ -246,6 +246,26 @@ fault_injection = {faults}
     )
 }
 
+/// A join token for `node` as `role`, issued by `interlocking token` from
+/// the root's state directory `root_state` (the root may be running).
+pub fn token(root_state: &Path, node: &str, role: &str) -> String {
+    let out = run(&[
+        "token",
+        "--state-dir",
+        root_state.to_str().unwrap(),
+        "--node",
+        node,
+        "--role",
+        role,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// Writes `text` to `dir/name` and returns the path.
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
